@@ -1,0 +1,31 @@
+//! Core of metricunet: the traits every plugin implements ([`Sampler`], [`MetricLoss`],
+//! [`Backbone`], [`Metric`]), the `inventory` registries that find them by name, the
+//! experiment schema with its grid, the Table II presets, and the online voxel-metric
+//! module that combines samplers and losses into Eq. 4 of the MetricUNet paper.
+//!
+//! This crate names no concrete plugin: implementations live in the `plugins/` crates
+//! and register themselves (see [`registry`]).
+
+pub mod backbone;
+pub mod config;
+pub mod error;
+pub mod loss;
+pub mod metric;
+pub mod metric_module;
+pub mod params;
+pub mod presets;
+pub mod registry;
+pub mod sampler;
+
+pub use backbone::{Backbone, BackboneContext, BackboneOutput};
+pub use config::{Cell, Experiment, ExperimentPlan, PluginSpec};
+pub use error::{CoreError, Result};
+pub use loss::{gather_voxels, LossTerms, MetricLoss};
+pub use metric::{MaskRef, Metric, MetricValue};
+pub use metric_module::{StepLoss, VoxelMetricModule};
+pub use params::{ParamKind, ParamSpec, ParamValue, Params};
+pub use registry::{BackbonePlugin, LossPlugin, MetricPlugin, PluginKind, SamplerPlugin};
+pub use sampler::{draw_tuples, SampleBatch, Sampler, Tuples};
+
+// Re-exported so plugin crates register without depending on inventory's version directly.
+pub use inventory;

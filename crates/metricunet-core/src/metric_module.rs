@@ -1,0 +1,162 @@
+//! The online voxel-metric module (paper Section III.B.2-3): every configured sampler draws
+//! tuples from the batch, the metric loss scores them on the embedding map, and the total
+//! training loss is Eq. 4, `L = L_CE + lambda * sum_t L_metric(t)`.
+
+use candle_core::{DType, Tensor};
+use rand::RngCore;
+
+use crate::error::{CoreError, Result};
+use crate::loss::{scalar_f64, zero_like_scalar, LossTerms, MetricLoss};
+use crate::registry;
+use crate::sampler::{SampleBatch, Sampler};
+
+/// A sampler with the name it is logged under.
+#[derive(Debug)]
+pub struct NamedSampler {
+    /// Registry name, with `#2`, `#3`, ... appended when a name is configured twice.
+    pub name: String,
+    pub sampler: Box<dyn Sampler>,
+}
+
+/// The voxel-metric module: samplers, one metric loss, and the weight `lambda`.
+#[derive(Debug)]
+pub struct VoxelMetricModule {
+    samplers: Vec<NamedSampler>,
+    loss: Box<dyn MetricLoss>,
+    lambda: f64,
+}
+
+/// One sampler's contribution to a training step.
+#[derive(Debug, Clone)]
+pub struct SamplerLoss {
+    pub name: String,
+    /// Anchors drawn this step.
+    pub anchors: usize,
+    /// The metric loss of those tuples (unweighted).
+    pub terms: LossTerms,
+}
+
+/// Every term of Eq. 4 for one training step.
+#[derive(Debug, Clone)]
+pub struct StepLoss {
+    /// Voxel-wise cross-entropy, Eq. 3 (mean over voxels).
+    pub ce: Tensor,
+    /// Per-sampler metric losses, Eq. 2.
+    pub metric: Vec<SamplerLoss>,
+    /// `ce + lambda * sum(metric totals)`, Eq. 4.
+    pub total: Tensor,
+}
+
+impl StepLoss {
+    /// Every term as `(name, value)`: `ce`, `<sampler>/<part>`, `<sampler>/anchors`, `total`.
+    pub fn scalars(&self) -> Result<Vec<(String, f64)>> {
+        let mut out = vec![("ce".to_string(), scalar_f64(&self.ce)?)];
+        for s in &self.metric {
+            for (part, t) in &s.terms.parts {
+                out.push((format!("{}/{part}", s.name), scalar_f64(t)?));
+            }
+            out.push((format!("{}/anchors", s.name), s.anchors as f64));
+        }
+        out.push(("total".to_string(), scalar_f64(&self.total)?));
+        Ok(out)
+    }
+
+    /// The first term that is NaN or infinite, if any, as `(name, value)`.
+    pub fn first_non_finite(&self) -> Result<Option<(String, f64)>> {
+        Ok(self.scalars()?.into_iter().find(|(_, v)| !v.is_finite()))
+    }
+}
+
+impl VoxelMetricModule {
+    /// A module from already-built parts. `lambda` must be finite and non-negative.
+    pub fn new(samplers: Vec<NamedSampler>, loss: Box<dyn MetricLoss>, lambda: f64) -> Result<Self> {
+        if !(lambda.is_finite() && lambda >= 0.0) {
+            return Err(CoreError::Param {
+                path: "metric.lambda".into(),
+                message: format!("{lambda} is not a finite non-negative weight"),
+            });
+        }
+        Ok(Self { samplers, loss, lambda })
+    }
+
+    /// Build samplers and loss from the registry as `metric` configures them.
+    pub fn from_config(metric: &crate::config::MetricConfig) -> Result<Self> {
+        let mut samplers = Vec::new();
+        for (i, spec) in metric.samplers.iter().enumerate() {
+            let path = format!("metric.samplers[{i}]");
+            let plugin = registry::sampler(&spec.name, &path)?;
+            let params = plugin.params(&spec.params, &path)?;
+            let seen = metric.samplers[..i].iter().filter(|s| s.name == spec.name).count();
+            let name = if seen == 0 { spec.name.clone() } else { format!("{}#{}", spec.name, seen + 1) };
+            samplers.push(NamedSampler { name, sampler: (plugin.build)(&params)? });
+        }
+        let plugin = registry::loss(&metric.loss.name, "metric.loss")?;
+        let params = plugin.params(&metric.loss.params, "metric.loss")?;
+        Self::new(samplers, (plugin.build)(&params)?, metric.lambda)
+    }
+
+    /// Configured samplers, in order.
+    pub fn samplers(&self) -> &[NamedSampler] {
+        &self.samplers
+    }
+    /// The weight of the metric losses.
+    pub fn lambda(&self) -> f64 {
+        self.lambda
+    }
+    /// The metric loss.
+    pub fn loss(&self) -> &dyn MetricLoss {
+        self.loss.as_ref()
+    }
+
+    /// Eq. 4 for one batch. `logits` is `N x 2 x H x W`, `embedding` `N x D x H x W`,
+    /// `labels` the binary reference (`N x H x W`, flat). The samplers draw from `rng`
+    /// in configuration order, so a seeded `rng` gives a reproducible step.
+    pub fn step_loss(&self, logits: &Tensor, embedding: &Tensor, labels: &[u8], rng: &mut dyn RngCore) -> Result<StepLoss> {
+        let (n, c, h, w) = logits.dims4()?;
+        let (en, _, eh, ew) = embedding.dims4()?;
+        if c != 2 || (en, eh, ew) != (n, h, w) {
+            return Err(CoreError::Shape(format!(
+                "logits {:?} must be N x 2 x H x W on the grid of the embedding {:?}",
+                logits.dims(),
+                embedding.dims()
+            )));
+        }
+        if labels.len() != n * h * w {
+            return Err(CoreError::Shape(format!("{} labels for a {n}x{h}x{w} batch", labels.len())));
+        }
+        let ce = cross_entropy(logits, labels)?;
+        let active = !self.samplers.is_empty();
+        let probs: Option<Vec<f32>> = if active && self.samplers.iter().any(|s| s.sampler.needs_probabilities()) {
+            Some(foreground_probabilities(logits)?)
+        } else {
+            None
+        };
+        let batch = SampleBatch::new(labels, probs.as_deref(), n, h, w)?;
+        let mut metric = Vec::with_capacity(self.samplers.len());
+        let mut sum = zero_like_scalar(&ce)?;
+        for s in &self.samplers {
+            let tuples = s.sampler.sample(&batch, rng)?;
+            tuples.check()?;
+            let terms = self.loss.forward(embedding, &tuples)?;
+            sum = (sum + terms.total.to_dtype(ce.dtype())?)?;
+            metric.push(SamplerLoss { name: s.name.clone(), anchors: tuples.len(), terms });
+        }
+        let total = if active { (&ce + (sum * self.lambda)?)? } else { ce.clone() };
+        Ok(StepLoss { ce, metric, total })
+    }
+}
+
+/// Voxel-wise cross-entropy (Eq. 3), mean over all `N x H x W` voxels.
+pub fn cross_entropy(logits: &Tensor, labels: &[u8]) -> Result<Tensor> {
+    let (n, c, h, w) = logits.dims4()?;
+    let flat = logits.permute((0, 2, 3, 1))?.reshape((n * h * w, c))?;
+    let target: Vec<u32> = labels.iter().map(|&l| u32::from(l != 0)).collect();
+    let target = Tensor::from_vec(target, n * h * w, logits.device())?;
+    Ok(candle_nn::loss::cross_entropy(&flat, &target)?)
+}
+
+/// Softmax foreground probability per voxel (detached, on the host), `N x H x W` flat.
+pub fn foreground_probabilities(logits: &Tensor) -> Result<Vec<f32>> {
+    let p = candle_nn::ops::softmax(&logits.detach(), 1)?.narrow(1, 1, 1)?;
+    Ok(p.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
