@@ -338,6 +338,7 @@ pub struct Experiment {
     pub evaluation: EvaluationConfig,
     pub report: ReportConfig,
     /// Dotted paths mapped to lists of values; cells are their cartesian product.
+    #[serde(skip_serializing_if = "Mapping::is_empty")]
     pub grid: Mapping,
 }
 
@@ -552,9 +553,17 @@ fn resolve_cell(raw: &Mapping, overrides: &[(String, Value)]) -> std::result::Re
         })?),
         None => None,
     };
+    // The preset fills what the file leaves out; then the schema's defaults fill the rest,
+    // so that every override path (metric.loss.sigma, ...) has a place to go.
+    if let Some(p) = preset {
+        p.apply(&mut v)?;
+    }
+    let defaults = serde_norway::to_value(Experiment::default()).map_err(|e| e.to_string())?;
+    let mut v = merge(defaults, v);
     for (path, value) in overrides.iter().filter(|(p, _)| p != "preset") {
         set_path(&mut v, path, value.clone())?;
     }
+    // Overrides must not contradict the preset (this second pass only checks).
     if let Some(p) = preset {
         p.apply(&mut v)?;
     }
@@ -563,6 +572,23 @@ fn resolve_cell(raw: &Mapping, overrides: &[(String, Value)]) -> std::result::Re
     resolve_plugins(&mut exp).map_err(|e| e.to_string())?;
     check_values(&exp)?;
     Ok(exp)
+}
+
+/// `over` laid over `base`: mappings merge key by key, anything else in `over` wins.
+fn merge(base: Value, over: Value) -> Value {
+    match (base, over) {
+        (Value::Mapping(mut b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                let merged = match b.remove(&k) {
+                    Some(bv) => merge(bv, v),
+                    None => v,
+                };
+                b.insert(k, merged);
+            }
+            Value::Mapping(b)
+        }
+        (_, over) => over,
+    }
 }
 
 /// Validate every plugin reference against the registries and write the full parameter
@@ -700,6 +726,12 @@ pub fn set_path(root: &mut Value, path: &str, value: Value) -> std::result::Resu
         if cur.is_null() {
             *cur = Value::Mapping(Mapping::new());
         }
+        // A plugin given by its bare name takes parameters once it is a mapping.
+        if let Value::String(name) = cur {
+            let mut m = Mapping::new();
+            m.insert(Value::from("name"), Value::from(name.clone()));
+            *cur = Value::Mapping(m);
+        }
         cur = match cur {
             Value::Mapping(m) => {
                 if last {
@@ -746,10 +778,12 @@ fn describe_de_error(e: &serde_path_to_error::Error<serde_norway::Error>) -> Str
             msg = stripped.to_string();
         }
     }
-    // serde_norway prefixes the path of nested errors itself ("a.b: msg").
-    let path_prefix = format!("{path}: ");
-    if let Some(stripped) = msg.strip_prefix(&path_prefix) {
-        msg = stripped.to_string();
+    // serde_norway prefixes nested errors with the path it knows ("metric: msg"); ours
+    // is the complete one.
+    if let Some((prefix, rest)) = msg.split_once(": ") {
+        if !prefix.contains(' ') && path.starts_with(prefix) {
+            msg = rest.to_string();
+        }
     }
     let (shown_path, extra) = unknown_field_hint(&msg, &path);
     format!("{shown_path}: {msg}{extra}{}", location.unwrap_or_default())
@@ -795,6 +829,22 @@ mod tests {
         assert!(set_path(&mut v, "metric.samplers.3.k", Value::from(1)).unwrap_err().contains("index 3"));
         assert!(set_path(&mut v, "metric.lambda.x", Value::from(1)).unwrap_err().contains("not a mapping"));
         assert!(set_path(&mut v, "metric..x", Value::from(1)).is_err());
+    }
+
+    #[test]
+    fn set_path_turns_bare_plugin_names_into_mappings() {
+        let mut v: Value = serde_norway::from_str("metric: {loss: triplet-pair}").expect("yaml");
+        set_path(&mut v, "metric.loss.sigma", Value::from(1.0)).expect("set");
+        let want: Value = serde_norway::from_str("metric: {loss: {name: triplet-pair, sigma: 1.0}}").expect("yaml");
+        assert_eq!(v, want);
+    }
+
+    #[test]
+    fn merge_keeps_base_keys_and_prefers_over() {
+        let b: Value = serde_norway::from_str("{a: {x: 1, y: 2}, b: [1]}").expect("yaml");
+        let o: Value = serde_norway::from_str("{a: {y: 3}, b: [2, 3], c: 4}").expect("yaml");
+        let want: Value = serde_norway::from_str("{a: {x: 1, y: 3}, b: [2, 3], c: 4}").expect("yaml");
+        assert_eq!(merge(b, o), want);
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub enum CoreError {
     #[error("{source_name}: {message}")]
     Config { source_name: String, message: String },
     /// A plugin name that no plugin of that kind registered.
-    #[error("{path}: unknown {kind} `{name}`{suggestion}; registered {kind}s: {registered}")]
+    #[error("{path}: unknown {kind} `{name}`{suggestion}; registered: {registered}")]
     UnknownPlugin {
         path: String,
         kind: &'static str,

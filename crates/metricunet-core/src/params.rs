@@ -23,6 +23,8 @@ pub enum ParamKind {
     Bool,
     /// One string out of a fixed list.
     Choice(&'static [&'static str]),
+    /// A non-empty list of non-negative integers (layer widths, for example).
+    IntList,
 }
 
 impl fmt::Display for ParamKind {
@@ -32,6 +34,7 @@ impl fmt::Display for ParamKind {
             ParamKind::Int => write!(f, "a non-negative integer"),
             ParamKind::Bool => write!(f, "true or false"),
             ParamKind::Choice(c) => write!(f, "one of {}", c.join(", ")),
+            ParamKind::IntList => write!(f, "a non-empty list of non-negative integers"),
         }
     }
 }
@@ -43,6 +46,7 @@ pub enum ParamValue {
     Int(u64),
     Bool(bool),
     Str(String),
+    IntList(Vec<u64>),
 }
 
 impl fmt::Display for ParamValue {
@@ -52,6 +56,10 @@ impl fmt::Display for ParamValue {
             ParamValue::Int(v) => write!(f, "{v}"),
             ParamValue::Bool(v) => write!(f, "{v}"),
             ParamValue::Str(v) => write!(f, "{v}"),
+            ParamValue::IntList(v) => {
+                let items: Vec<String> = v.iter().map(u64::to_string).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
         }
     }
 }
@@ -64,6 +72,7 @@ impl ParamValue {
             ParamValue::Int(v) => Value::from(*v),
             ParamValue::Bool(v) => Value::from(*v),
             ParamValue::Str(v) => Value::from(v.clone()),
+            ParamValue::IntList(v) => Value::Sequence(v.iter().map(|x| Value::from(*x)).collect()),
         }
     }
 }
@@ -75,6 +84,7 @@ pub enum ParamDefault {
     Int(u64),
     Bool(bool),
     Str(&'static str),
+    IntList(&'static [u64]),
 }
 
 impl ParamDefault {
@@ -84,6 +94,7 @@ impl ParamDefault {
             ParamDefault::Int(v) => ParamValue::Int(v),
             ParamDefault::Bool(v) => ParamValue::Bool(v),
             ParamDefault::Str(v) => ParamValue::Str(v.to_string()),
+            ParamDefault::IntList(v) => ParamValue::IntList(v.to_vec()),
         }
     }
 }
@@ -148,6 +159,18 @@ impl ParamSpec {
         }
     }
 
+    /// A list of integers, each at least `min`.
+    pub const fn int_list(name: &'static str, default: &'static [u64], min: u64, help: &'static str) -> Self {
+        Self {
+            name,
+            kind: ParamKind::IntList,
+            default: ParamDefault::IntList(default),
+            min: Some(min as f64),
+            max: None,
+            help,
+        }
+    }
+
     /// The default as a [`ParamValue`].
     pub fn default_value(&self) -> ParamValue {
         self.default.to_value()
@@ -186,13 +209,18 @@ impl ParamSpec {
                 }
                 ParamValue::Str(s.to_string())
             }
+            ParamKind::IntList => {
+                let items = v.as_sequence().filter(|s| !s.is_empty()).ok_or_else(bad)?;
+                ParamValue::IntList(items.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>().ok_or_else(bad)?)
+            }
         };
-        let x = match &value {
-            ParamValue::Float(x) => Some(*x),
-            ParamValue::Int(x) => Some(*x as f64),
-            _ => None,
+        let xs: Vec<f64> = match &value {
+            ParamValue::Float(x) => vec![*x],
+            ParamValue::Int(x) => vec![*x as f64],
+            ParamValue::IntList(v) => v.iter().map(|&x| x as f64).collect(),
+            _ => Vec::new(),
         };
-        if let Some(x) = x {
+        for x in xs {
             let below = self.min.is_some_and(|m| x < m);
             let above = self.max.is_some_and(|m| x > m);
             if below || above || x.is_nan() {
@@ -322,6 +350,22 @@ impl Params {
         }
     }
 
+    /// An `IntList` parameter.
+    pub fn usize_list(&self, name: &str) -> Result<Vec<usize>> {
+        match self.get(name)? {
+            ParamValue::IntList(v) => v
+                .iter()
+                .map(|&x| {
+                    usize::try_from(x).map_err(|_| CoreError::Param {
+                        path: name.to_string(),
+                        message: format!("{x} does not fit in usize"),
+                    })
+                })
+                .collect(),
+            other => Err(Self::wrong(name, "a list of integers", other)),
+        }
+    }
+
     /// The resolved values as a YAML mapping (every key, defaults included).
     pub fn to_yaml(&self) -> Mapping {
         self.specs
@@ -340,6 +384,7 @@ mod tests {
         ParamSpec::float("tau", 0.1, Some(0.0), Some(1.0), "threshold"),
         ParamSpec::bool("normalize", false, "unit length"),
         ParamSpec::choice("reduction", &["mean", "sum"], "mean", "reduction"),
+        ParamSpec::int_list("widths", &[32, 64], 1, "widths"),
     ];
 
     fn map(text: &str) -> Mapping {
@@ -379,6 +424,12 @@ mod tests {
         assert!(e.contains("[0, 1]"), "{e}");
         let e = Params::from_yaml(SPECS, &map("reduction: summ"), "s").unwrap_err().to_string();
         assert!(e.contains("did you mean `sum`"), "{e}");
+        let e = Params::from_yaml(SPECS, &map("widths: [8, 0]"), "s").unwrap_err().to_string();
+        assert!(e.contains("s.widths") && e.contains("out of range"), "{e}");
+        let e = Params::from_yaml(SPECS, &map("widths: []"), "s").unwrap_err().to_string();
+        assert!(e.contains("non-empty list"), "{e}");
+        let p = Params::from_yaml(SPECS, &map("widths: [8, 16, 32]"), "s").expect("valid");
+        assert_eq!(p.usize_list("widths").expect("list"), vec![8, 16, 32]);
         let e = Params::from_yaml(SPECS, &map("k: -3"), "s").unwrap_err().to_string();
         assert!(e.contains("number -3"), "{e}");
     }
@@ -388,6 +439,6 @@ mod tests {
         let p = Params::defaults(SPECS);
         let yaml = p.to_yaml();
         let keys: Vec<&str> = yaml.keys().filter_map(|k| k.as_str()).collect();
-        assert_eq!(keys, vec!["k", "tau", "normalize", "reduction"]);
+        assert_eq!(keys, vec!["k", "tau", "normalize", "reduction", "widths"]);
     }
 }

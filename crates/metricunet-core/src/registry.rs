@@ -102,6 +102,16 @@ impl PluginKind {
     /// Every kind, in the order `metricunet plugins` lists them.
     pub const ALL: [PluginKind; 4] = [PluginKind::Sampler, PluginKind::Loss, PluginKind::Backbone, PluginKind::Metric];
 
+    /// Plural name for listings.
+    pub fn plural(self) -> &'static str {
+        match self {
+            PluginKind::Sampler => "samplers",
+            PluginKind::Loss => "losses",
+            PluginKind::Backbone => "backbones",
+            PluginKind::Metric => "metrics",
+        }
+    }
+
     /// Singular name as used in messages.
     pub fn name(self) -> &'static str {
         match self {
