@@ -34,7 +34,11 @@ pub fn plugins_text() -> String {
                     ParamKind::IntList => "[int]".to_string(),
                 };
                 let range = s.range_text();
-                let range = if range.is_empty() { String::new() } else { format!(" {range}") };
+                let range = if range.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {range}")
+                };
                 let _ = writeln!(
                     out,
                     "      {:<10} {:<9} default {:<18} {}{range}",
@@ -53,11 +57,24 @@ pub fn plugins_text() -> String {
 /// `metricunet validate`: the resolved configuration of one cell and the list of cells.
 pub fn validate_text(plan: &ExperimentPlan, show_cell: usize) -> metricunet_core::Result<String> {
     let mut out = String::new();
-    let cell = plan.cells.get(show_cell).ok_or_else(|| metricunet_core::CoreError::Config {
-        source_name: plan.source_name.clone(),
-        message: format!("--cell {show_cell}: the experiment has {} cells (0..{})", plan.cells.len(), plan.cells.len()),
-    })?;
-    let _ = writeln!(out, "# {}: resolved configuration of cell {} ({})", plan.source_name, cell.index, cell.label());
+    let cell = plan
+        .cells
+        .get(show_cell)
+        .ok_or_else(|| metricunet_core::CoreError::Config {
+            source_name: plan.source_name.clone(),
+            message: format!(
+                "--cell {show_cell}: the experiment has {} cells (0..{})",
+                plan.cells.len(),
+                plan.cells.len()
+            ),
+        })?;
+    let _ = writeln!(
+        out,
+        "# {}: resolved configuration of cell {} ({})",
+        plan.source_name,
+        cell.index,
+        cell.label()
+    );
     out.push_str(&cell.to_yaml()?);
     let axes: Vec<&str> = plan.base.grid.keys().filter_map(|k| k.as_str()).collect();
     let _ = writeln!(
@@ -66,11 +83,26 @@ pub fn validate_text(plan: &ExperimentPlan, show_cell: usize) -> metricunet_core
         plan.cells.len(),
         plan.cells.len() / plan.base.seeds.len().max(1),
         plan.base.seeds.len(),
-        if axes.is_empty() { String::new() } else { format!(" (grid over {})", axes.join(", ")) }
+        if axes.is_empty() {
+            String::new()
+        } else {
+            format!(" (grid over {})", axes.join(", "))
+        }
     );
-    let _ = writeln!(out, "# {:>4}  {:<16}  {:>6}  overrides", "cell", "config hash", "seed");
+    let _ = writeln!(
+        out,
+        "# {:>4}  {:<16}  {:>6}  overrides",
+        "cell", "config hash", "seed"
+    );
     for c in &plan.cells {
-        let _ = writeln!(out, "# {:>4}  {:<16}  {:>6}  {}", c.index, c.hash()?, c.seed, c.label());
+        let _ = writeln!(
+            out,
+            "# {:>4}  {:<16}  {:>6}  {}",
+            c.index,
+            c.hash()?,
+            c.seed,
+            c.label()
+        );
     }
     Ok(out)
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use metricunet_core::ExperimentPlan;
 
 #[derive(Parser)]
-#[command(name = "metricunet", version, about = "Two-stage CT prostate segmentation with online voxel-metric learning")]
+#[command(
+    name = "metricunet",
+    version,
+    about = "Two-stage CT prostate segmentation with online voxel-metric learning"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,10 +40,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     metricunet::link_plugins();
     match cli.command {
         Command::Plugins => print!("{}", metricunet::plugins_text()),
-        Command::Validate { experiment, sets, cell } => {
+        Command::Validate {
+            experiment,
+            sets,
+            cell,
+        } => {
             let text = std::fs::read_to_string(&experiment)
                 .with_context(|| format!("cannot read experiment file {}", experiment.display()))?;
-            let plan = ExperimentPlan::with_overrides(&text, &experiment.display().to_string(), &sets)?;
+            let plan =
+                ExperimentPlan::with_overrides(&text, &experiment.display().to_string(), &sets)?;
             print!("{}", metricunet::validate_text(&plan, cell)?);
         }
     }
@@ -48,7 +57,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {

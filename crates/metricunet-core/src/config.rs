@@ -14,6 +14,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
 
+use crate::backbone::BackboneContext;
 use crate::error::{did_you_mean, CoreError, Result};
 use crate::params::describe;
 use crate::presets;
@@ -36,7 +37,10 @@ pub struct PluginSpec {
 impl PluginSpec {
     /// A reference with default parameters.
     pub fn named(name: &str) -> Self {
-        Self { name: name.to_string(), params: Mapping::new() }
+        Self {
+            name: name.to_string(),
+            params: Mapping::new(),
+        }
     }
 }
 
@@ -54,11 +58,19 @@ impl Serialize for PluginSpec {
 impl<'de> Deserialize<'de> for PluginSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         match Value::deserialize(d)? {
-            Value::String(name) => Ok(Self { name, params: Mapping::new() }),
+            Value::String(name) => Ok(Self {
+                name,
+                params: Mapping::new(),
+            }),
             Value::Mapping(mut params) => match params.remove("name") {
                 Some(Value::String(name)) => Ok(Self { name, params }),
-                Some(other) => Err(de::Error::custom(format!("`name` must be a string, got {}", describe(&other)))),
-                None => Err(de::Error::custom("a plugin needs a `name` key (or write the bare name)")),
+                Some(other) => Err(de::Error::custom(format!(
+                    "`name` must be a string, got {}",
+                    describe(&other)
+                ))),
+                None => Err(de::Error::custom(
+                    "a plugin needs a `name` key (or write the bare name)",
+                )),
             },
             other => Err(de::Error::custom(format!(
                 "expected a plugin name or a mapping with `name`, got {}",
@@ -132,7 +144,12 @@ pub struct SplitConfig {
 impl Default for SplitConfig {
     fn default() -> Self {
         // Paper Section IV.A: 70 / 10 / 20.
-        Self { train: 0.7, val: 0.1, test: 0.2, seed: 0 }
+        Self {
+            train: 0.7,
+            val: 0.1,
+            test: 0.2,
+            seed: 0,
+        }
     }
 }
 
@@ -226,7 +243,12 @@ pub struct PatchConfig {
 
 impl PatchConfig {
     fn with_slices(slices: usize) -> Self {
-        Self { size: [64, 64], slices, per_case: 500, foreground_share: 0.5 }
+        Self {
+            size: [64, 64],
+            slices,
+            per_case: 500,
+            foreground_share: 0.5,
+        }
     }
 }
 
@@ -253,7 +275,10 @@ impl Default for Stage1Config {
             backbone: PluginSpec::named("unet-light"),
             downsample: 4,
             patches: PatchConfig::with_slices(5),
-            training: TrainingConfig { iterations: 2000, ..TrainingConfig::default() },
+            training: TrainingConfig {
+                iterations: 2000,
+                ..TrainingConfig::default()
+            },
         }
     }
 }
@@ -270,7 +295,11 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { backbone: PluginSpec::named("metricunet"), crop: [128, 128, 128], patches: PatchConfig::default() }
+        Self {
+            backbone: PluginSpec::named("metricunet"),
+            crop: [128, 128, 128],
+            patches: PatchConfig::default(),
+        }
     }
 }
 
@@ -288,7 +317,11 @@ pub struct MetricConfig {
 
 impl Default for MetricConfig {
     fn default() -> Self {
-        Self { lambda: 0.01, loss: PluginSpec::named("triplet-pair"), samplers: Vec::new() }
+        Self {
+            lambda: 0.01,
+            loss: PluginSpec::named("triplet-pair"),
+            samplers: Vec::new(),
+        }
     }
 }
 
@@ -314,7 +347,11 @@ pub struct ReportConfig {
 
 impl Default for ReportConfig {
     fn default() -> Self {
-        Self { out_dir: None, baseline: None, figure_cases: 3 }
+        Self {
+            out_dir: None,
+            baseline: None,
+            figure_cases: 3,
+        }
     }
 }
 
@@ -381,7 +418,11 @@ impl Cell {
         if self.overrides.is_empty() {
             return "base".into();
         }
-        self.overrides.iter().map(|(k, v)| format!("{k}={}", inline_yaml(v))).collect::<Vec<_>>().join(" ")
+        self.overrides
+            .iter()
+            .map(|(k, v)| format!("{k}={}", inline_yaml(v)))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// The resolved configuration as YAML text.
@@ -400,14 +441,18 @@ impl Cell {
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// A YAML value on one line, for labels and messages.
 pub fn inline_yaml(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
-        other => serde_norway::to_string(other).map(|s| s.trim_end().to_string()).unwrap_or_else(|_| format!("{other:?}")),
+        other => serde_norway::to_string(other)
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_else(|_| format!("{other:?}")),
     }
 }
 
@@ -425,8 +470,10 @@ pub struct ExperimentPlan {
 impl ExperimentPlan {
     /// Read and expand an experiment file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| CoreError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CoreError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_yaml_str(&text, &path.display().to_string())
     }
 
@@ -442,38 +489,57 @@ impl ExperimentPlan {
     }
 
     fn build(text: &str, source_name: &str, sets: &[String]) -> Result<Self> {
-        let cfg_err = |message: String| CoreError::Config { source_name: source_name.to_string(), message };
+        let cfg_err = |message: String| CoreError::Config {
+            source_name: source_name.to_string(),
+            message,
+        };
         // 1. Typed parse of the text: positions for syntax and type errors, paths and
         //    suggestions for unknown keys.
         let de = serde_norway::Deserializer::from_str(text);
-        let base: Experiment = serde_path_to_error::deserialize(de).map_err(|e| cfg_err(describe_de_error(&e)))?;
+        let base: Experiment =
+            serde_path_to_error::deserialize(de).map_err(|e| cfg_err(describe_de_error(&e)))?;
         let mut raw: Value = serde_norway::from_str(text).map_err(|e| cfg_err(e.to_string()))?;
         if raw.is_null() {
             raw = Value::Mapping(Mapping::new());
         }
         for s in sets {
-            let (path, value) = s
-                .split_once('=')
-                .ok_or_else(|| cfg_err(format!("--set `{s}`: expected path=value, e.g. metric.lambda=0.1")))?;
+            let (path, value) = s.split_once('=').ok_or_else(|| {
+                cfg_err(format!(
+                    "--set `{s}`: expected path=value, e.g. metric.lambda=0.1"
+                ))
+            })?;
             let value: Value = serde_norway::from_str(value)
                 .map_err(|e| cfg_err(format!("--set `{s}`: the value is not YAML: {e}")))?;
-            set_path(&mut raw, path.trim(), value).map_err(|m| cfg_err(format!("--set `{s}`: {m}")))?;
+            set_path(&mut raw, path.trim(), value)
+                .map_err(|m| cfg_err(format!("--set `{s}`: {m}")))?;
         }
         let mut raw_map = match raw {
             Value::Mapping(m) => m,
-            other => return Err(cfg_err(format!("expected a mapping at the top level, got {}", describe(&other)))),
+            other => {
+                return Err(cfg_err(format!(
+                    "expected a mapping at the top level, got {}",
+                    describe(&other)
+                )))
+            }
         };
         let grid = match raw_map.remove("grid") {
             None | Some(Value::Null) => Mapping::new(),
             Some(Value::Mapping(m)) => m,
-            Some(other) => return Err(cfg_err(format!("grid: expected a mapping of path: [values], got {}", describe(&other)))),
+            Some(other) => {
+                return Err(cfg_err(format!(
+                    "grid: expected a mapping of path: [values], got {}",
+                    describe(&other)
+                )))
+            }
         };
         let seeds: Vec<u64> = match raw_map.remove("seeds") {
             None => vec![0],
             Some(v) => serde_norway::from_value(v).map_err(|e| cfg_err(format!("seeds: {e}")))?,
         };
         if seeds.is_empty() {
-            return Err(cfg_err("seeds: the list is empty; give at least one seed".into()));
+            return Err(cfg_err(
+                "seeds: the list is empty; give at least one seed".into(),
+            ));
         }
         let mut unique = seeds.clone();
         unique.sort_unstable();
@@ -485,13 +551,25 @@ impl ExperimentPlan {
         // 2. Grid axes.
         let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
         for (k, v) in &grid {
-            let path = k.as_str().ok_or_else(|| cfg_err(format!("grid: keys must be dotted paths, got {}", describe(k))))?;
+            let path = k.as_str().ok_or_else(|| {
+                cfg_err(format!(
+                    "grid: keys must be dotted paths, got {}",
+                    describe(k)
+                ))
+            })?;
             if path == "grid" || path == "seeds" {
-                return Err(cfg_err(format!("grid: `{path}` cannot be swept; list seeds under `seeds:`")));
+                return Err(cfg_err(format!(
+                    "grid: `{path}` cannot be swept; list seeds under `seeds:`"
+                )));
             }
             let values = match v {
                 Value::Sequence(s) if !s.is_empty() => s.clone(),
-                _ => return Err(cfg_err(format!("grid.{path}: expected a non-empty list of values, got {}", describe(v)))),
+                _ => {
+                    return Err(cfg_err(format!(
+                        "grid.{path}: expected a non-empty list of values, got {}",
+                        describe(v)
+                    )))
+                }
             };
             axes.push((path.to_string(), values));
         }
@@ -516,7 +594,10 @@ impl ExperimentPlan {
                 let label = if overrides.is_empty() {
                     String::new()
                 } else {
-                    let o: Vec<String> = overrides.iter().map(|(k, v)| format!("{k}={}", inline_yaml(v))).collect();
+                    let o: Vec<String> = overrides
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", inline_yaml(v)))
+                        .collect();
                     format!("grid cell {}: ", o.join(" "))
                 };
                 cfg_err(format!("{label}{message}"))
@@ -524,15 +605,27 @@ impl ExperimentPlan {
             for &seed in &seeds {
                 let mut config = config.clone();
                 config.seeds = vec![seed];
-                cells.push(Cell { index: cells.len(), overrides: overrides.clone(), seed, config });
+                cells.push(Cell {
+                    index: cells.len(),
+                    overrides: overrides.clone(),
+                    seed,
+                    config,
+                });
             }
         }
-        Ok(Self { source_name: source_name.to_string(), base, cells })
+        Ok(Self {
+            source_name: source_name.to_string(),
+            base,
+            cells,
+        })
     }
 }
 
 /// Apply grid overrides and the preset to the raw file, then parse and check it.
-fn resolve_cell(raw: &Mapping, overrides: &[(String, Value)]) -> std::result::Result<Experiment, String> {
+fn resolve_cell(
+    raw: &Mapping,
+    overrides: &[(String, Value)],
+) -> std::result::Result<Experiment, String> {
     let mut v = Value::Mapping(raw.clone());
     // The preset first (it may itself be swept), then everything else on top of it.
     for (path, value) in overrides.iter().filter(|(p, _)| p == "preset") {
@@ -541,14 +634,23 @@ fn resolve_cell(raw: &Mapping, overrides: &[(String, Value)]) -> std::result::Re
     let preset_name = match v.get("preset") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => return Err(format!("preset: expected a preset name, got {}", describe(other))),
+        Some(other) => {
+            return Err(format!(
+                "preset: expected a preset name, got {}",
+                describe(other)
+            ))
+        }
     };
     let preset = match &preset_name {
         Some(name) => Some(presets::find(name).ok_or_else(|| {
             format!(
                 "preset: unknown preset `{name}`{}; presets: {}",
                 did_you_mean(name, presets::PRESETS.iter().map(|p| p.name)),
-                presets::PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                presets::PRESETS
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?),
         None => None,
@@ -567,7 +669,8 @@ fn resolve_cell(raw: &Mapping, overrides: &[(String, Value)]) -> std::result::Re
     if let Some(p) = preset {
         p.apply(&mut v)?;
     }
-    let mut exp: Experiment = serde_path_to_error::deserialize(v).map_err(|e| describe_de_error(&e))?;
+    let mut exp: Experiment =
+        serde_path_to_error::deserialize(v).map_err(|e| describe_de_error(&e))?;
     exp.grid = Mapping::new();
     resolve_plugins(&mut exp).map_err(|e| e.to_string())?;
     check_values(&exp)?;
@@ -591,36 +694,70 @@ fn merge(base: Value, over: Value) -> Value {
     }
 }
 
-/// Validate every plugin reference against the registries and write the full parameter
-/// set (defaults included) back into the spec.
+/// Validate every plugin reference against the registries, build it once (so that
+/// constraints between parameters are checked before any work starts), and write the full
+/// parameter set (defaults included) back into the spec.
 fn resolve_plugins(exp: &mut Experiment) -> Result<()> {
-    let fill = |kind: PluginKind, spec: &mut PluginSpec, path: &str| -> Result<()> {
-        let params = registry::validate(kind, &spec.name, &spec.params, path)?;
+    fn at(path: &str, e: CoreError) -> CoreError {
+        match e {
+            CoreError::Param { path: p, message } => CoreError::Param {
+                path: format!("{path}.{p}"),
+                message,
+            },
+            other => CoreError::Param {
+                path: path.to_string(),
+                message: other.to_string(),
+            },
+        }
+    }
+    let backbone = |spec: &mut PluginSpec, path: &str, in_channels: usize| -> Result<()> {
+        let plugin = registry::backbone(&spec.name, path)?;
+        let params = plugin.params(&spec.params, path)?;
+        let vb = candle_nn::VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu);
+        (plugin.build)(&params, &BackboneContext { in_channels }, vb).map_err(|e| at(path, e))?;
         spec.params = params.to_yaml();
         Ok(())
     };
-    fill(PluginKind::Backbone, &mut exp.stage1.backbone, "stage1.backbone")?;
-    fill(PluginKind::Backbone, &mut exp.model.backbone, "model.backbone")?;
-    fill(PluginKind::Loss, &mut exp.metric.loss, "metric.loss")?;
+    backbone(
+        &mut exp.stage1.backbone,
+        "stage1.backbone",
+        exp.stage1.patches.slices,
+    )?;
+    backbone(
+        &mut exp.model.backbone,
+        "model.backbone",
+        exp.model.patches.slices,
+    )?;
+
+    let plugin = registry::loss(&exp.metric.loss.name, "metric.loss")?;
+    let params = plugin.params(&exp.metric.loss.params, "metric.loss")?;
+    (plugin.build)(&params).map_err(|e| at("metric.loss", e))?;
+    exp.metric.loss.params = params.to_yaml();
+
     for (i, s) in exp.metric.samplers.iter_mut().enumerate() {
-        fill(PluginKind::Sampler, s, &format!("metric.samplers[{i}]"))?;
+        let path = format!("metric.samplers[{i}]");
+        let plugin = registry::sampler(&s.name, &path)?;
+        let params = plugin.params(&s.params, &path)?;
+        (plugin.build)(&params).map_err(|e| at(&path, e))?;
+        s.params = params.to_yaml();
     }
-    match &mut exp.evaluation.metrics {
-        Some(list) => {
-            for (i, m) in list.iter_mut().enumerate() {
-                fill(PluginKind::Metric, m, &format!("evaluation.metrics[{i}]"))?;
-            }
-        }
-        None => {
-            let mut list = Vec::new();
-            for info in registry::list(PluginKind::Metric) {
-                let mut spec = PluginSpec::named(info.name);
-                fill(PluginKind::Metric, &mut spec, "evaluation.metrics")?;
-                list.push(spec);
-            }
-            exp.evaluation.metrics = Some(list);
-        }
+    let metrics = match exp.evaluation.metrics.take() {
+        Some(list) => list,
+        None => registry::list(PluginKind::Metric)
+            .iter()
+            .map(|m| PluginSpec::named(m.name))
+            .collect(),
+    };
+    let mut resolved = Vec::with_capacity(metrics.len());
+    for (i, mut m) in metrics.into_iter().enumerate() {
+        let path = format!("evaluation.metrics[{i}]");
+        let plugin = registry::metric(&m.name, &path)?;
+        let params = plugin.params(&m.params, &path)?;
+        (plugin.build)(&params).map_err(|e| at(&path, e))?;
+        m.params = params.to_yaml();
+        resolved.push(m);
     }
+    exp.evaluation.metrics = Some(resolved);
     Ok(())
 }
 
@@ -640,7 +777,13 @@ fn check_values(e: &Experiment) -> std::result::Result<(), String> {
             Err(format!("{path}: expected a non-negative number, got {x}"))
         }
     };
-    let at_least_one = |path: &str, x: usize| if x >= 1 { Ok(()) } else { Err(format!("{path}: expected at least 1, got 0")) };
+    let at_least_one = |path: &str, x: usize| {
+        if x >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{path}: expected at least 1, got 0"))
+        }
+    };
     let share = |path: &str, x: f64| {
         if (0.0..=1.0).contains(&x) {
             Ok(())
@@ -654,7 +797,9 @@ fn check_values(e: &Experiment) -> std::result::Result<(), String> {
     }
     let [lo, hi] = e.data.hu_window;
     if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-        return Err(format!("data.hu_window: expected [low, high] with low < high, got [{lo}, {hi}]"));
+        return Err(format!(
+            "data.hu_window: expected [low, high] with low < high, got [{lo}, {hi}]"
+        ));
     }
     let sp = &e.data.split;
     for (name, x) in [("train", sp.train), ("val", sp.val), ("test", sp.test)] {
@@ -680,10 +825,16 @@ fn check_values(e: &Experiment) -> std::result::Result<(), String> {
     }
     at_least_one("data.phantom.cases", e.data.phantom.cases)?;
     at_least_one("stage1.downsample", e.stage1.downsample)?;
-    for (stage, p) in [("stage1.patches", &e.stage1.patches), ("model.patches", &e.model.patches)] {
+    for (stage, p) in [
+        ("stage1.patches", &e.stage1.patches),
+        ("model.patches", &e.model.patches),
+    ] {
         at_least_one(&format!("{stage}.slices"), p.slices)?;
         if p.slices % 2 == 0 {
-            return Err(format!("{stage}.slices: expected an odd number (the label is the middle slice), got {}", p.slices));
+            return Err(format!(
+                "{stage}.slices: expected an odd number (the label is the middle slice), got {}",
+                p.slices
+            ));
         }
         for (i, s) in p.size.iter().enumerate() {
             if *s == 0 || s % 8 != 0 {
@@ -695,10 +846,15 @@ fn check_values(e: &Experiment) -> std::result::Result<(), String> {
     }
     for (i, c) in e.model.crop.iter().enumerate() {
         if *c == 0 || c % 8 != 0 {
-            return Err(format!("model.crop[{i}]: expected a positive multiple of 8, got {c}"));
+            return Err(format!(
+                "model.crop[{i}]: expected a positive multiple of 8, got {c}"
+            ));
         }
     }
-    for (stage, t) in [("stage1.training", &e.stage1.training), ("training", &e.training)] {
+    for (stage, t) in [
+        ("stage1.training", &e.stage1.training),
+        ("training", &e.training),
+    ] {
         at_least_one(&format!("{stage}.iterations"), t.iterations)?;
         at_least_one(&format!("{stage}.batch_size"), t.batch_size)?;
         positive(&format!("{stage}.learning_rate"), t.learning_rate)?;
@@ -707,7 +863,10 @@ fn check_values(e: &Experiment) -> std::result::Result<(), String> {
         non_negative(&format!("{stage}.poly_power"), t.poly_power)?;
     }
     if e.name.is_empty() || e.name.contains(['/', '\\']) || e.name.starts_with('.') {
-        return Err(format!("name: `{}` must be a non-empty folder name (no slashes)", e.name));
+        return Err(format!(
+            "name: `{}` must be a non-empty folder name (no slashes)",
+            e.name
+        ));
     }
     Ok(())
 }
@@ -716,7 +875,9 @@ fn check_values(e: &Experiment) -> std::result::Result<(), String> {
 /// missing mappings on the way.
 pub fn set_path(root: &mut Value, path: &str, value: Value) -> std::result::Result<(), String> {
     if path.is_empty() || path.split('.').any(str::is_empty) {
-        return Err(format!("`{path}` is not a dotted path such as metric.lambda"));
+        return Err(format!(
+            "`{path}` is not a dotted path such as metric.lambda"
+        ));
     }
     let segs: Vec<&str> = path.split('.').collect();
     let mut cur = root;
@@ -741,9 +902,13 @@ pub fn set_path(root: &mut Value, path: &str, value: Value) -> std::result::Resu
                 m.entry(Value::from(*seg)).or_insert(Value::Null)
             }
             Value::Sequence(s) => {
-                let idx: usize = seg.parse().map_err(|_| format!("`{here}` is a list: `{seg}` must be an index"))?;
+                let idx: usize = seg
+                    .parse()
+                    .map_err(|_| format!("`{here}` is a list: `{seg}` must be an index"))?;
                 let len = s.len();
-                let slot = s.get_mut(idx).ok_or_else(|| format!("`{here}` has {len} entries, index {idx} is outside"))?;
+                let slot = s
+                    .get_mut(idx)
+                    .ok_or_else(|| format!("`{here}` has {len} entries, index {idx} is outside"))?;
                 if last {
                     *slot = value;
                     return Ok(());
@@ -772,7 +937,9 @@ fn describe_de_error(e: &serde_path_to_error::Error<serde_norway::Error>) -> Str
     let path = e.path().to_string();
     let mut msg = inner.to_string();
     // serde_norway appends " at line L column C" itself; keep one copy at the end.
-    let location = inner.location().map(|l| format!(" at line {} column {}", l.line(), l.column()));
+    let location = inner
+        .location()
+        .map(|l| format!(" at line {} column {}", l.line(), l.column()));
     if let Some(loc) = &location {
         if let Some(stripped) = msg.strip_suffix(loc.as_str()) {
             msg = stripped.to_string();
@@ -793,14 +960,25 @@ fn describe_de_error(e: &serde_path_to_error::Error<serde_norway::Error>) -> Str
 /// key and a nearest-key hint.
 fn unknown_field_hint(msg: &str, path: &str) -> (String, String) {
     let Some(rest) = msg.strip_prefix("unknown field `") else {
-        return (if path == "." { "(top level)".into() } else { path.to_string() }, String::new());
+        return (
+            if path == "." {
+                "(top level)".into()
+            } else {
+                path.to_string()
+            },
+            String::new(),
+        );
     };
     let Some((field, tail)) = rest.split_once('`') else {
         return (path.to_string(), String::new());
     };
     let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
     // serde_path_to_error already appended the unknown key to the path.
-    let full = if path == "." { field.to_string() } else { path.to_string() };
+    let full = if path == "." {
+        field.to_string()
+    } else {
+        path.to_string()
+    };
     (full, did_you_mean(field, expected.iter().copied()))
 }
 
@@ -819,15 +997,20 @@ mod tests {
 
     #[test]
     fn set_and_get_dotted_paths() {
-        let mut v: Value = serde_norway::from_str("metric: {samplers: [{name: random}]}").expect("yaml");
+        let mut v: Value =
+            serde_norway::from_str("metric: {samplers: [{name: random}]}").expect("yaml");
         set_path(&mut v, "metric.lambda", Value::from(0.1)).expect("set");
         set_path(&mut v, "metric.samplers.0.k", Value::from(5)).expect("set");
         set_path(&mut v, "training.batch_size", Value::from(8)).expect("set creates mappings");
         assert_eq!(get_path(&v, "metric.lambda"), Some(&Value::from(0.1)));
         assert_eq!(get_path(&v, "metric.samplers.0.k"), Some(&Value::from(5)));
         assert_eq!(get_path(&v, "training.batch_size"), Some(&Value::from(8)));
-        assert!(set_path(&mut v, "metric.samplers.3.k", Value::from(1)).unwrap_err().contains("index 3"));
-        assert!(set_path(&mut v, "metric.lambda.x", Value::from(1)).unwrap_err().contains("not a mapping"));
+        assert!(set_path(&mut v, "metric.samplers.3.k", Value::from(1))
+            .unwrap_err()
+            .contains("index 3"));
+        assert!(set_path(&mut v, "metric.lambda.x", Value::from(1))
+            .unwrap_err()
+            .contains("not a mapping"));
         assert!(set_path(&mut v, "metric..x", Value::from(1)).is_err());
     }
 
@@ -835,7 +1018,9 @@ mod tests {
     fn set_path_turns_bare_plugin_names_into_mappings() {
         let mut v: Value = serde_norway::from_str("metric: {loss: triplet-pair}").expect("yaml");
         set_path(&mut v, "metric.loss.sigma", Value::from(1.0)).expect("set");
-        let want: Value = serde_norway::from_str("metric: {loss: {name: triplet-pair, sigma: 1.0}}").expect("yaml");
+        let want: Value =
+            serde_norway::from_str("metric: {loss: {name: triplet-pair, sigma: 1.0}}")
+                .expect("yaml");
         assert_eq!(v, want);
     }
 
@@ -843,7 +1028,8 @@ mod tests {
     fn merge_keeps_base_keys_and_prefers_over() {
         let b: Value = serde_norway::from_str("{a: {x: 1, y: 2}, b: [1]}").expect("yaml");
         let o: Value = serde_norway::from_str("{a: {y: 3}, b: [2, 3], c: 4}").expect("yaml");
-        let want: Value = serde_norway::from_str("{a: {x: 1, y: 3}, b: [2, 3], c: 4}").expect("yaml");
+        let want: Value =
+            serde_norway::from_str("{a: {x: 1, y: 3}, b: [2, 3], c: 4}").expect("yaml");
         assert_eq!(merge(b, o), want);
     }
 
@@ -855,7 +1041,8 @@ mod tests {
 
     #[test]
     fn plugin_spec_accepts_bare_names_and_mappings() {
-        let v: Vec<PluginSpec> = serde_norway::from_str("[random, {name: hard-negative, tau: 0.2}]").expect("yaml");
+        let v: Vec<PluginSpec> =
+            serde_norway::from_str("[random, {name: hard-negative, tau: 0.2}]").expect("yaml");
         assert_eq!(v[0], PluginSpec::named("random"));
         assert_eq!(v[1].name, "hard-negative");
         assert_eq!(v[1].params.get("tau"), Some(&Value::from(0.2)));

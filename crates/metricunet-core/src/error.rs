@@ -15,7 +15,10 @@ pub enum CoreError {
     },
     /// The experiment YAML is not valid (syntax, type or unknown key).
     #[error("{source_name}: {message}")]
-    Config { source_name: String, message: String },
+    Config {
+        source_name: String,
+        message: String,
+    },
     /// A plugin name that no plugin of that kind registered.
     #[error("{path}: unknown {kind} `{name}`{suggestion}; registered: {registered}")]
     UnknownPlugin {
@@ -75,7 +78,9 @@ pub fn levenshtein(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }

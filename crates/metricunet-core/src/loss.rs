@@ -66,10 +66,15 @@ pub fn gather_voxels(embeddings: &Tensor, voxels: &[usize]) -> Result<Tensor> {
     let (n, c, h, w) = embeddings.dims4()?;
     let hw = h * w;
     if let Some(&bad) = voxels.iter().find(|&&v| v >= n * hw) {
-        return Err(CoreError::Shape(format!("voxel index {bad} outside a {n}x{h}x{w} embedding map")));
+        return Err(CoreError::Shape(format!(
+            "voxel index {bad} outside a {n}x{h}x{w} embedding map"
+        )));
     }
     if n * c * hw > u32::MAX as usize {
-        return Err(CoreError::Shape(format!("embedding map of {} values is too large to index", n * c * hw)));
+        return Err(CoreError::Shape(format!(
+            "embedding map of {} values is too large to index",
+            n * c * hw
+        )));
     }
     let mut idx = Vec::with_capacity(voxels.len() * c);
     for &v in voxels {
@@ -101,11 +106,23 @@ mod tests {
     fn gather_matches_hand_indexing() {
         // N=2, C=3, H=1, W=2: value = 100 n + 10 c + x
         let v: Vec<f32> = (0..2)
-            .flat_map(|n| (0..3).flat_map(move |c| (0..2).map(move |x| (100 * n + 10 * c + x) as f32)))
+            .flat_map(|n| {
+                (0..3).flat_map(move |c| (0..2).map(move |x| (100 * n + 10 * c + x) as f32))
+            })
             .collect();
         let emb = Tensor::from_vec(v, (2, 3, 1, 2), &Device::Cpu).expect("tensor");
-        let g = gather_voxels(&emb, &[3, 0, 3]).expect("gather").to_vec2::<f32>().expect("vec");
-        assert_eq!(g, vec![vec![101., 111., 121.], vec![0., 10., 20.], vec![101., 111., 121.]]);
+        let g = gather_voxels(&emb, &[3, 0, 3])
+            .expect("gather")
+            .to_vec2::<f32>()
+            .expect("vec");
+        assert_eq!(
+            g,
+            vec![
+                vec![101., 111., 121.],
+                vec![0., 10., 20.],
+                vec![101., 111., 121.]
+            ]
+        );
         assert!(gather_voxels(&emb, &[4]).is_err());
         assert_eq!(gather_voxels(&emb, &[]).expect("empty").dims(), &[0, 3]);
     }

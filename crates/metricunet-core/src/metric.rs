@@ -16,7 +16,10 @@ impl<'a> MaskRef<'a> {
     pub fn new(data: &'a [bool], dims: [usize; 3]) -> Result<Self> {
         let len = dims.iter().product::<usize>();
         if data.len() != len {
-            return Err(CoreError::Shape(format!("mask holds {} voxels, dims {dims:?} need {len}", data.len())));
+            return Err(CoreError::Shape(format!(
+                "mask holds {} voxels, dims {dims:?} need {len}",
+                data.len()
+            )));
         }
         Ok(Self { data, dims })
     }
@@ -49,7 +52,10 @@ impl MetricValue {
     }
     /// `NaN` with the reason.
     pub fn undefined(reason: impl Into<String>) -> Self {
-        Self { value: f64::NAN, flag: Some(reason.into()) }
+        Self {
+            value: f64::NAN,
+            flag: Some(reason.into()),
+        }
     }
 }
 
@@ -82,5 +88,10 @@ pub trait Metric: Send + Sync + Debug {
     /// Whether larger values are better (DSC) or worse (ASD).
     fn higher_is_better(&self) -> bool;
     /// The metric of `pred` against `reference` (same dims), with voxel spacing in mm.
-    fn compute(&self, pred: &MaskRef<'_>, reference: &MaskRef<'_>, spacing_mm: [f64; 3]) -> Result<MetricValue>;
+    fn compute(
+        &self,
+        pred: &MaskRef<'_>,
+        reference: &MaskRef<'_>,
+        spacing_mm: [f64; 3],
+    ) -> Result<MetricValue>;
 }

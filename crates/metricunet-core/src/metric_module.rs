@@ -69,14 +69,22 @@ impl StepLoss {
 
 impl VoxelMetricModule {
     /// A module from already-built parts. `lambda` must be finite and non-negative.
-    pub fn new(samplers: Vec<NamedSampler>, loss: Box<dyn MetricLoss>, lambda: f64) -> Result<Self> {
+    pub fn new(
+        samplers: Vec<NamedSampler>,
+        loss: Box<dyn MetricLoss>,
+        lambda: f64,
+    ) -> Result<Self> {
         if !(lambda.is_finite() && lambda >= 0.0) {
             return Err(CoreError::Param {
                 path: "metric.lambda".into(),
                 message: format!("{lambda} is not a finite non-negative weight"),
             });
         }
-        Ok(Self { samplers, loss, lambda })
+        Ok(Self {
+            samplers,
+            loss,
+            lambda,
+        })
     }
 
     /// Build samplers and loss from the registry as `metric` configures them.
@@ -86,9 +94,19 @@ impl VoxelMetricModule {
             let path = format!("metric.samplers[{i}]");
             let plugin = registry::sampler(&spec.name, &path)?;
             let params = plugin.params(&spec.params, &path)?;
-            let seen = metric.samplers[..i].iter().filter(|s| s.name == spec.name).count();
-            let name = if seen == 0 { spec.name.clone() } else { format!("{}#{}", spec.name, seen + 1) };
-            samplers.push(NamedSampler { name, sampler: (plugin.build)(&params)? });
+            let seen = metric.samplers[..i]
+                .iter()
+                .filter(|s| s.name == spec.name)
+                .count();
+            let name = if seen == 0 {
+                spec.name.clone()
+            } else {
+                format!("{}#{}", spec.name, seen + 1)
+            };
+            samplers.push(NamedSampler {
+                name,
+                sampler: (plugin.build)(&params)?,
+            });
         }
         let plugin = registry::loss(&metric.loss.name, "metric.loss")?;
         let params = plugin.params(&metric.loss.params, "metric.loss")?;
@@ -111,7 +129,13 @@ impl VoxelMetricModule {
     /// Eq. 4 for one batch. `logits` is `N x 2 x H x W`, `embedding` `N x D x H x W`,
     /// `labels` the binary reference (`N x H x W`, flat). The samplers draw from `rng`
     /// in configuration order, so a seeded `rng` gives a reproducible step.
-    pub fn step_loss(&self, logits: &Tensor, embedding: &Tensor, labels: &[u8], rng: &mut dyn RngCore) -> Result<StepLoss> {
+    pub fn step_loss(
+        &self,
+        logits: &Tensor,
+        embedding: &Tensor,
+        labels: &[u8],
+        rng: &mut dyn RngCore,
+    ) -> Result<StepLoss> {
         let (n, c, h, w) = logits.dims4()?;
         let (en, _, eh, ew) = embedding.dims4()?;
         if c != 2 || (en, eh, ew) != (n, h, w) {
@@ -122,11 +146,19 @@ impl VoxelMetricModule {
             )));
         }
         if labels.len() != n * h * w {
-            return Err(CoreError::Shape(format!("{} labels for a {n}x{h}x{w} batch", labels.len())));
+            return Err(CoreError::Shape(format!(
+                "{} labels for a {n}x{h}x{w} batch",
+                labels.len()
+            )));
         }
         let ce = cross_entropy(logits, labels)?;
         let active = !self.samplers.is_empty();
-        let probs: Option<Vec<f32>> = if active && self.samplers.iter().any(|s| s.sampler.needs_probabilities()) {
+        let probs: Option<Vec<f32>> = if active
+            && self
+                .samplers
+                .iter()
+                .any(|s| s.sampler.needs_probabilities())
+        {
             Some(foreground_probabilities(logits)?)
         } else {
             None
@@ -139,9 +171,17 @@ impl VoxelMetricModule {
             tuples.check()?;
             let terms = self.loss.forward(embedding, &tuples)?;
             sum = (sum + terms.total.to_dtype(ce.dtype())?)?;
-            metric.push(SamplerLoss { name: s.name.clone(), anchors: tuples.len(), terms });
+            metric.push(SamplerLoss {
+                name: s.name.clone(),
+                anchors: tuples.len(),
+                terms,
+            });
         }
-        let total = if active { (&ce + (sum * self.lambda)?)? } else { ce.clone() };
+        let total = if active {
+            (&ce + (sum * self.lambda)?)?
+        } else {
+            ce.clone()
+        };
         Ok(StepLoss { ce, metric, total })
     }
 }

@@ -125,7 +125,14 @@ impl ParamSpec {
         max: Option<f64>,
         help: &'static str,
     ) -> Self {
-        Self { name, kind: ParamKind::Float, default: ParamDefault::Float(default), min, max, help }
+        Self {
+            name,
+            kind: ParamKind::Float,
+            default: ParamDefault::Float(default),
+            min,
+            max,
+            help,
+        }
     }
     /// An integer parameter with a default and an inclusive lower bound.
     pub const fn int(name: &'static str, default: u64, min: u64, help: &'static str) -> Self {
@@ -140,7 +147,14 @@ impl ParamSpec {
     }
     /// A boolean parameter.
     pub const fn bool(name: &'static str, default: bool, help: &'static str) -> Self {
-        Self { name, kind: ParamKind::Bool, default: ParamDefault::Bool(default), min: None, max: None, help }
+        Self {
+            name,
+            kind: ParamKind::Bool,
+            default: ParamDefault::Bool(default),
+            min: None,
+            max: None,
+            help,
+        }
     }
     /// A parameter taking one string out of `choices`.
     pub const fn choice(
@@ -160,7 +174,12 @@ impl ParamSpec {
     }
 
     /// A list of integers, each at least `min`.
-    pub const fn int_list(name: &'static str, default: &'static [u64], min: u64, help: &'static str) -> Self {
+    pub const fn int_list(
+        name: &'static str,
+        default: &'static [u64],
+        min: u64,
+        help: &'static str,
+    ) -> Self {
         Self {
             name,
             kind: ParamKind::IntList,
@@ -211,7 +230,13 @@ impl ParamSpec {
             }
             ParamKind::IntList => {
                 let items = v.as_sequence().filter(|s| !s.is_empty()).ok_or_else(bad)?;
-                ParamValue::IntList(items.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>().ok_or_else(bad)?)
+                ParamValue::IntList(
+                    items
+                        .iter()
+                        .map(Value::as_u64)
+                        .collect::<Option<Vec<u64>>>()
+                        .ok_or_else(bad)?,
+                )
             }
         };
         let xs: Vec<f64> = match &value {
@@ -279,7 +304,11 @@ impl Params {
                     message: format!(
                         "unknown parameter `{key}`{}; valid parameters: {}",
                         did_you_mean(key, known.iter().copied()),
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 }
             })?;
@@ -315,7 +344,10 @@ impl Params {
     }
 
     fn wrong(name: &str, want: &str, got: &ParamValue) -> CoreError {
-        CoreError::Param { path: name.to_string(), message: format!("declared as {got:?}, read as {want}") }
+        CoreError::Param {
+            path: name.to_string(),
+            message: format!("declared as {got:?}, read as {want}"),
+        }
     }
 
     /// A `Float` parameter.
@@ -370,7 +402,11 @@ impl Params {
     pub fn to_yaml(&self) -> Mapping {
         self.specs
             .iter()
-            .filter_map(|s| self.values.get(s.name).map(|v| (Value::from(s.name), v.to_yaml())))
+            .filter_map(|s| {
+                self.values
+                    .get(s.name)
+                    .map(|v| (Value::from(s.name), v.to_yaml()))
+            })
             .collect()
     }
 }
@@ -398,7 +434,10 @@ mod tests {
         assert_eq!(p.f64("tau").expect("tau"), 0.1);
         assert!(!p.bool("normalize").expect("normalize"));
         assert_eq!(p.str("reduction").expect("reduction"), "mean");
-        assert_eq!(p, Params::from_yaml(SPECS, &map("k: 5\ntau: 0.1"), "s").expect("same"));
+        assert_eq!(
+            p,
+            Params::from_yaml(SPECS, &map("k: 5\ntau: 0.1"), "s").expect("same")
+        );
     }
 
     #[test]
@@ -409,28 +448,47 @@ mod tests {
 
     #[test]
     fn unknown_key_names_path_and_nearest() {
-        let e = Params::from_yaml(SPECS, &map("tua: 0.2"), "metric.samplers[1]").unwrap_err().to_string();
+        let e = Params::from_yaml(SPECS, &map("tua: 0.2"), "metric.samplers[1]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("metric.samplers[1].tua"), "{e}");
         assert!(e.contains("did you mean `tau`"), "{e}");
     }
 
     #[test]
     fn wrong_type_and_range_are_errors() {
-        let e = Params::from_yaml(SPECS, &map("k: many"), "s").unwrap_err().to_string();
-        assert!(e.contains("s.k") && e.contains("non-negative integer") && e.contains("\"many\""), "{e}");
-        let e = Params::from_yaml(SPECS, &map("k: 0"), "s").unwrap_err().to_string();
+        let e = Params::from_yaml(SPECS, &map("k: many"), "s")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("s.k") && e.contains("non-negative integer") && e.contains("\"many\""),
+            "{e}"
+        );
+        let e = Params::from_yaml(SPECS, &map("k: 0"), "s")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("out of range") && e.contains(">= 1"), "{e}");
-        let e = Params::from_yaml(SPECS, &map("tau: 1.5"), "s").unwrap_err().to_string();
+        let e = Params::from_yaml(SPECS, &map("tau: 1.5"), "s")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[0, 1]"), "{e}");
-        let e = Params::from_yaml(SPECS, &map("reduction: summ"), "s").unwrap_err().to_string();
+        let e = Params::from_yaml(SPECS, &map("reduction: summ"), "s")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("did you mean `sum`"), "{e}");
-        let e = Params::from_yaml(SPECS, &map("widths: [8, 0]"), "s").unwrap_err().to_string();
+        let e = Params::from_yaml(SPECS, &map("widths: [8, 0]"), "s")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("s.widths") && e.contains("out of range"), "{e}");
-        let e = Params::from_yaml(SPECS, &map("widths: []"), "s").unwrap_err().to_string();
+        let e = Params::from_yaml(SPECS, &map("widths: []"), "s")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("non-empty list"), "{e}");
         let p = Params::from_yaml(SPECS, &map("widths: [8, 16, 32]"), "s").expect("valid");
         assert_eq!(p.usize_list("widths").expect("list"), vec![8, 16, 32]);
-        let e = Params::from_yaml(SPECS, &map("k: -3"), "s").unwrap_err().to_string();
+        let e = Params::from_yaml(SPECS, &map("k: -3"), "s")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("number -3"), "{e}");
     }
 

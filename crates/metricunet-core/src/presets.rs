@@ -26,11 +26,41 @@ pub struct Preset {
 
 /// Table II, top to bottom.
 pub const PRESETS: &[Preset] = &[
-    Preset { name: "unet", paper_name: "UNet (Baseline)", backbone: "unet", samplers: &[], pair: false },
-    Preset { name: "metricunet-r-sep", paper_name: "MetricUNet-R-Sep", backbone: "metricunet-sep", samplers: &["random"], pair: false },
-    Preset { name: "metricunet-r", paper_name: "MetricUNet-R", backbone: "metricunet", samplers: &["random"], pair: false },
-    Preset { name: "metricunet-h", paper_name: "MetricUNet-H", backbone: "metricunet", samplers: &["hard-negative"], pair: false },
-    Preset { name: "metricunet-c", paper_name: "MetricUNet-C", backbone: "metricunet", samplers: &["contour-aware"], pair: false },
+    Preset {
+        name: "unet",
+        paper_name: "UNet (Baseline)",
+        backbone: "unet",
+        samplers: &[],
+        pair: false,
+    },
+    Preset {
+        name: "metricunet-r-sep",
+        paper_name: "MetricUNet-R-Sep",
+        backbone: "metricunet-sep",
+        samplers: &["random"],
+        pair: false,
+    },
+    Preset {
+        name: "metricunet-r",
+        paper_name: "MetricUNet-R",
+        backbone: "metricunet",
+        samplers: &["random"],
+        pair: false,
+    },
+    Preset {
+        name: "metricunet-h",
+        paper_name: "MetricUNet-H",
+        backbone: "metricunet",
+        samplers: &["hard-negative"],
+        pair: false,
+    },
+    Preset {
+        name: "metricunet-c",
+        paper_name: "MetricUNet-C",
+        backbone: "metricunet",
+        samplers: &["contour-aware"],
+        pair: false,
+    },
     Preset {
         name: "metricunet-hr",
         paper_name: "MetricUNet-HR",
@@ -45,7 +75,13 @@ pub const PRESETS: &[Preset] = &[
         samplers: &["hard-negative", "contour-aware"],
         pair: false,
     },
-    Preset { name: "metricunet-hp", paper_name: "MetricUNet-HP", backbone: "metricunet", samplers: &["hard-negative"], pair: true },
+    Preset {
+        name: "metricunet-hp",
+        paper_name: "MetricUNet-HP",
+        backbone: "metricunet",
+        samplers: &["hard-negative"],
+        pair: true,
+    },
     Preset {
         name: "metricunet-hrp",
         paper_name: "MetricUNet-HRP",
@@ -74,11 +110,16 @@ impl Preset {
     /// Fill and check the preset's keys in a raw experiment tree.
     pub fn apply(&self, root: &mut Value) -> Result<(), String> {
         let conflict = |path: &str, what: String| {
-            format!("{path}: {what} contradicts preset `{}` ({}); remove the key or the preset", self.name, self.paper_name)
+            format!(
+                "{path}: {what} contradicts preset `{}` ({}); remove the key or the preset",
+                self.name, self.paper_name
+            )
         };
         // Backbone.
         match get_path(root, "model.backbone") {
-            None | Some(Value::Null) => set_path(root, "model.backbone", Value::from(self.backbone))?,
+            None | Some(Value::Null) => {
+                set_path(root, "model.backbone", Value::from(self.backbone))?
+            }
             Some(v) => {
                 let name = match v {
                     Value::String(s) => Some(s.as_str()),
@@ -88,7 +129,9 @@ impl Preset {
                 match name {
                     Some(n) if n == self.backbone => {}
                     Some(n) => return Err(conflict("model.backbone", format!("`{n}`"))),
-                    None if matches!(v, Value::Mapping(_)) => set_path(root, "model.backbone.name", Value::from(self.backbone))?,
+                    None if matches!(v, Value::Mapping(_)) => {
+                        set_path(root, "model.backbone.name", Value::from(self.backbone))?
+                    }
                     None => {}
                 }
             }
@@ -114,7 +157,11 @@ impl Preset {
                 if names != want {
                     return Err(conflict(
                         "metric.samplers",
-                        format!("[{}] (the preset uses [{}])", names.join(", "), self.samplers.join(", ")),
+                        format!(
+                            "[{}] (the preset uses [{}])",
+                            names.join(", "),
+                            self.samplers.join(", ")
+                        ),
                     ));
                 }
             }
@@ -139,7 +186,10 @@ impl Preset {
             .map_err(|e| e.to_string())?;
         if !has_beta {
             return if self.pair {
-                Err(conflict("metric.loss", format!("`{loss_name}` has no positive-pair weight `beta`")))
+                Err(conflict(
+                    "metric.loss",
+                    format!("`{loss_name}` has no positive-pair weight `beta`"),
+                ))
             } else {
                 Ok(())
             };
@@ -155,7 +205,11 @@ impl Preset {
                     m.insert(Value::from("name"), Value::from(loss_name));
                     set_path(root, "metric.loss", Value::Mapping(m))?;
                 }
-                set_path(root, "metric.loss.beta", Value::from(if pair { DEFAULT_PAIR_BETA } else { 0.0 }))
+                set_path(
+                    root,
+                    "metric.loss.beta",
+                    Value::from(if pair { DEFAULT_PAIR_BETA } else { 0.0 }),
+                )
             }
         }
     }

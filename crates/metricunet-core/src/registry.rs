@@ -55,7 +55,10 @@ pub struct Plugin<C: 'static> {
 
 impl<C> std::fmt::Debug for Plugin<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("name", &self.name).field("params", &self.params).finish_non_exhaustive()
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,7 +103,12 @@ pub enum PluginKind {
 
 impl PluginKind {
     /// Every kind, in the order `metricunet plugins` lists them.
-    pub const ALL: [PluginKind; 4] = [PluginKind::Sampler, PluginKind::Loss, PluginKind::Backbone, PluginKind::Metric];
+    pub const ALL: [PluginKind; 4] = [
+        PluginKind::Sampler,
+        PluginKind::Loss,
+        PluginKind::Backbone,
+        PluginKind::Metric,
+    ];
 
     /// Plural name for listings.
     pub fn plural(self) -> &'static str {
@@ -132,9 +140,18 @@ pub struct PluginInfo {
     pub params: &'static [ParamSpec],
 }
 
-fn infos<C: 'static>(kind: PluginKind, it: impl Iterator<Item = &'static Plugin<C>>) -> Vec<PluginInfo> {
-    let mut v: Vec<PluginInfo> =
-        it.map(|p| PluginInfo { kind, name: p.name, description: p.description, params: p.params }).collect();
+fn infos<C: 'static>(
+    kind: PluginKind,
+    it: impl Iterator<Item = &'static Plugin<C>>,
+) -> Vec<PluginInfo> {
+    let mut v: Vec<PluginInfo> = it
+        .map(|p| PluginInfo {
+            kind,
+            name: p.name,
+            description: p.description,
+            params: p.params,
+        })
+        .collect();
     v.sort_by_key(|p| p.name);
     v
 }
@@ -179,25 +196,49 @@ fn find<C: 'static>(
         kind: kind.name(),
         name: name.to_string(),
         suggestion: did_you_mean(name, names.iter().copied()),
-        registered: if names.is_empty() { "none".into() } else { names.join(", ") },
+        registered: if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        },
     })
 }
 
 /// The sampler registered as `name`; `path` names the YAML key in errors.
 pub fn sampler(name: &str, path: &str) -> Result<&'static SamplerPlugin> {
-    find(PluginKind::Sampler, name, path, inventory::iter::<SamplerPlugin>())
+    find(
+        PluginKind::Sampler,
+        name,
+        path,
+        inventory::iter::<SamplerPlugin>(),
+    )
 }
 /// The metric loss registered as `name`.
 pub fn loss(name: &str, path: &str) -> Result<&'static LossPlugin> {
-    find(PluginKind::Loss, name, path, inventory::iter::<LossPlugin>())
+    find(
+        PluginKind::Loss,
+        name,
+        path,
+        inventory::iter::<LossPlugin>(),
+    )
 }
 /// The backbone registered as `name`.
 pub fn backbone(name: &str, path: &str) -> Result<&'static BackbonePlugin> {
-    find(PluginKind::Backbone, name, path, inventory::iter::<BackbonePlugin>())
+    find(
+        PluginKind::Backbone,
+        name,
+        path,
+        inventory::iter::<BackbonePlugin>(),
+    )
 }
 /// The evaluation metric registered as `name`.
 pub fn metric(name: &str, path: &str) -> Result<&'static MetricPlugin> {
-    find(PluginKind::Metric, name, path, inventory::iter::<MetricPlugin>())
+    find(
+        PluginKind::Metric,
+        name,
+        path,
+        inventory::iter::<MetricPlugin>(),
+    )
 }
 
 /// Look up `name` in the registry of `kind` and validate `params` against it.

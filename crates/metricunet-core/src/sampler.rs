@@ -22,10 +22,19 @@ pub struct SampleBatch<'a> {
 impl<'a> SampleBatch<'a> {
     /// Check that `labels` (0 = background, anything else = foreground) and `fg_prob`
     /// hold `n * h * w` values each.
-    pub fn new(labels: &'a [u8], fg_prob: Option<&'a [f32]>, n: usize, h: usize, w: usize) -> Result<Self> {
+    pub fn new(
+        labels: &'a [u8],
+        fg_prob: Option<&'a [f32]>,
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Self> {
         let len = n * h * w;
         if labels.len() != len {
-            return Err(CoreError::Shape(format!("labels hold {} values, batch {n}x{h}x{w} needs {len}", labels.len())));
+            return Err(CoreError::Shape(format!(
+                "labels hold {} values, batch {n}x{h}x{w} needs {len}",
+                labels.len()
+            )));
         }
         if let Some(p) = fg_prob {
             if p.len() != len {
@@ -35,7 +44,13 @@ impl<'a> SampleBatch<'a> {
                 )));
             }
         }
-        Ok(Self { labels, fg_prob, n, h, w })
+        Ok(Self {
+            labels,
+            fg_prob,
+            n,
+            h,
+            w,
+        })
     }
 
     /// Batch size `N`.
@@ -58,7 +73,9 @@ impl<'a> SampleBatch<'a> {
     /// was built without them.
     pub fn item_probs(&self, i: usize, sampler: &str) -> Result<&'a [f32]> {
         let p = self.fg_prob.ok_or_else(|| {
-            CoreError::Shape(format!("sampler `{sampler}` needs foreground probabilities, the batch has none"))
+            CoreError::Shape(format!(
+                "sampler `{sampler}` needs foreground probabilities, the batch has none"
+            ))
         })?;
         Ok(&p[i * self.item_len()..(i + 1) * self.item_len()])
     }
@@ -79,7 +96,12 @@ pub struct Tuples {
 impl Tuples {
     /// No tuples, `m` per anchor.
     pub fn empty(m: usize) -> Self {
-        Self { m, anchors: Vec::new(), positives: Vec::new(), negatives: Vec::new() }
+        Self {
+            m,
+            anchors: Vec::new(),
+            positives: Vec::new(),
+            negatives: Vec::new(),
+        }
     }
     /// Number of anchors.
     pub fn len(&self) -> usize {
@@ -173,11 +195,18 @@ pub fn draw_tuples(
     let chosen: Vec<usize> = if candidates.len() <= k {
         candidates.to_vec()
     } else {
-        rand::seq::index::sample(rng, candidates.len(), k).into_iter().map(|i| candidates[i]).collect()
+        rand::seq::index::sample(rng, candidates.len(), k)
+            .into_iter()
+            .map(|i| candidates[i])
+            .collect()
     };
     let mut added = 0;
     for a in chosen {
-        let (same, other) = if labels[a] != 0 { (&fg, &bg) } else { (&bg, &fg) };
+        let (same, other) = if labels[a] != 0 {
+            (&fg, &bg)
+        } else {
+            (&bg, &fg)
+        };
         if same.len() < 2 || other.is_empty() {
             continue;
         }
@@ -185,9 +214,14 @@ pub fn draw_tuples(
         for _ in 0..m {
             // Uniform over `same` without the anchor (which appears in it exactly once).
             let j = rng.random_range(0..same.len() - 1);
-            let p = if same[j] == a { same[same.len() - 1] } else { same[j] };
+            let p = if same[j] == a {
+                same[same.len() - 1]
+            } else {
+                same[j]
+            };
             out.positives.push(offset + p);
-            out.negatives.push(offset + other[rng.random_range(0..other.len())]);
+            out.negatives
+                .push(offset + other[rng.random_range(0..other.len())]);
         }
         added += 1;
     }
@@ -231,12 +265,21 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut out = Tuples::empty(1);
         // one foreground voxel: no positive other than the anchor itself
-        assert_eq!(draw_tuples(0, &[1, 0, 0], &[0], 5, 1, &mut rng, &mut out), 0);
+        assert_eq!(
+            draw_tuples(0, &[1, 0, 0], &[0], 5, 1, &mut rng, &mut out),
+            0
+        );
         // no background: no negative
-        assert_eq!(draw_tuples(0, &[1, 1, 1], &[0, 1], 5, 1, &mut rng, &mut out), 0);
+        assert_eq!(
+            draw_tuples(0, &[1, 1, 1], &[0, 1], 5, 1, &mut rng, &mut out),
+            0
+        );
         assert!(out.is_empty());
         // background anchors are paired with background positives and foreground negatives
-        assert_eq!(draw_tuples(0, &[1, 0, 0], &[1], 5, 1, &mut rng, &mut out), 1);
+        assert_eq!(
+            draw_tuples(0, &[1, 0, 0], &[1], 5, 1, &mut rng, &mut out),
+            1
+        );
         assert_eq!((out.positives[0], out.negatives[0]), (2, 0));
     }
 }

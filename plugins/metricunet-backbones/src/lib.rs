@@ -12,7 +12,9 @@
 mod unet;
 mod unet_light;
 
-pub use unet::{max_pool_2x2, trainable_parameters, UNet, UNetConfig, PAPER_DECODER, PAPER_ENCODER};
+pub use unet::{
+    max_pool_2x2, trainable_parameters, UNet, UNetConfig, PAPER_DECODER, PAPER_ENCODER,
+};
 
 /// Call from a binary to make sure this crate (and its registrations) is linked.
 pub fn link() {}

@@ -19,9 +19,13 @@
 //! million" of Section III.B.1; BatchNorm running statistics are buffers, not counted.
 
 use candle_core::Tensor;
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Module, ModuleT, VarBuilder};
+use candle_nn::{
+    BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
+    Module, ModuleT, VarBuilder,
+};
 use metricunet_core::{
-    inventory, Backbone, BackboneContext, BackboneOutput, BackbonePlugin, CoreError, ParamSpec, Params, Result,
+    inventory, Backbone, BackboneContext, BackboneOutput, BackbonePlugin, CoreError, ParamSpec,
+    Params, Result,
 };
 
 /// Encoder widths of Table I.
@@ -45,24 +49,41 @@ pub struct UNetConfig {
 impl UNetConfig {
     /// Table I with `in_channels` input slices.
     pub fn paper(in_channels: usize) -> Self {
-        Self { in_channels, encoder: PAPER_ENCODER.to_vec(), decoder: PAPER_DECODER.to_vec(), detach_head: false }
+        Self {
+            in_channels,
+            encoder: PAPER_ENCODER.to_vec(),
+            decoder: PAPER_DECODER.to_vec(),
+            detach_head: false,
+        }
     }
 
     fn check(&self) -> Result<()> {
-        let bad = |message: String| CoreError::Param { path: "backbone".into(), message };
+        let bad = |path: &str, message: String| CoreError::Param {
+            path: path.into(),
+            message,
+        };
         if self.encoder.len() < 2 {
-            return Err(bad(format!("encoder needs at least 2 levels, got {:?}", self.encoder)));
+            return Err(bad(
+                "encoder",
+                format!("at least 2 levels needed, got {:?}", self.encoder),
+            ));
         }
         if self.decoder.len() + 1 != self.encoder.len() {
-            return Err(bad(format!(
-                "decoder needs {} widths (one per upblock) for encoder {:?}, got {:?}",
-                self.encoder.len() - 1,
-                self.encoder,
-                self.decoder
-            )));
+            return Err(bad(
+                "decoder",
+                format!(
+                    "{} widths needed (one per upblock) for encoder {:?}, got {:?}",
+                    self.encoder.len() - 1,
+                    self.encoder,
+                    self.decoder
+                ),
+            ));
         }
         if self.in_channels == 0 || self.encoder.iter().chain(&self.decoder).any(|&w| w == 0) {
-            return Err(bad("widths and input channels must be positive".into()));
+            return Err(bad(
+                "encoder",
+                "widths and input channels must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -82,7 +103,10 @@ struct ConvBnRelu {
 
 impl ConvBnRelu {
     fn new(cin: usize, cout: usize, k: usize, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
-        let cfg = Conv2dConfig { padding: k / 2, ..Default::default() };
+        let cfg = Conv2dConfig {
+            padding: k / 2,
+            ..Default::default()
+        };
         let conv = candle_nn::conv2d(cin, cout, k, cfg, vb.pp("conv"))?;
         let bn = candle_nn::batch_norm(cout, BatchNormConfig::default(), vb.pp("bn"))?;
         Ok(Self { conv, bn })
@@ -129,8 +153,17 @@ impl UNet {
         let mut decoder = Vec::with_capacity(levels - 1);
         for (j, &w) in cfg.decoder.iter().enumerate() {
             let level = levels + j; // Table I: upblock 1 is conv4c/d for 4 levels
-            let tcfg = ConvTranspose2dConfig { stride: 2, ..Default::default() };
-            up.push(candle_nn::conv_transpose2d(cin, w, 2, tcfg, vb.pp(format!("upconv{level}a")))?);
+            let tcfg = ConvTranspose2dConfig {
+                stride: 2,
+                ..Default::default()
+            };
+            up.push(candle_nn::conv_transpose2d(
+                cin,
+                w,
+                2,
+                tcfg,
+                vb.pp(format!("upconv{level}a")),
+            )?);
             let skip = cfg.encoder[levels - 2 - j];
             let c = ConvBnRelu::new(w + skip, w, 3, vb.pp(format!("conv{level}c")))?;
             let d = ConvBnRelu::new(w, w, 3, vb.pp(format!("conv{level}d")))?;
@@ -139,7 +172,14 @@ impl UNet {
         }
         let sega = ConvBnRelu::new(cin, cin, 1, vb.pp("sega"))?;
         let segb = candle_nn::conv2d(cin, 2, 1, Conv2dConfig::default(), vb.pp("segb"))?;
-        Ok(Self { cfg, encoder, up, decoder, sega, segb })
+        Ok(Self {
+            cfg,
+            encoder,
+            up,
+            decoder,
+            sega,
+            segb,
+        })
     }
 
     /// The configuration it was built with.
@@ -176,9 +216,16 @@ impl Backbone for UNet {
             let cat = Tensor::cat(&[&u, skip], 1)?;
             cur = d.forward_t(&c.forward_t(&cat, train)?, train)?;
         }
-        let head_in = if self.cfg.detach_head { cur.detach() } else { cur.clone() };
+        let head_in = if self.cfg.detach_head {
+            cur.detach()
+        } else {
+            cur.clone()
+        };
         let logits = self.segb.forward(&self.sega.forward_t(&head_in, train)?)?;
-        Ok(BackboneOutput { logits, embedding: cur })
+        Ok(BackboneOutput {
+            logits,
+            embedding: cur,
+        })
     }
 
     fn embedding_channels(&self) -> usize {
@@ -186,12 +233,26 @@ impl Backbone for UNet {
     }
 }
 
-const ENCODER: ParamSpec = ParamSpec::int_list("encoder", &[32, 64, 128, 256], 1, "encoder widths, top to bottom (Table I: 32, 64, 128, 256)");
-const DECODER: ParamSpec =
-    ParamSpec::int_list("decoder", &[128, 64, 256], 1, "upblock widths, bottom to top; the last is the embedding width (Table I: 128, 64, 256)");
+const ENCODER: ParamSpec = ParamSpec::int_list(
+    "encoder",
+    &[32, 64, 128, 256],
+    1,
+    "encoder widths, top to bottom (Table I: 32, 64, 128, 256)",
+);
+const DECODER: ParamSpec = ParamSpec::int_list(
+    "decoder",
+    &[128, 64, 256],
+    1,
+    "upblock widths, bottom to top; the last is the embedding width (Table I: 128, 64, 256)",
+);
 const PAPER_PARAMS: &[ParamSpec] = &[ENCODER, DECODER];
 
-fn build(p: &Params, ctx: &BackboneContext, vb: VarBuilder<'_>, detach_head: bool) -> Result<Box<dyn Backbone>> {
+fn build(
+    p: &Params,
+    ctx: &BackboneContext,
+    vb: VarBuilder<'_>,
+    detach_head: bool,
+) -> Result<Box<dyn Backbone>> {
     let cfg = UNetConfig {
         in_channels: ctx.in_channels,
         encoder: p.usize_list("encoder")?,
@@ -262,14 +323,22 @@ mod tests {
         assert_eq!(count("conv1a.conv.weight") + count("conv1a.conv.bias"), 896); // 0.9K
         assert_eq!(count("upconv4a.weight") + count("upconv4a.bias"), 131_200); // 131K
         assert_eq!(count("upconv6a.weight") + count("upconv6a.bias"), 65_792); // 66K
-        assert_eq!(count("conv6c.conv.weight") + count("conv6c.conv.bias"), 663_808); // 664K
+        assert_eq!(
+            count("conv6c.conv.weight") + count("conv6c.conv.bias"),
+            663_808
+        ); // 664K
         assert_eq!(count("sega.conv.weight") + count("sega.conv.bias"), 65_792); // 66K: a 1x1 conv
         assert_eq!(count("segb.weight") + count("segb.bias"), 514); // 0.5K
     }
 
     #[test]
     fn shapes_and_size_check() {
-        let cfg = UNetConfig { in_channels: 3, encoder: vec![4, 8, 8, 16], decoder: vec![8, 4, 6], detach_head: false };
+        let cfg = UNetConfig {
+            in_channels: 3,
+            encoder: vec![4, 8, 8, 16],
+            decoder: vec![8, 4, 6],
+            detach_head: false,
+        };
         let (_, n) = net(cfg);
         let x = Tensor::zeros((2, 3, 16, 24), DType::F32, &Device::Cpu).expect("x");
         let out = n.forward_t(&x, true).expect("forward");
@@ -277,7 +346,11 @@ mod tests {
         assert_eq!(out.embedding.dims(), &[2, 6, 16, 24]);
         assert_eq!(n.embedding_channels(), 6);
         let bad = Tensor::zeros((1, 3, 12, 16), DType::F32, &Device::Cpu).expect("x");
-        assert!(n.forward_t(&bad, false).unwrap_err().to_string().contains("multiples of 8"));
+        assert!(n
+            .forward_t(&bad, false)
+            .unwrap_err()
+            .to_string()
+            .contains("multiples of 8"));
         let bad = Tensor::zeros((1, 5, 16, 16), DType::F32, &Device::Cpu).expect("x");
         assert!(n.forward_t(&bad, false).is_err());
     }
@@ -286,19 +359,38 @@ mod tests {
     fn bad_widths_are_errors() {
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
-        let cfg = UNetConfig { in_channels: 3, encoder: vec![4, 8], decoder: vec![8, 4], detach_head: false };
+        let cfg = UNetConfig {
+            in_channels: 3,
+            encoder: vec![4, 8],
+            decoder: vec![8, 4],
+            detach_head: false,
+        };
         assert!(UNet::new(cfg, vb).is_err());
     }
 
     #[test]
     fn max_pool_matches_hand_values_and_gradient() {
-        let x = Var::from_vec((0..16).map(|v| ((v * 7) % 16) as f64).collect::<Vec<_>>(), (1, 1, 4, 4), &Device::Cpu)
-            .expect("var");
+        let x = Var::from_vec(
+            (0..16).map(|v| ((v * 7) % 16) as f64).collect::<Vec<_>>(),
+            (1, 1, 4, 4),
+            &Device::Cpu,
+        )
+        .expect("var");
         let y = max_pool_2x2(x.as_tensor()).expect("pool");
         // rows: [0 7 14 5 / 12 3 10 1 / 8 15 6 13 / 4 11 2 9]
-        assert_eq!(y.flatten_all().and_then(|t| t.to_vec1::<f64>()).expect("vec"), vec![12.0, 14.0, 15.0, 13.0]);
+        assert_eq!(
+            y.flatten_all()
+                .and_then(|t| t.to_vec1::<f64>())
+                .expect("vec"),
+            vec![12.0, 14.0, 15.0, 13.0]
+        );
         let g = y.sum_all().and_then(|s| s.backward()).expect("backward");
-        let g = g.get(&x).expect("grad").flatten_all().and_then(|t| t.to_vec1::<f64>()).expect("vec");
+        let g = g
+            .get(&x)
+            .expect("grad")
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f64>())
+            .expect("vec");
         let mut want = vec![0.0; 16];
         for i in [4, 2, 9, 11] {
             want[i] = 1.0;
@@ -310,11 +402,21 @@ mod tests {
     #[test]
     fn sep_detaches_the_head() {
         for detach_head in [false, true] {
-            let cfg = UNetConfig { in_channels: 3, encoder: vec![4, 4], decoder: vec![4], detach_head };
+            let cfg = UNetConfig {
+                in_channels: 3,
+                encoder: vec![4, 4],
+                decoder: vec![4],
+                detach_head,
+            };
             let (vars, n) = net(cfg);
             let x = Tensor::ones((1, 3, 4, 4), DType::F32, &Device::Cpu).expect("x");
             let out = n.forward_t(&x, true).expect("forward");
-            let grads = out.logits.sqr().and_then(|t| t.sum_all()).and_then(|t| t.backward()).expect("backward");
+            let grads = out
+                .logits
+                .sqr()
+                .and_then(|t| t.sum_all())
+                .and_then(|t| t.backward())
+                .expect("backward");
             let d = vars.data().lock().expect("lock");
             let has = |name: &str| d.get(name).and_then(|v| grads.get(v)).is_some();
             assert!(has("segb.weight") && has("sega.conv.weight"));

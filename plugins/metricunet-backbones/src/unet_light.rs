@@ -3,7 +3,9 @@
 //! with fewer and narrower levels (defaults: encoder 16, 32, 64; decoder 32, 16).
 
 use candle_nn::VarBuilder;
-use metricunet_core::{inventory, Backbone, BackboneContext, BackbonePlugin, ParamSpec, Params, Result};
+use metricunet_core::{
+    inventory, Backbone, BackboneContext, BackbonePlugin, ParamSpec, Params, Result,
+};
 
 use crate::unet::{UNet, UNetConfig};
 
@@ -37,7 +39,9 @@ mod tests {
     #[test]
     fn builds_from_the_registry_on_five_slices() {
         let plugin = registry::backbone("unet-light", "stage1.backbone").expect("registered");
-        let params = plugin.params(&Mapping::new(), "stage1.backbone").expect("defaults");
+        let params = plugin
+            .params(&Mapping::new(), "stage1.backbone")
+            .expect("defaults");
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
         let net = (plugin.build)(&params, &BackboneContext { in_channels: 5 }, vb).expect("build");

@@ -18,7 +18,9 @@
 
 use candle_core::{Tensor, D};
 use metricunet_core::loss::zero_like_scalar;
-use metricunet_core::{gather_voxels, inventory, LossPlugin, LossTerms, MetricLoss, ParamSpec, Params, Result, Tuples};
+use metricunet_core::{
+    gather_voxels, inventory, LossPlugin, LossTerms, MetricLoss, ParamSpec, Params, Result, Tuples,
+};
 
 /// How the per-tuple terms are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +47,14 @@ pub struct TripletPairLoss {
 
 impl Default for TripletPairLoss {
     fn default() -> Self {
-        Self { sigma: 0.7, epsilon: 0.01, beta: 0.1, squared: true, normalize: false, reduction: Reduction::Mean }
+        Self {
+            sigma: 0.7,
+            epsilon: 0.01,
+            beta: 0.1,
+            squared: true,
+            normalize: false,
+            reduction: Reduction::Mean,
+        }
     }
 }
 
@@ -77,27 +86,45 @@ impl MetricLoss for TripletPairLoss {
         t.check()?;
         if t.is_empty() {
             let z = zero_like_scalar(embeddings)?;
-            return Ok(LossTerms { total: z.clone(), parts: vec![("triplet", z.clone()), ("pair", z)] });
+            return Ok(LossTerms {
+                total: z.clone(),
+                parts: vec![("triplet", z.clone()), ("pair", z)],
+            });
         }
         let (a, m) = (t.len(), t.m);
         // One gather for anchors (each repeated m times), positives and negatives.
-        let mut idx: Vec<usize> = t.anchors.iter().flat_map(|&x| std::iter::repeat_n(x, m)).collect();
+        let mut idx: Vec<usize> = t
+            .anchors
+            .iter()
+            .flat_map(|&x| std::iter::repeat_n(x, m))
+            .collect();
         idx.extend_from_slice(&t.positives);
         idx.extend_from_slice(&t.negatives);
         let mut rows = gather_voxels(embeddings, &idx)?;
         if self.normalize {
-            let norm = rows.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+            let norm = rows
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12, f64::INFINITY)?;
             rows = rows.broadcast_div(&norm)?;
         }
         let n = a * m;
-        let (anc, pos, neg) = (rows.narrow(0, 0, n)?, rows.narrow(0, n, n)?, rows.narrow(0, 2 * n, n)?);
+        let (anc, pos, neg) = (
+            rows.narrow(0, 0, n)?,
+            rows.narrow(0, n, n)?,
+            rows.narrow(0, 2 * n, n)?,
+        );
         let d_ap = self.distance(&anc, &pos)?.reshape((a, m))?;
         let d_an = self.distance(&anc, &neg)?.reshape((a, m))?;
         // [d(a, p_j) - d(a, n_l) + sigma]_+ over every (j, l) of an anchor.
         let triplet = d_ap.unsqueeze(2)?.broadcast_sub(&d_an.unsqueeze(1)?)?;
         let triplet = self.reduce(&(triplet + self.sigma)?.relu()?)?;
         let pair = (self.reduce(&(d_ap + self.epsilon)?)? * self.beta)?;
-        Ok(LossTerms { total: (&triplet + &pair)?, parts: vec![("triplet", triplet), ("pair", pair)] })
+        Ok(LossTerms {
+            total: (&triplet + &pair)?,
+            parts: vec![("triplet", triplet), ("pair", pair)],
+        })
     }
 }
 
@@ -142,7 +169,11 @@ mod tests {
 
     fn parts(l: &TripletPairLoss, e: &Tensor, t: &Tuples) -> (f64, f64, f64) {
         let out = l.forward(e, t).expect("forward");
-        let s = |x: &Tensor| x.to_dtype(DType::F64).and_then(|x| x.to_scalar::<f64>()).expect("scalar");
+        let s = |x: &Tensor| {
+            x.to_dtype(DType::F64)
+                .and_then(|x| x.to_scalar::<f64>())
+                .expect("scalar")
+        };
         (s(&out.parts[0].1), s(&out.parts[1].1), s(&out.total))
     }
 
@@ -153,15 +184,31 @@ mod tests {
     #[test]
     fn hand_computed_single_triplet() {
         // anchor 0, positive 1 (d = 1), negative 2 (d = 4)
-        let t = Tuples { m: 1, anchors: vec![0], positives: vec![1], negatives: vec![2] };
-        let l = TripletPairLoss { sigma: 3.5, ..Default::default() };
+        let t = Tuples {
+            m: 1,
+            anchors: vec![0],
+            positives: vec![1],
+            negatives: vec![2],
+        };
+        let l = TripletPairLoss {
+            sigma: 3.5,
+            ..Default::default()
+        };
         let (tr, pa, to) = parts(&l, &emb(), &t);
-        assert!(close(tr, 0.5) && close(pa, 0.1 * 1.01) && close(to, 0.601), "{tr} {pa} {to}");
+        assert!(
+            close(tr, 0.5) && close(pa, 0.1 * 1.01) && close(to, 0.601),
+            "{tr} {pa} {to}"
+        );
         // margin satisfied: hinge is zero
         let (tr, _, _) = parts(&TripletPairLoss::default(), &emb(), &t);
         assert_eq!(tr, 0.0);
         // plain distances: d_ap = 1, d_an = 2
-        let l = TripletPairLoss { sigma: 1.5, beta: 0.0, squared: false, ..Default::default() };
+        let l = TripletPairLoss {
+            sigma: 1.5,
+            beta: 0.0,
+            squared: false,
+            ..Default::default()
+        };
         let (tr, pa, _) = parts(&l, &emb(), &t);
         assert!(close(tr, 0.5) && pa == 0.0, "{tr} {pa}");
     }
@@ -169,12 +216,29 @@ mod tests {
     #[test]
     fn hand_computed_m2_mean_and_sum() {
         // anchor 1 = (1,0); positives 0 (d=1) and 3 (d=4+16=20); negatives 2 (d=1+4=5) and 0 (d=1)
-        let t = Tuples { m: 2, anchors: vec![1], positives: vec![0, 3], negatives: vec![2, 0] };
-        let l = TripletPairLoss { sigma: 1.0, beta: 0.5, epsilon: 0.0, reduction: Reduction::Sum, ..Default::default() };
+        let t = Tuples {
+            m: 2,
+            anchors: vec![1],
+            positives: vec![0, 3],
+            negatives: vec![2, 0],
+        };
+        let l = TripletPairLoss {
+            sigma: 1.0,
+            beta: 0.5,
+            epsilon: 0.0,
+            reduction: Reduction::Sum,
+            ..Default::default()
+        };
         // triplets: (1-5+1)+=0, (1-1+1)=1, (20-5+1)=16, (20-1+1)=20 -> 37; pair 0.5 * (1 + 20)
         let (tr, pa, to) = parts(&l, &emb(), &t);
-        assert!(close(tr, 37.0) && close(pa, 10.5) && close(to, 47.5), "{tr} {pa} {to}");
-        let l = TripletPairLoss { reduction: Reduction::Mean, ..l };
+        assert!(
+            close(tr, 37.0) && close(pa, 10.5) && close(to, 47.5),
+            "{tr} {pa} {to}"
+        );
+        let l = TripletPairLoss {
+            reduction: Reduction::Mean,
+            ..l
+        };
         let (tr, pa, _) = parts(&l, &emb(), &t);
         assert!(close(tr, 37.0 / 4.0) && close(pa, 10.5 / 2.0), "{tr} {pa}");
     }
@@ -182,8 +246,19 @@ mod tests {
     #[test]
     fn normalised_embeddings() {
         // anchor 3 = (3,4)/5, positive 1 = (1,0), negative 2 = (0,1)
-        let t = Tuples { m: 1, anchors: vec![3], positives: vec![1], negatives: vec![2] };
-        let l = TripletPairLoss { sigma: 1.0, beta: 1.0, epsilon: 0.0, normalize: true, ..Default::default() };
+        let t = Tuples {
+            m: 1,
+            anchors: vec![3],
+            positives: vec![1],
+            negatives: vec![2],
+        };
+        let l = TripletPairLoss {
+            sigma: 1.0,
+            beta: 1.0,
+            epsilon: 0.0,
+            normalize: true,
+            ..Default::default()
+        };
         let d_ap: f64 = 0.4 * 0.4 + 0.8 * 0.8; // (0.6-1)^2 + 0.8^2
         let d_an: f64 = 0.6 * 0.6 + 0.2 * 0.2; // 0.6^2 + (0.8-1)^2
         let (tr, pa, _) = parts(&l, &emb(), &t);
@@ -202,7 +277,9 @@ mod tests {
     fn gradient_matches_finite_differences() {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let (n, c, h, w) = (2, 3, 3, 3);
-        let data: Vec<f64> = (0..n * c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let data: Vec<f64> = (0..n * c * h * w)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let t = Tuples {
             m: 2,
             anchors: vec![0, 4, 13, 17],
@@ -215,14 +292,31 @@ mod tests {
             (true, true, Reduction::Mean),
             (false, true, Reduction::Sum),
         ] {
-            let l = TripletPairLoss { sigma: 0.9, epsilon: 0.01, beta: 0.3, squared, normalize, reduction };
+            let l = TripletPairLoss {
+                sigma: 0.9,
+                epsilon: 0.01,
+                beta: 0.3,
+                squared,
+                normalize,
+                reduction,
+            };
             let var = Var::from_vec(data.clone(), (n, c, h, w), &Device::Cpu).expect("var");
             let loss = l.forward(var.as_tensor(), &t).expect("forward").total;
             let grads = loss.backward().expect("backward");
-            let g = grads.get(&var).expect("grad").flatten_all().expect("flat").to_vec1::<f64>().expect("vec");
+            let g = grads
+                .get(&var)
+                .expect("grad")
+                .flatten_all()
+                .expect("flat")
+                .to_vec1::<f64>()
+                .expect("vec");
             let eval = |d: &[f64]| -> f64 {
                 let e = Tensor::from_vec(d.to_vec(), (n, c, h, w), &Device::Cpu).expect("t");
-                l.forward(&e, &t).expect("f").total.to_scalar::<f64>().expect("s")
+                l.forward(&e, &t)
+                    .expect("f")
+                    .total
+                    .to_scalar::<f64>()
+                    .expect("s")
             };
             let eps = 1e-6;
             let mut active_grads = 0;
@@ -232,10 +326,17 @@ mod tests {
                 down[i] -= eps;
                 let fd = (eval(&up) - eval(&down)) / (2.0 * eps);
                 let err = (fd - g[i]).abs() / fd.abs().max(g[i].abs()).max(1e-3);
-                assert!(err < 1e-5, "squared={squared} normalize={normalize}: d/dx[{i}] fd {fd} vs {}", g[i]);
+                assert!(
+                    err < 1e-5,
+                    "squared={squared} normalize={normalize}: d/dx[{i}] fd {fd} vs {}",
+                    g[i]
+                );
                 active_grads += usize::from(g[i] != 0.0);
             }
-            assert!(active_grads > 10, "too few non-zero gradients ({active_grads}) to test anything");
+            assert!(
+                active_grads > 10,
+                "too few non-zero gradients ({active_grads}) to test anything"
+            );
         }
     }
 }

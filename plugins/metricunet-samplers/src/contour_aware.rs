@@ -3,7 +3,9 @@
 //! the image do not count as background, so a patch edge cutting through the organ is not
 //! a contour.
 
-use metricunet_core::{draw_tuples, inventory, Params, Result, SampleBatch, Sampler, SamplerPlugin, Tuples};
+use metricunet_core::{
+    draw_tuples, inventory, Params, Result, SampleBatch, Sampler, SamplerPlugin, Tuples,
+};
 use rand::RngCore;
 
 use crate::{K, M};
@@ -22,7 +24,10 @@ pub fn boundary_voxels(labels: &[u8], h: usize, w: usize) -> Vec<usize> {
         .filter(|&v| {
             let (y, x) = (v / w, v % w);
             labels[v] != 0
-                && ((y > 0 && bg(y - 1, x)) || (y + 1 < h && bg(y + 1, x)) || (x > 0 && bg(y, x - 1)) || (x + 1 < w && bg(y, x + 1)))
+                && ((y > 0 && bg(y - 1, x))
+                    || (y + 1 < h && bg(y + 1, x))
+                    || (x > 0 && bg(y, x - 1))
+                    || (x + 1 < w && bg(y, x + 1)))
         })
         .collect()
 }
@@ -34,7 +39,15 @@ impl Sampler for ContourAwareSampler {
         for i in 0..batch.batch_size() {
             let labels = batch.item_labels(i);
             let contour = boundary_voxels(labels, h, w);
-            draw_tuples(i * batch.item_len(), labels, &contour, self.k, self.m, rng, &mut out);
+            draw_tuples(
+                i * batch.item_len(),
+                labels,
+                &contour,
+                self.k,
+                self.m,
+                rng,
+                &mut out,
+            );
         }
         Ok(out)
     }
@@ -82,7 +95,15 @@ mod tests {
     fn anchors_on_contour_only() {
         let labels = square();
         let ring = boundary_voxels(&labels, 8, 8);
-        let t = draw(&ContourAwareSampler { k: 5, m: 3 }, &labels, None, 1, 8, 8, 2);
+        let t = draw(
+            &ContourAwareSampler { k: 5, m: 3 },
+            &labels,
+            None,
+            1,
+            8,
+            8,
+            2,
+        );
         assert_eq!(t.len(), 5);
         assert!(t.anchors.iter().all(|a| ring.contains(a)));
         assert_labels(&t, &labels);

@@ -2,7 +2,9 @@
 //! when the segmentation head's foreground probability is off its label by more than
 //! `tau`; anchors are drawn among the hard foreground voxels.
 
-use metricunet_core::{draw_tuples, inventory, ParamSpec, Params, Result, SampleBatch, Sampler, SamplerPlugin, Tuples};
+use metricunet_core::{
+    draw_tuples, inventory, ParamSpec, Params, Result, SampleBatch, Sampler, SamplerPlugin, Tuples,
+};
 use rand::RngCore;
 
 use crate::{K, M};
@@ -26,8 +28,18 @@ impl Sampler for HardNegativeSampler {
             let labels = batch.item_labels(i);
             let probs = batch.item_probs(i, "hard-negative")?;
             // Eq. 1 on the foreground: |p - 1| > tau. A NaN probability is never hard.
-            let hard: Vec<usize> = (0..labels.len()).filter(|&v| labels[v] != 0 && (1.0 - probs[v]).abs() > self.tau).collect();
-            draw_tuples(i * batch.item_len(), labels, &hard, self.k, self.m, rng, &mut out);
+            let hard: Vec<usize> = (0..labels.len())
+                .filter(|&v| labels[v] != 0 && (1.0 - probs[v]).abs() > self.tau)
+                .collect();
+            draw_tuples(
+                i * batch.item_len(),
+                labels,
+                &hard,
+                self.k,
+                self.m,
+                rng,
+                &mut out,
+            );
         }
         Ok(out)
     }
@@ -58,7 +70,19 @@ mod tests {
         probs[18] = 0.5;
         probs[27] = 0.5;
         probs[0] = 0.9;
-        let t = draw(&HardNegativeSampler { k: 20, m: 1, tau: 0.1 }, &labels, Some(&probs), 1, 8, 8, 4);
+        let t = draw(
+            &HardNegativeSampler {
+                k: 20,
+                m: 1,
+                tau: 0.1,
+            },
+            &labels,
+            Some(&probs),
+            1,
+            8,
+            8,
+            4,
+        );
         let mut anchors = t.anchors.clone();
         anchors.sort_unstable();
         assert_eq!(anchors, vec![18, 27]);
@@ -68,7 +92,10 @@ mod tests {
     #[test]
     fn threshold_is_strict() {
         let labels = square();
-        let probs: Vec<f32> = labels.iter().map(|&l| if l == 1 { 0.75 } else { 0.0 }).collect();
+        let probs: Vec<f32> = labels
+            .iter()
+            .map(|&l| if l == 1 { 0.75 } else { 0.0 })
+            .collect();
         let s = |tau| HardNegativeSampler { k: 20, m: 1, tau };
         assert!(draw(&s(0.25), &labels, Some(&probs), 1, 8, 8, 1).is_empty()); // |0.75-1| = 0.25, not > 0.25
         assert_eq!(draw(&s(0.2), &labels, Some(&probs), 1, 8, 8, 1).len(), 16);
@@ -78,7 +105,11 @@ mod tests {
     fn no_hard_voxel_no_tuple_and_nan_is_not_hard() {
         let labels = square();
         let perfect: Vec<f32> = labels.iter().map(|&l| f32::from(l)).collect();
-        let s = HardNegativeSampler { k: 20, m: 1, tau: 0.1 };
+        let s = HardNegativeSampler {
+            k: 20,
+            m: 1,
+            tau: 0.1,
+        };
         assert!(draw(&s, &labels, Some(&perfect), 1, 8, 8, 1).is_empty());
         assert!(draw(&s, &labels, Some(&[f32::NAN; 64]), 1, 8, 8, 1).is_empty());
     }
@@ -88,7 +119,11 @@ mod tests {
         let labels = square();
         let batch = SampleBatch::new(&labels, None, 1, 8, 8).expect("batch");
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-        let s = HardNegativeSampler { k: 20, m: 1, tau: 0.1 };
+        let s = HardNegativeSampler {
+            k: 20,
+            m: 1,
+            tau: 0.1,
+        };
         assert!(s.sample(&batch, &mut rng).is_err());
     }
 }

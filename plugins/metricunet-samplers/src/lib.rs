@@ -16,7 +16,8 @@ use metricunet_core::ParamSpec;
 
 /// `k` and `m` as every sampler declares them (paper defaults: k = 20, m = 1).
 pub(crate) const K: ParamSpec = ParamSpec::int("k", 20, 1, "anchors drawn per image");
-pub(crate) const M: ParamSpec = ParamSpec::int("m", 1, 1, "positives and negatives drawn per anchor");
+pub(crate) const M: ParamSpec =
+    ParamSpec::int("m", 1, 1, "positives and negatives drawn per anchor");
 
 /// Call from a binary to make sure this crate (and its registrations) is linked.
 pub fn link() {}
@@ -28,7 +29,15 @@ pub(crate) mod testutil {
     use rand_chacha::ChaCha8Rng;
 
     /// Draw with a fixed seed.
-    pub fn draw(s: &dyn Sampler, labels: &[u8], probs: Option<&[f32]>, n: usize, h: usize, w: usize, seed: u64) -> Tuples {
+    pub fn draw(
+        s: &dyn Sampler,
+        labels: &[u8],
+        probs: Option<&[f32]>,
+        n: usize,
+        h: usize,
+        w: usize,
+        seed: u64,
+    ) -> Tuples {
         let batch = SampleBatch::new(labels, probs, n, h, w).expect("batch");
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let t = s.sample(&batch, &mut rng).expect("sample");
@@ -38,7 +47,9 @@ pub(crate) mod testutil {
 
     /// An 8x8 image with a 4x4 foreground square at rows/cols 2..6.
     pub fn square() -> Vec<u8> {
-        (0..64).map(|i| u8::from((2..6).contains(&(i / 8)) && (2..6).contains(&(i % 8)))).collect()
+        (0..64)
+            .map(|i| u8::from((2..6).contains(&(i / 8)) && (2..6).contains(&(i % 8))))
+            .collect()
     }
 
     /// Every positive has its anchor's label, every negative the other one.

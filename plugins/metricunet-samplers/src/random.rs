@@ -1,6 +1,8 @@
 //! `random`: anchors drawn uniformly among the foreground voxels (paper Fig. 5a).
 
-use metricunet_core::{draw_tuples, inventory, Params, Result, SampleBatch, Sampler, SamplerPlugin, Tuples};
+use metricunet_core::{
+    draw_tuples, inventory, Params, Result, SampleBatch, Sampler, SamplerPlugin, Tuples,
+};
 use rand::RngCore;
 
 use crate::{K, M};
@@ -18,7 +20,15 @@ impl Sampler for RandomSampler {
         for i in 0..batch.batch_size() {
             let labels = batch.item_labels(i);
             let fg: Vec<usize> = (0..labels.len()).filter(|&v| labels[v] != 0).collect();
-            draw_tuples(i * batch.item_len(), labels, &fg, self.k, self.m, rng, &mut out);
+            draw_tuples(
+                i * batch.item_len(),
+                labels,
+                &fg,
+                self.k,
+                self.m,
+                rng,
+                &mut out,
+            );
         }
         Ok(out)
     }
@@ -59,8 +69,14 @@ mod tests {
     fn same_seed_same_tuples() {
         let labels = square();
         let s = RandomSampler { k: 20, m: 1 };
-        assert_eq!(draw(&s, &labels, None, 1, 8, 8, 9), draw(&s, &labels, None, 1, 8, 8, 9));
-        assert_ne!(draw(&s, &labels, None, 1, 8, 8, 9), draw(&s, &labels, None, 1, 8, 8, 10));
+        assert_eq!(
+            draw(&s, &labels, None, 1, 8, 8, 9),
+            draw(&s, &labels, None, 1, 8, 8, 9)
+        );
+        assert_ne!(
+            draw(&s, &labels, None, 1, 8, 8, 9),
+            draw(&s, &labels, None, 1, 8, 8, 10)
+        );
     }
 
     #[test]

@@ -1,0 +1,357 @@
+//! The experiment schema: strict parsing, grid expansion, presets, overrides.
+
+mod common;
+
+use common::{plan, plan_err};
+use metricunet_core::presets::PRESETS;
+use metricunet_core::{Experiment, ExperimentPlan};
+use serde_norway::Value;
+
+fn only(text: &str) -> Experiment {
+    let p = plan(text).expect("valid experiment");
+    assert_eq!(p.cells.len(), 1);
+    p.cells[0].config.clone()
+}
+
+fn sampler_names(e: &Experiment) -> Vec<String> {
+    e.metric.samplers.iter().map(|s| s.name.clone()).collect()
+}
+
+fn param(spec: &metricunet_core::PluginSpec, key: &str) -> Value {
+    spec.params.get(key).cloned().unwrap_or(Value::Null)
+}
+
+#[test]
+fn empty_file_resolves_to_paper_defaults() {
+    let e = only("");
+    assert_eq!(e.metric.lambda, 0.01);
+    assert_eq!(e.model.backbone.name, "metricunet");
+    assert_eq!(e.stage1.backbone.name, "unet-light");
+    assert_eq!(e.model.patches.size, [64, 64]);
+    assert_eq!(e.model.patches.slices, 3);
+    assert_eq!(e.stage1.patches.slices, 5);
+    assert_eq!(e.training.batch_size, 30);
+    assert_eq!(e.data.split.train, 0.7);
+    // every loss parameter is filled in with its default
+    assert_eq!(param(&e.metric.loss, "sigma"), Value::from(0.7));
+    assert_eq!(param(&e.metric.loss, "epsilon"), Value::from(0.01));
+    assert_eq!(param(&e.metric.loss, "beta"), Value::from(0.1));
+    assert_eq!(
+        param(&e.model.backbone, "encoder"),
+        serde_norway::from_str::<Value>("[32, 64, 128, 256]").expect("yaml")
+    );
+}
+
+#[test]
+fn unknown_key_names_path_nearest_key_and_position() {
+    let e = plan_err("name: x\nmetric:\n  lamda: 0.1\n");
+    assert!(e.contains("metric.lamda"), "{e}");
+    assert!(e.contains("did you mean `lambda`"), "{e}");
+    assert!(e.contains("line 3 column 3"), "{e}");
+    let e = plan_err("trainning:\n  iterations: 5\n");
+    assert!(
+        e.contains("trainning") && e.contains("did you mean `training`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_type_names_line_and_column() {
+    let e = plan_err("name: x\ntraining:\n  batch_size: many\n");
+    assert!(e.contains("training.batch_size"), "{e}");
+    assert!(e.contains("line 3 column 15"), "{e}");
+    let e = plan_err("data:\n  spacing_mm: [1, 1]\n");
+    assert!(e.contains("data.spacing_mm") && e.contains("line 2"), "{e}");
+    let e = plan_err("metric: {lambda: [1]}\n");
+    assert!(e.contains("metric.lambda") && e.contains("line 1"), "{e}");
+}
+
+#[test]
+fn syntax_error_names_position() {
+    let e = plan_err("metric:\n  lambda: [0.1\n");
+    assert!(e.contains("line"), "{e}");
+}
+
+#[test]
+fn plugin_names_and_parameters_are_checked() {
+    let e = plan_err("metric:\n  samplers: [{name: hard-negativ}]\n");
+    assert!(
+        e.contains("metric.samplers[0]") && e.contains("did you mean `hard-negative`"),
+        "{e}"
+    );
+    let e = plan_err("metric:\n  samplers: [random, {name: hard-negative, tua: 0.2}]\n");
+    assert!(
+        e.contains("metric.samplers[1].tua") && e.contains("did you mean `tau`"),
+        "{e}"
+    );
+    let e = plan_err("metric:\n  samplers: [{name: hard-negative, tau: 2}]\n");
+    assert!(
+        e.contains("metric.samplers[0].tau") && e.contains("out of range"),
+        "{e}"
+    );
+    let e = plan_err("model:\n  backbone: {name: unet, encoder: [8, 16]}\n");
+    assert!(e.contains("decoder") || e.contains("model.backbone"), "{e}");
+    let e = plan_err("model:\n  backbone: {name: resnet}\n");
+    assert!(
+        e.contains("model.backbone")
+            && e.contains("unknown backbone `resnet`")
+            && e.contains("unet"),
+        "{e}"
+    );
+    let e = plan_err("metric:\n  loss: {sigma: 1}\n");
+    assert!(e.contains("metric.loss") && e.contains("name"), "{e}");
+}
+
+#[test]
+fn value_checks_name_the_field() {
+    let e = plan_err("data:\n  split: {train: 0.8, val: 0.1, test: 0.2}\n");
+    assert!(e.contains("data.split") && e.contains("must be 1"), "{e}");
+    let e = plan_err("model:\n  patches: {size: [60, 64]}\n");
+    assert!(
+        e.contains("model.patches.size[0]") && e.contains("multiple of 8"),
+        "{e}"
+    );
+    let e = plan_err("stage1:\n  patches: {slices: 4}\n");
+    assert!(
+        e.contains("stage1.patches.slices") && e.contains("odd"),
+        "{e}"
+    );
+    let e = plan_err("metric: {lambda: -1}\n");
+    assert!(e.contains("metric.lambda"), "{e}");
+    let e = plan_err("data: {source: msd}\n");
+    assert!(e.contains("data.root"), "{e}");
+    let e = plan_err("seeds: []\n");
+    assert!(e.contains("seeds"), "{e}");
+    let e = plan_err("seeds: [1, 1]\n");
+    assert!(e.contains("repeats"), "{e}");
+    let e = plan_err("name: a/b\n");
+    assert!(e.contains("name"), "{e}");
+}
+
+#[test]
+fn grid_is_the_cartesian_product_times_seeds() {
+    let p = plan(
+        "preset: metricunet-r\nseeds: [3, 4]\ngrid:\n  metric.lambda: [0.1, 0.01, 0.001]\n  metric.loss.sigma: [0.1, 0.3, 0.5, 0.7, 1.0]\n",
+    )
+    .expect("valid");
+    assert_eq!(p.cells.len(), 3 * 5 * 2);
+    let c = &p.cells[7]; // lambda 0.1, sigma 0.7 (index 3), seed 4
+    assert_eq!(c.config.metric.lambda, 0.1);
+    assert_eq!(param(&c.config.metric.loss, "sigma"), Value::from(0.7));
+    assert_eq!((c.seed, c.config.seeds.clone()), (4, vec![4]));
+    assert_eq!(c.label(), "metric.lambda=0.1 metric.loss.sigma=0.7");
+    assert!(c.config.grid.is_empty());
+    // hashes: distinct per cell, stable across parses
+    let mut hashes: Vec<String> = p.cells.iter().map(|c| c.hash().expect("hash")).collect();
+    let again = plan(
+        "preset: metricunet-r\nseeds: [3, 4]\ngrid:\n  metric.lambda: [0.1, 0.01, 0.001]\n  metric.loss.sigma: [0.1, 0.3, 0.5, 0.7, 1.0]\n",
+    )
+    .expect("valid");
+    assert_eq!(hashes[7], again.cells[7].hash().expect("hash"));
+    hashes.sort();
+    hashes.dedup();
+    assert_eq!(hashes.len(), 30);
+}
+
+#[test]
+fn grid_path_outside_the_schema_fails_before_any_work() {
+    let e = plan_err("grid:\n  metric.lamda: [0.1, 0.01]\n");
+    assert!(
+        e.contains("metric.lamda") && e.contains("did you mean `lambda`"),
+        "{e}"
+    );
+    let e = plan_err("grid:\n  metric.loss.sigmaa: [0.1]\n");
+    assert!(
+        e.contains("metric.loss.sigmaa") && e.contains("did you mean `sigma`"),
+        "{e}"
+    );
+    let e = plan_err("grid:\n  metric.lambda: 0.1\n");
+    assert!(
+        e.contains("grid.metric.lambda") && e.contains("list"),
+        "{e}"
+    );
+    let e = plan_err("grid:\n  training.batch_size: [8, big]\n");
+    assert!(
+        e.contains("training.batch_size=big") && e.contains("batch_size"),
+        "{e}"
+    );
+}
+
+#[test]
+fn grid_over_sampler_parameters_by_index() {
+    let p =
+        plan("preset: metricunet-h\ngrid:\n  metric.samplers.0.tau: [0.1, 0.3]\n").expect("valid");
+    let taus: Vec<Value> = p
+        .cells
+        .iter()
+        .map(|c| param(&c.config.metric.samplers[0], "tau"))
+        .collect();
+    assert_eq!(taus, vec![Value::from(0.1), Value::from(0.3)]);
+}
+
+#[test]
+fn every_table_two_preset_resolves() {
+    let want: &[(&str, &str, &[&str], f64)] = &[
+        ("unet", "unet", &[], 0.1),
+        ("metricunet-r-sep", "metricunet-sep", &["random"], 0.0),
+        ("metricunet-r", "metricunet", &["random"], 0.0),
+        ("metricunet-h", "metricunet", &["hard-negative"], 0.0),
+        ("metricunet-c", "metricunet", &["contour-aware"], 0.0),
+        (
+            "metricunet-hr",
+            "metricunet",
+            &["hard-negative", "random"],
+            0.0,
+        ),
+        (
+            "metricunet-hc",
+            "metricunet",
+            &["hard-negative", "contour-aware"],
+            0.0,
+        ),
+        ("metricunet-hp", "metricunet", &["hard-negative"], 0.1),
+        (
+            "metricunet-hrp",
+            "metricunet",
+            &["hard-negative", "random"],
+            0.1,
+        ),
+        (
+            "metricunet-hcp",
+            "metricunet",
+            &["hard-negative", "contour-aware"],
+            0.1,
+        ),
+    ];
+    assert_eq!(PRESETS.len(), want.len());
+    for (name, backbone, samplers, beta) in want {
+        let e = only(&format!("preset: {name}\n"));
+        assert_eq!(e.model.backbone.name, *backbone, "{name}");
+        assert_eq!(
+            sampler_names(&e),
+            samplers.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "{name}"
+        );
+        assert_eq!(param(&e.metric.loss, "beta"), Value::from(*beta), "{name}");
+    }
+}
+
+/// Each preset equals the same configuration written as plain YAML.
+#[test]
+fn presets_equal_their_plain_yaml() {
+    for p in PRESETS {
+        let with_preset = only(&format!("name: x\npreset: {}\n", p.name));
+        let samplers: Vec<String> = p
+            .samplers
+            .iter()
+            .map(|s| format!("{{name: {s}}}"))
+            .collect();
+        let beta = if p.samplers.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "\n  loss: {{name: triplet-pair, beta: {}}}",
+                if p.pair { 0.1 } else { 0.0 }
+            )
+        };
+        let plain = format!(
+            "name: x\nmodel:\n  backbone: {}\nmetric:\n  samplers: [{}]{beta}\n",
+            p.backbone,
+            samplers.join(", ")
+        );
+        let mut plain = only(&plain);
+        plain.preset = Some(p.name.to_string());
+        assert_eq!(with_preset, plain, "preset {}", p.name);
+    }
+}
+
+#[test]
+fn shipped_examples_validate_and_agree() {
+    metricunet::link_plugins();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let table2 =
+        ExperimentPlan::from_file(&std::path::Path::new(root).join("experiments/table2.yaml"))
+            .expect("table2");
+    assert_eq!(table2.cells.len(), 10);
+    let hcp = table2
+        .cells
+        .iter()
+        .find(|c| c.label() == "preset=metricunet-hcp")
+        .expect("hcp cell");
+    let plain = ExperimentPlan::from_file(
+        &std::path::Path::new(root).join("experiments/examples/metricunet-hcp.yaml"),
+    )
+    .expect("plain");
+    let mut a = hcp.config.clone();
+    let mut b = plain.cells[0].config.clone();
+    // names and descriptions differ; everything that changes training must not
+    a.preset = None;
+    a.name = b.name.clone();
+    a.description.clear();
+    b.description.clear();
+    assert_eq!(a, b);
+    // table III hyper-parameters reach every MetricUNet cell
+    for c in &table2.cells {
+        assert_eq!(param(&c.config.metric.loss, "sigma"), Value::from(1.0));
+        assert_eq!(c.config.metric.lambda, 0.01);
+        for s in &c.config.metric.samplers {
+            assert_eq!(
+                (param(s, "k"), param(s, "m")),
+                (Value::from(20), Value::from(1))
+            );
+        }
+    }
+}
+
+#[test]
+fn presets_check_contradictions() {
+    let e = plan_err("preset: metricunet-h\nmetric:\n  samplers: [random]\n");
+    assert!(
+        e.contains("metric.samplers") && e.contains("contradicts preset `metricunet-h`"),
+        "{e}"
+    );
+    let e = plan_err("preset: metricunet-r\nmodel:\n  backbone: unet\n");
+    assert!(
+        e.contains("model.backbone") && e.contains("contradicts"),
+        "{e}"
+    );
+    let e = plan_err("preset: metricunet-hp\nmetric:\n  loss: {name: triplet-pair, beta: 0}\n");
+    assert!(e.contains("metric.loss.beta"), "{e}");
+    let e = plan_err("preset: metricunet-h\ngrid:\n  metric.loss.beta: [0.0, 0.2]\n");
+    assert!(
+        e.contains("metric.loss.beta=0.2") && e.contains("contradicts"),
+        "{e}"
+    );
+    let e = plan_err("preset: metricunet-hcpp\n");
+    assert!(e.contains("did you mean `metricunet-hcp`"), "{e}");
+    // consistent settings are fine: sampler parameters stay free, a P preset keeps its beta
+    let e = only("preset: metricunet-hp\nmetric:\n  loss: {name: triplet-pair, beta: 0.2}\n  samplers: [{name: hard-negative, tau: 0.3}]\n");
+    assert_eq!(param(&e.metric.loss, "beta"), Value::from(0.2));
+    assert_eq!(param(&e.metric.samplers[0], "tau"), Value::from(0.3));
+}
+
+#[test]
+fn set_overrides_apply_before_validation() {
+    metricunet::link_plugins();
+    let p = ExperimentPlan::with_overrides(
+        "preset: metricunet-r\n",
+        "t.yaml",
+        &[
+            "metric.lambda=0.5".into(),
+            "training.iterations=7".into(),
+            "metric.loss.sigma=1".into(),
+        ],
+    )
+    .expect("valid");
+    let e = &p.cells[0].config;
+    assert_eq!((e.metric.lambda, e.training.iterations), (0.5, 7));
+    assert_eq!(param(&e.metric.loss, "sigma"), Value::from(1.0));
+    let err = ExperimentPlan::with_overrides("", "t.yaml", &["metric.lambda".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("path=value"), "{err}");
+    let err = ExperimentPlan::with_overrides("", "t.yaml", &["metric.lamda=1".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("did you mean `lambda`"), "{err}");
+}

@@ -1,0 +1,79 @@
+//! Every plugin crate is linked into the binary and its names are found in the registry.
+
+use std::process::Command;
+
+use metricunet_core::registry::{self, PluginKind};
+
+const EXPECTED: &[(PluginKind, &[&str])] = &[
+    (
+        PluginKind::Sampler,
+        &["contour-aware", "hard-negative", "random"],
+    ),
+    (PluginKind::Loss, &["triplet-pair"]),
+    (
+        PluginKind::Backbone,
+        &["metricunet", "metricunet-sep", "unet", "unet-light"],
+    ),
+];
+
+#[test]
+fn registry_finds_every_plugin_in_process() {
+    metricunet::link_plugins();
+    for (kind, names) in EXPECTED {
+        let listed: Vec<&str> = registry::list(*kind).iter().map(|p| p.name).collect();
+        for name in *names {
+            assert!(
+                listed.contains(name),
+                "{} `{name}` not registered: {listed:?}",
+                kind.name()
+            );
+        }
+    }
+    assert!(registry::sampler("random", "x").is_ok());
+    assert!(registry::loss("triplet-pair", "x").is_ok());
+    assert!(registry::backbone("metricunet-sep", "x").is_ok());
+    assert!(
+        registry::duplicates().is_empty(),
+        "{:?}",
+        registry::duplicates()
+    );
+    let e = registry::sampler("hard-negatve", "metric.samplers[0]")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("metric.samplers[0]") && e.contains("did you mean `hard-negative`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn binary_lists_every_plugin_with_defaults() {
+    let out = Command::new(env!("CARGO_BIN_EXE_metricunet"))
+        .arg("plugins")
+        .output()
+        .expect("run metricunet plugins");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (_, names) in EXPECTED {
+        for name in *names {
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{name} "))),
+                "`{name}` missing:\n{text}"
+            );
+        }
+    }
+    // parameters with their defaults
+    assert!(
+        text.contains("tau") && text.contains("default 0.1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sigma") && text.contains("default 0.7"),
+        "{text}"
+    );
+}
