@@ -14,5 +14,6 @@ pub mod split;
 pub mod volume;
 
 
+pub use dataset::{Case, LoadedCase};
 pub use error::{DataError, Result};
 pub use volume::{Geometry, Volume};
