@@ -2,6 +2,7 @@
 //! (paper Section IV.A-B): NIfTI volumes, datasets, preprocessing, 2.5D patches, splits,
 //! the on-disk cache, and the built-in pelvic-CT phantom.
 
+pub mod cache;
 pub mod dataset;
 pub mod error;
 pub mod io;
@@ -9,6 +10,7 @@ pub mod morphology;
 pub mod patches;
 pub mod phantom;
 pub mod preprocess;
+pub mod preview;
 pub mod resample;
 pub mod split;
 pub mod volume;

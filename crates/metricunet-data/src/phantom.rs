@@ -375,7 +375,7 @@ mod tests {
     #[test]
     fn written_dataset_reads_back_as_msd() {
         let dir = tempfile::tempdir().expect("tmp");
-        let cases = write_dataset(dir.path(), 2, 3, &small()).expect("write");
+        let cases = write_dataset(dir.path(), 2, 3, &small(), &|_| {}).expect("write");
         let found = crate::dataset::discover_msd(dir.path()).expect("discover");
         assert_eq!(found, cases);
         let loaded = crate::dataset::load_case(&found[1], &std::collections::BTreeMap::from([(1, 1)])).expect("load");
@@ -412,7 +412,14 @@ mod tests {
 /// Write `cases` phantom cases made with `seed` as a Decathlon-layout dataset in `out`
 /// (`imagesTr/phantom_000.nii.gz` int16 HU, `labelsTr/` uint8 labels, `dataset.json`).
 /// Cases are generated and written in parallel; each file is written atomically.
-pub fn write_dataset(out: &std::path::Path, cases: usize, seed: u64, size: &PhantomSize) -> crate::Result<Vec<crate::Case>> {
+/// `on_case` is called with each case id once it is on disk (for a progress bar).
+pub fn write_dataset(
+    out: &std::path::Path,
+    cases: usize,
+    seed: u64,
+    size: &PhantomSize,
+    on_case: &(dyn Fn(&str) + Sync),
+) -> crate::Result<Vec<crate::Case>> {
     use crate::io::write_nifti;
     let written: Vec<crate::Result<crate::Case>> = (0..cases)
         .into_par_iter()
@@ -423,6 +430,7 @@ pub fn write_dataset(out: &std::path::Path, cases: usize, seed: u64, size: &Phan
             let hu = c.image.map(|v| v as i16);
             write_nifti(&image, &hu, None)?;
             write_nifti(&label, &c.labels, None)?;
+            on_case(&c.id);
             Ok(crate::Case { id: c.id, image, label: Some(label) })
         })
         .collect();

@@ -119,6 +119,26 @@ pub fn crop_around<T: Copy + Send + Sync>(v: &Volume<T>, center: [f64; 3], size:
     (v.crop(offset, size, pad), offset)
 }
 
+/// Stage 1 input: the body crop downsampled by `factor` (image trilinear, label nearest).
+pub fn stage1_volume(p: &Preprocessed, factor: usize) -> Result<(Volume<f32>, Option<Volume<u8>>)> {
+    let image = downsample(&p.image, factor)?;
+    let label = match &p.label {
+        Some(l) => Some(resample_nearest(l, &image.geometry, 0)?),
+        None => None,
+    };
+    Ok((image, label))
+}
+
+/// Stage 2 input: the `size` box around `center` (voxels of the body crop), padded with 0
+/// (air after windowing). Returns image, label and the box's offset in the resampled CT
+/// (what [`Preprocessed::to_original`] takes).
+pub fn stage2_crop(p: &Preprocessed, center: [f64; 3], size: [usize; 3]) -> (Volume<f32>, Option<Volume<u8>>, [i64; 3]) {
+    let (image, offset) = crop_around(&p.image, center, size, 0.0);
+    let label = p.label.as_ref().map(|l| l.crop(offset, size, 0));
+    let in_resampled = [0, 1, 2].map(|a| offset[a] + p.crop_offset[a]);
+    (image, label, in_resampled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +187,23 @@ mod tests {
         let c = p.label_centroid().expect("centroid");
         // organ centre x = 20 voxels = 40 mm = resampled voxel 39.5 (first voxel centre at 0)
         assert!((c[0] + p.crop_offset[0] as f64 - 39.5).abs() < 1.01, "{c:?}");
+    }
+
+    #[test]
+    fn stage_inputs_and_paste_back() {
+        let (img, lab) = phantom();
+        let p = preprocess(&img, Some(&lab), &PreprocessParams::default()).expect("preprocess");
+        let (s1, l1) = stage1_volume(&p, 4).expect("stage 1");
+        assert_eq!(s1.geometry.spacing, [4.0; 3]);
+        assert_eq!(l1.expect("label").geometry.dims, s1.geometry.dims);
+        let c = p.label_centroid().expect("centroid");
+        let (s2, l2, off) = stage2_crop(&p, c, [16, 16, 16]);
+        assert_eq!(s2.geometry.dims, [16, 16, 16]);
+        let l2 = l2.expect("label");
+        // the whole organ (8 x 8 x 9 mm) fits in the 16 mm box around its centroid
+        let total = p.label.as_ref().map(|l| l.data.iter().filter(|&&v| v != 0).count());
+        assert_eq!(Some(l2.data.iter().filter(|&&v| v != 0).count()), total);
+        assert_eq!(p.to_original(&l2, off).expect("back").data, lab.data);
     }
 
     #[test]
