@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use metricunet_core::ExperimentPlan;
+use metricunet_data::phantom::PhantomSize;
+
+mod data_cmds;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +37,56 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         cell: usize,
     },
+    /// Write synthetic pelvic CT cases with prostate labels (Decathlon layout).
+    Phantom {
+        /// Number of cases.
+        #[arg(long, default_value_t = 20)]
+        cases: usize,
+        /// Seed of the generator (same seed, same cases).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output folder (gets imagesTr/, labelsTr/, dataset.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// In-plane voxels (a smaller grid keeps the field of view with coarser voxels).
+        #[arg(long, default_value_t = 512)]
+        in_plane: usize,
+        /// Slices per case (about).
+        #[arg(long, default_value_t = 100)]
+        slices: usize,
+    },
+    /// Compare the phantom's HU statistics with a real CT and write slices of both.
+    Realism {
+        /// Folder with ct.nii.gz and labels.nii.gz (TotalSegmentator labels).
+        #[arg(long)]
+        real: PathBuf,
+        /// Output folder for realism.md and the PNGs.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Phantom cases pooled.
+        #[arg(long, default_value_t = 5)]
+        cases: usize,
+    },
+    /// Benchmarks (they print timings; nothing is asserted).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Preprocessing of one CT (phantom) of the given size.
+    Preprocess {
+        #[arg(long, default_value_t = 512)]
+        in_plane: usize,
+        #[arg(long, default_value_t = 200)]
+        slices: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -50,6 +103,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let plan =
                 ExperimentPlan::with_overrides(&text, &experiment.display().to_string(), &sets)?;
             print!("{}", metricunet::validate_text(&plan, cell)?);
+        }
+        Command::Phantom { cases, seed, out, in_plane, slices } => {
+            print!("{}", data_cmds::phantom(cases, seed, &out, PhantomSize { in_plane, slices })?);
+        }
+        Command::Realism { real, out, seed, cases } => print!("{}", data_cmds::realism(&real, &out, seed, cases)?),
+        Command::Bench { what: BenchCommand::Preprocess { in_plane, slices, repeats } } => {
+            print!("{}", data_cmds::bench_preprocess(in_plane, slices, repeats)?);
         }
     }
     Ok(())

@@ -170,6 +170,8 @@ pub struct DataConfig {
     pub spacing_mm: [f64; 3],
     /// HU window clipped and mapped to [0, 255].
     pub hu_window: [f64; 2],
+    /// Voxels above this HU are body before the largest connected component is taken.
+    pub body_threshold_hu: f64,
     pub split: SplitConfig,
     /// Cache folder for preprocessed volumes (default: beside the run's output).
     pub cache_dir: Option<PathBuf>,
@@ -187,6 +189,7 @@ impl Default for DataConfig {
             label_map: BTreeMap::from([(1, 1)]),
             spacing_mm: [1.0, 1.0, 1.0],
             hu_window: [-1000.0, 1000.0],
+            body_threshold_hu: -500.0,
             split: SplitConfig::default(),
             cache_dir: None,
             skip_bad_cases: false,

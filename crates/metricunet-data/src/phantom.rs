@@ -83,6 +83,8 @@ pub struct Subject {
     pub femoral_head_radius: f64,
     pub noise_hu: f64,
     pub blur_passes: usize,
+    /// Plane waves `[amplitude, kx, ky, kz, phase]` of the soft-tissue texture.
+    pub texture_waves: [[f64; 5]; 6],
 }
 
 impl Subject {
@@ -111,8 +113,8 @@ impl Subject {
             prostate_center: [rng.random_range(-6.0..6.0), rng.random_range(0.0..10.0), pz],
             prostate_radii: pr,
             prostate_shape: shape,
-            prostate_hu: rng.random_range(28.0..40.0),
-            periprostatic_hu: rng.random_range(18.0..30.0),
+            prostate_hu: rng.random_range(10.0..30.0),
+            periprostatic_hu: rng.random_range(0.0..22.0),
             muscle_hu: rng.random_range(40.0..60.0),
             fat_hu: rng.random_range(-110.0..-85.0),
             bladder_center: [rng.random_range(-5.0..5.0), -22.0 - 6.0 * filling, pz + pr[2] + br[2] * 0.75],
@@ -121,18 +123,44 @@ impl Subject {
             rectum_radius: rng.random_range(11.0..18.0),
             rectum_gas: rng.random_bool(0.5),
             femoral_head_radius: rng.random_range(21.0..26.0) * scale.sqrt(),
-            noise_hu: rng.random_range(8.0..20.0),
+            noise_hu: rng.random_range(10.0..25.0),
             blur_passes: rng.random_range(1..3),
+            texture_waves: std::array::from_fn(|_| {
+                let k = std::f64::consts::TAU / rng.random_range(15.0..60.0);
+                let d: [f64; 3] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
+                let n = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt().max(1e-6);
+                [rng.random_range(1.0..4.0), k * d[0] / n, k * d[1] / n, k * d[2] / n, rng.random_range(0.0..std::f64::consts::TAU)]
+            }),
         }
     }
 
-    /// The grid: centred in-plane on the body, the prostate about a third up the stack.
+    /// Phantom coordinates (mm; y grows towards the back) of voxel `(i, j, k)`: the grid is
+    /// centred in-plane on the body, the prostate about 40 % up the stack.
+    pub fn position(&self, i: usize, j: usize, k: usize) -> [f64; 3] {
+        let [nx, ny, nz] = self.dims;
+        let [sx, sy, sz] = self.spacing;
+        [
+            (i as f64 - (nx as f64 - 1.0) / 2.0) * sx,
+            (j as f64 - (ny as f64 - 1.0) / 2.0) * sy + 10.0,
+            k as f64 * sz - nz as f64 * sz * 0.4,
+        ]
+    }
+
+    /// The grid in NIfTI world coordinates (RAS+: y grows towards the front, so the index
+    /// axis j, which runs towards the back, has a negative direction).
     pub fn geometry(&self) -> Geometry {
         let mut g = Geometry::axis_aligned(self.dims, self.spacing);
-        g.affine[0][3] = -(self.dims[0] as f64 - 1.0) * self.spacing[0] / 2.0;
-        g.affine[1][3] = -(self.dims[1] as f64 - 1.0) * self.spacing[1] / 2.0 + 10.0;
-        g.affine[2][3] = -(self.dims[2] as f64 * self.spacing[2]) * 0.4;
+        let o = self.position(0, 0, 0);
+        g.affine[0][3] = o[0];
+        g.affine[1][1] = -self.spacing[1];
+        g.affine[1][3] = -o[1];
+        g.affine[2][3] = o[2];
         g
+    }
+
+    /// Smooth soft-tissue inhomogeneity (+-`texture` HU): a few random plane waves.
+    fn texture(&self, p: [f64; 3]) -> f64 {
+        self.texture_waves.iter().map(|w| w[0] * (w[1] * p[0] + w[2] * p[1] + w[3] * p[2] + w[4]).sin()).sum()
     }
 
     /// Normalised radius of the deformed prostate at `p` (< 1 inside).
@@ -270,14 +298,30 @@ fn tissue(s: &Subject, p: [f64; 3]) -> (f64, u8) {
     let pr = s.prostate_radius(p);
     let mean_r = (s.prostate_radii[0] + s.prostate_radii[1] + s.prostate_radii[2]) / 3.0;
     let w = 1.0 / (1.0 + ((pr - 1.0) * mean_r / 1.0).exp());
-    if pr < 1.6 {
+    if pr < 1.35 {
         let hu = s.periprostatic_hu + (s.prostate_hu - s.periprostatic_hu) * w;
         return (hu, if pr < 1.0 { labels::PROSTATE } else { 0 });
     }
-    // Pelvic fat between the organs and the muscle wall, muscle elsewhere.
+    // Levator ani: a muscular sling beside and behind the prostate.
+    if pr < 1.75 && y > pc[1] - 0.3 * s.prostate_radii[1] {
+        return (s.muscle_hu - 5.0, 0);
+    }
+    // Obturator internus: muscle lining the pelvic side walls.
+    for side in [-1.0, 1.0] {
+        let d = ((x - side * a * 0.36) / 12.0).powi(2) + ((y - 0.05 * b) / (b * 0.35)).powi(2);
+        if d < 1.0 && (zr).abs() < 45.0 {
+            return (s.muscle_hu, 0);
+        }
+    }
+    // Pelvic fat between the organs and the muscle wall, with a fat plane between the
+    // gluteal muscles; muscle elsewhere.
     let inner = ((x / (a * 0.42)).powi(2) + ((y - 0.05 * b) / (b * 0.55)).powi(2)).sqrt();
     if inner < 1.0 {
         return (s.fat_hu + 10.0, labels::FAT);
+    }
+    let plane = ((x / (a * 0.7)).powi(2) + ((y - 0.25 * b) / (b * 0.75)).powi(2)).sqrt();
+    if (plane - 1.0).abs() < 0.025 && y > -0.2 * b {
+        return (s.fat_hu + 20.0, labels::FAT);
     }
     (s.muscle_hu, 0)
 }
@@ -302,12 +346,11 @@ pub fn generate(seed: u64, index: usize, size: &PhantomSize) -> PhantomCase {
     let mut label = vec![0u8; g.len()];
     let noise_seed: u64 = rng.random();
     image.par_chunks_mut(plane).zip(label.par_chunks_mut(plane)).enumerate().for_each(|(k, (img, lab))| {
-        let z = g.affine[2][2] * k as f64 + g.affine[2][3];
         for j in 0..ny {
-            let y = g.affine[1][1] * j as f64 + g.affine[1][3];
             for i in 0..nx {
-                let x = g.affine[0][0] * i as f64 + g.affine[0][3];
-                let (hu, l) = tissue(&s, [x, y, z]);
+                let p = s.position(i, j, k);
+                let (hu, l) = tissue(&s, p);
+                let hu = if (-200.0..300.0).contains(&hu) { hu + s.texture(p) } else { hu };
                 img[i + nx * j] = hu as f32;
                 lab[i + nx * j] = l;
             }

@@ -26,6 +26,12 @@ impl Default for PreprocessParams {
     }
 }
 
+impl From<&metricunet_core::config::DataConfig> for PreprocessParams {
+    fn from(d: &metricunet_core::config::DataConfig) -> Self {
+        Self { spacing_mm: d.spacing_mm, hu_window: d.hu_window, body_threshold_hu: d.body_threshold_hu }
+    }
+}
+
 impl PreprocessParams {
     /// A short text that changes whenever the output would (for cache keys).
     pub fn fingerprint(&self) -> String {

@@ -8,8 +8,8 @@ use crate::error::{DataError, Result};
 use crate::volume::Volume;
 
 /// Write axial slice `z` of `image` (HU) through `window` as an RGB PNG, upscaled by
-/// `scale` (nearest), with the boundary of `mask` (if given) drawn in `color`. Rows run
-/// from y = 0 at the top, so anterior is up for the usual RAS/LPS grids.
+/// `scale` (nearest), with the boundary of `mask` (if given) drawn in `color`. The front of
+/// the patient is up: rows are flipped when the grid's y axis points anteriorly (RAS+).
 pub fn write_slice_png(
     path: &Path,
     image: &Volume<f32>,
@@ -27,7 +27,9 @@ pub fn write_slice_png(
     let plane = image.slice(z);
     let m = mask.map(|(m, value, color)| (m.slice(z), value, color));
     let mut rgb = vec![0u8; w * h * 3];
+    let flip = image.geometry.affine[1][1] > 0.0;
     for y in 0..ny {
+        let row = if flip { ny - 1 - y } else { y };
         for x in 0..nx {
             let v = plane[x + nx * y];
             let g = (((v - window[0]) / (window[1] - window[0])).clamp(0.0, 1.0) * 255.0) as u8;
@@ -42,7 +44,7 @@ pub fn write_slice_png(
             }
             for dy in 0..scale {
                 for dx in 0..scale {
-                    let o = ((y * scale + dy) * w + x * scale + dx) * 3;
+                    let o = ((row * scale + dy) * w + x * scale + dx) * 3;
                     rgb[o..o + 3].copy_from_slice(&px);
                 }
             }
