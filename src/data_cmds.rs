@@ -50,7 +50,11 @@ struct Row {
 
 /// `metricunet realism`: HU statistics of the phantom next to a real CT, and a slice of each.
 pub fn realism(real_dir: &Path, out: &Path, seed: u64, cases: usize) -> Result<String> {
-    let case = Case { id: "real".into(), image: real_dir.join("ct.nii.gz"), label: Some(real_dir.join("labels.nii.gz")) };
+    let case = Case {
+        id: "real".into(),
+        image: real_dir.join("ct.nii.gz"),
+        label: Some(real_dir.join("labels.nii.gz")),
+    };
     let ct = read_nifti(&case.image)?;
     let lab = read_nifti(case.label.as_ref().context("label path")?)?;
     let l = &lab.volume.data;
@@ -61,7 +65,9 @@ pub fn realism(real_dir: &Path, out: &Path, seed: u64, cases: usize) -> Result<S
         hu_stats(img, |i| l[i] == 22.0),
         hu_stats(img, |i| l[i] == 21.0),
         hu_stats(img, |i| (75.0..=78.0).contains(&l[i])),
-        hu_stats(img, |i| l[i] == 0.0 && body(i) && (-190.0..=-30.0).contains(&img.data[i])),
+        hu_stats(img, |i| {
+            l[i] == 0.0 && body(i) && (-190.0..=-30.0).contains(&img.data[i])
+        }),
     ];
     // The phantom: pool `cases` cases.
     let mut sums = [(0.0f64, 0.0f64, 0usize); 4];
@@ -69,7 +75,10 @@ pub fn realism(real_dir: &Path, out: &Path, seed: u64, cases: usize) -> Result<S
     let mut first: Option<phantom::PhantomCase> = None;
     for i in 0..cases {
         let c = phantom::generate(seed, i, &size);
-        for (k, lv) in [labels::PROSTATE, labels::BLADDER, labels::BONE, labels::FAT].into_iter().enumerate() {
+        for (k, lv) in [labels::PROSTATE, labels::BLADDER, labels::BONE, labels::FAT]
+            .into_iter()
+            .enumerate()
+        {
             let (m, s, n) = hu_stats(&c.image, |v| c.labels.data[v] == lv);
             if n > 0 {
                 sums[k].0 += m * n as f64;
@@ -86,22 +95,50 @@ pub fn realism(real_dir: &Path, out: &Path, seed: u64, cases: usize) -> Result<S
         (m, (sq / n.max(1) as f64 - m * m).max(0.0).sqrt(), n)
     });
     let names = ["prostate", "bladder", "bone", "fat"];
-    let defs = ["label 22", "label 21", "labels 75-78 (femurs, hips)", "unlabelled body voxels in [-190, -30] HU"];
-    let rows: Vec<Row> =
-        (0..4).map(|k| Row { name: names[k], real: real[k], phantom: pooled[k], real_def: defs[k] }).collect();
+    let defs = [
+        "label 22",
+        "label 21",
+        "labels 75-78 (femurs, hips)",
+        "unlabelled body voxels in [-190, -30] HU",
+    ];
+    let rows: Vec<Row> = (0..4)
+        .map(|k| Row {
+            name: names[k],
+            real: real[k],
+            phantom: pooled[k],
+            real_def: defs[k],
+        })
+        .collect();
 
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     // Slices through the prostate of each, soft-tissue window.
     let window = [-160.0, 240.0];
     let real_label = lab.volume.map(|v| u8::from(v == 22.0));
     let rz = slice_with_most(&real_label);
-    write_slice_png(&out.join("real_ct.png"), img, rz, window, Some((&real_label, 1, [255, 60, 60])), 3)?;
+    write_slice_png(
+        &out.join("real_ct.png"),
+        img,
+        rz,
+        window,
+        Some((&real_label, 1, [255, 60, 60])),
+        3,
+    )?;
     let first = first.context("no phantom case")?;
     let pz = slice_with_most(&first.labels.map(|v| u8::from(v == labels::PROSTATE)));
-    write_slice_png(&out.join("phantom_ct.png"), &first.image, pz, window, Some((&first.labels, labels::PROSTATE, [255, 60, 60])), 1)?;
+    write_slice_png(
+        &out.join("phantom_ct.png"),
+        &first.image,
+        pz,
+        window,
+        Some((&first.labels, labels::PROSTATE, [255, 60, 60])),
+        1,
+    )?;
 
     let mut md = String::new();
-    let _ = writeln!(md, "# Phantom realism: HU inside structures, phantom vs. a real pelvic CT\n");
+    let _ = writeln!(
+        md,
+        "# Phantom realism: HU inside structures, phantom vs. a real pelvic CT\n"
+    );
     let _ = writeln!(
         md,
         "Real: `{}` ({} x {} x {} at {} mm, labels by TotalSegmentator). Phantom: {cases} cases of `metricunet phantom --seed {seed}` (512 x 512 x ~100), pooled.\n",
@@ -134,7 +171,9 @@ pub fn realism(real_dir: &Path, out: &Path, seed: u64, cases: usize) -> Result<S
 /// The axial slice with the most foreground voxels.
 fn slice_with_most(mask: &Volume<u8>) -> usize {
     let nz = mask.geometry.dims[2];
-    (0..nz).max_by_key(|&z| mask.slice(z).iter().filter(|&&v| v != 0).count()).unwrap_or(0)
+    (0..nz)
+        .max_by_key(|&z| mask.slice(z).iter().filter(|&&v| v != 0).count())
+        .unwrap_or(0)
 }
 
 /// `metricunet bench preprocess`: preprocessing time of one phantom CT of the given size.
@@ -142,7 +181,10 @@ pub fn bench_preprocess(in_plane: usize, slices: usize, repeats: usize) -> Resul
     let size = PhantomSize { in_plane, slices };
     let t = Instant::now();
     // The phantom varies its slice count by +-10 %: pick the case closest to the request.
-    let case = (0..8).map(|i| phantom::generate(0, i, &size)).min_by_key(|c| c.image.geometry.dims[2].abs_diff(slices)).context("phantom")?;
+    let case = (0..8)
+        .map(|i| phantom::generate(0, i, &size))
+        .min_by_key(|c| c.image.geometry.dims[2].abs_diff(slices))
+        .context("phantom")?;
     let gen = t.elapsed().as_secs_f64() / 8.0;
     let label = case.labels.map(|v| u8::from(v == labels::PROSTATE));
     let params = PreprocessParams::default();

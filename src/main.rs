@@ -104,12 +104,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ExperimentPlan::with_overrides(&text, &experiment.display().to_string(), &sets)?;
             print!("{}", metricunet::validate_text(&plan, cell)?);
         }
-        Command::Phantom { cases, seed, out, in_plane, slices } => {
-            print!("{}", data_cmds::phantom(cases, seed, &out, PhantomSize { in_plane, slices })?);
+        Command::Phantom {
+            cases,
+            seed,
+            out,
+            in_plane,
+            slices,
+        } => {
+            print!(
+                "{}",
+                data_cmds::phantom(cases, seed, &out, PhantomSize { in_plane, slices })?
+            );
         }
-        Command::Realism { real, out, seed, cases } => print!("{}", data_cmds::realism(&real, &out, seed, cases)?),
-        Command::Bench { what: BenchCommand::Preprocess { in_plane, slices, repeats } } => {
-            print!("{}", data_cmds::bench_preprocess(in_plane, slices, repeats)?);
+        Command::Realism {
+            real,
+            out,
+            seed,
+            cases,
+        } => print!("{}", data_cmds::realism(&real, &out, seed, cases)?),
+        Command::Bench {
+            what:
+                BenchCommand::Preprocess {
+                    in_plane,
+                    slices,
+                    repeats,
+                },
+        } => {
+            print!(
+                "{}",
+                data_cmds::bench_preprocess(in_plane, slices, repeats)?
+            );
         }
     }
     Ok(())

@@ -112,11 +112,20 @@ pub struct PhantomConfig {
     pub cases: usize,
     /// Seed of the generator.
     pub seed: u64,
+    /// In-plane voxels; a smaller grid keeps the field of view with coarser voxels.
+    pub in_plane: usize,
+    /// Slices per case (about).
+    pub slices: usize,
 }
 
 impl Default for PhantomConfig {
     fn default() -> Self {
-        Self { cases: 20, seed: 0 }
+        Self {
+            cases: 20,
+            seed: 0,
+            in_plane: 512,
+            slices: 100,
+        }
     }
 }
 
@@ -827,6 +836,12 @@ fn check_values(e: &Experiment) -> std::result::Result<(), String> {
         return Err("data.label_map: no source label maps to the foreground (1)".into());
     }
     at_least_one("data.phantom.cases", e.data.phantom.cases)?;
+    if e.data.phantom.in_plane < 16 || e.data.phantom.slices < 8 {
+        return Err(format!(
+            "data.phantom: expected in_plane >= 16 and slices >= 8, got {} and {}",
+            e.data.phantom.in_plane, e.data.phantom.slices
+        ));
+    }
     at_least_one("stage1.downsample", e.stage1.downsample)?;
     for (stage, p) in [
         ("stage1.patches", &e.stage1.patches),

@@ -45,12 +45,24 @@ impl Cache {
     }
 
     /// The key of `case` preprocessed with `params` and `label_map`.
-    pub fn key(case: &Case, params: &PreprocessParams, label_map: &BTreeMap<i64, u8>) -> Result<String> {
-        let mut text = format!("{}|{}|{label_map:?}|", file_fingerprint(&case.image)?, params.fingerprint());
+    pub fn key(
+        case: &Case,
+        params: &PreprocessParams,
+        label_map: &BTreeMap<i64, u8>,
+    ) -> Result<String> {
+        let mut text = format!(
+            "{}|{}|{label_map:?}|",
+            file_fingerprint(&case.image)?,
+            params.fingerprint()
+        );
         if let Some(l) = &case.label {
             text.push_str(&file_fingerprint(l)?);
         }
-        Ok(format!("{}-{:016x}", case.id, fnv(text.as_bytes(), 0xcbf2_9ce4_8422_2325)))
+        Ok(format!(
+            "{}-{:016x}",
+            case.id,
+            fnv(text.as_bytes(), 0xcbf2_9ce4_8422_2325)
+        ))
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -76,7 +88,9 @@ impl Cache {
         let path = self.path(key);
         let tmp = self.dir.join(format!(".{key}.tmp{}", std::process::id()));
         let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-        f.write_all(&encode(p)).and_then(|_| f.sync_all()).map_err(|e| DataError::io(&tmp, e))?;
+        f.write_all(&encode(p))
+            .and_then(|_| f.sync_all())
+            .map_err(|e| DataError::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))
     }
 }
@@ -119,13 +133,16 @@ struct Reader<'a>(&'a [u8]);
 impl Reader<'_> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
         let mut b = [0u8; N];
-        self.0.read_exact(&mut b).map_err(|_| DataError::Invalid("truncated cache entry".into()))?;
+        self.0
+            .read_exact(&mut b)
+            .map_err(|_| DataError::Invalid("truncated cache entry".into()))?;
         Ok(b)
     }
     fn geometry(&mut self) -> Result<Geometry> {
         let mut dims = [0usize; 3];
         for d in dims.iter_mut() {
-            *d = usize::try_from(u64::from_le_bytes(self.take()?)).map_err(|_| DataError::Invalid("bad dims".into()))?;
+            *d = usize::try_from(u64::from_le_bytes(self.take()?))
+                .map_err(|_| DataError::Invalid("bad dims".into()))?;
         }
         let mut spacing = [0f64; 3];
         for s in spacing.iter_mut() {
@@ -137,7 +154,11 @@ impl Reader<'_> {
                 *v = f64::from_le_bytes(self.take()?);
             }
         }
-        Ok(Geometry { dims, spacing, affine })
+        Ok(Geometry {
+            dims,
+            spacing,
+            affine,
+        })
     }
 }
 
@@ -157,11 +178,29 @@ fn decode(bytes: &[u8]) -> Result<Preprocessed> {
     let n = crop.len();
     let want = n * 4 + if has_label { n } else { 0 };
     if r.0.len() != want {
-        return Err(DataError::Invalid(format!("cache entry holds {} data bytes, expected {want}", r.0.len())));
+        return Err(DataError::Invalid(format!(
+            "cache entry holds {} data bytes, expected {want}",
+            r.0.len()
+        )));
     }
-    let data: Vec<f32> = r.0[..n * 4].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    let label = has_label.then(|| Volume { data: r.0[n * 4..].to_vec(), geometry: crop.clone() });
-    Ok(Preprocessed { image: Volume { data, geometry: crop }, label, resampled, crop_offset, original })
+    let data: Vec<f32> = r.0[..n * 4]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let label = has_label.then(|| Volume {
+        data: r.0[n * 4..].to_vec(),
+        geometry: crop.clone(),
+    });
+    Ok(Preprocessed {
+        image: Volume {
+            data,
+            geometry: crop,
+        },
+        label,
+        resampled,
+        crop_offset,
+        original,
+    })
 }
 
 /// Read, check and preprocess a case, through the cache when one is given.
@@ -190,6 +229,9 @@ pub fn load_preprocessed(
     Ok(p)
 }
 
+/// Preprocessed cases, and the cases skipped with the reason.
+pub type Loaded = (Vec<(Case, Preprocessed)>, Vec<(Case, String)>);
+
 /// Preprocess every case; with `skip_bad`, a case that fails is logged and listed instead
 /// of stopping the run.
 pub fn load_all(
@@ -198,7 +240,7 @@ pub fn load_all(
     params: &PreprocessParams,
     cache: Option<&Cache>,
     skip_bad: bool,
-) -> Result<(Vec<(Case, Preprocessed)>, Vec<(Case, String)>)> {
+) -> Result<Loaded> {
     let mut ok = Vec::new();
     let mut skipped = Vec::new();
     for case in cases {
@@ -222,19 +264,32 @@ mod tests {
     #[test]
     fn cache_round_trip_invalidation_and_skipping() {
         let dir = tempfile::tempdir().expect("tmp");
-        let size = PhantomSize { in_plane: 64, slices: 16 };
-        let mut cases = write_dataset(&dir.path().join("data"), 2, 1, &size, &|_| {}).expect("data");
+        let size = PhantomSize {
+            in_plane: 64,
+            slices: 16,
+        };
+        let mut cases =
+            write_dataset(&dir.path().join("data"), 2, 1, &size, &|_| {}).expect("data");
         let map = BTreeMap::from([(1, 1)]);
-        let params = PreprocessParams { spacing_mm: [4.0, 4.0, 4.0], ..Default::default() };
+        let params = PreprocessParams {
+            spacing_mm: [4.0, 4.0, 4.0],
+            ..Default::default()
+        };
         let cache = Cache::new(dir.path().join("cache"));
         let fresh = load_preprocessed(&cases[0], &map, &params, Some(&cache)).expect("first");
         let key = Cache::key(&cases[0], &params, &map).expect("key");
         let cached = cache.load(&key).expect("stored");
         assert_eq!(cached.image, fresh.image);
         assert_eq!(cached.label, fresh.label);
-        assert_eq!((cached.crop_offset, &cached.resampled, &cached.original), (fresh.crop_offset, &fresh.resampled, &fresh.original));
+        assert_eq!(
+            (cached.crop_offset, &cached.resampled, &cached.original),
+            (fresh.crop_offset, &fresh.resampled, &fresh.original)
+        );
         // other parameters, other key
-        let other = PreprocessParams { hu_window: [-200.0, 300.0], ..params.clone() };
+        let other = PreprocessParams {
+            hu_window: [-200.0, 300.0],
+            ..params.clone()
+        };
         assert_ne!(key, Cache::key(&cases[0], &other, &map).expect("key"));
         // a corrupt entry is ignored and rewritten
         std::fs::write(cache.path(&key), b"MUNETPP1garbage").expect("corrupt");
@@ -247,8 +302,14 @@ mod tests {
         cases.push(cases[1].clone());
         let (ok, skipped) = load_all(&cases[..2], &map, &params, None, true).expect("skip");
         assert_eq!((ok.len(), skipped.len()), (1, 1));
-        assert!(skipped[0].1.contains("phantom_001.nii.gz"), "{}", skipped[0].1);
-        let e = load_all(&cases[..2], &map, &params, None, false).unwrap_err().to_string();
+        assert!(
+            skipped[0].1.contains("phantom_001.nii.gz"),
+            "{}",
+            skipped[0].1
+        );
+        let e = load_all(&cases[..2], &map, &params, None, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("phantom_001.nii.gz"), "{e}");
     }
 }

@@ -24,11 +24,17 @@ pub enum DataError {
 impl DataError {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
     /// A problem with the case read from `path`.
     pub fn bad(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Self::BadCase { path: path.into(), message: message.into() }
+        Self::BadCase {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 

@@ -25,32 +25,62 @@ pub struct NiftiVolume {
 
 /// Read a 3-D NIfTI file (a 4-D file with one time point is accepted).
 pub fn read_nifti(path: &Path) -> Result<NiftiVolume> {
-    let nifti_err = |message: String| DataError::Nifti { path: path.to_path_buf(), message };
+    let nifti_err = |message: String| DataError::Nifti {
+        path: path.to_path_buf(),
+        message,
+    };
     if !path.exists() {
-        return Err(DataError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+        return Err(DataError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+        ));
     }
-    let obj = ReaderOptions::new().read_file(path).map_err(|e| nifti_err(e.to_string()))?;
+    let obj = ReaderOptions::new()
+        .read_file(path)
+        .map_err(|e| nifti_err(e.to_string()))?;
     let header = obj.header().clone();
     let dim = header.dim().map_err(|e| nifti_err(e.to_string()))?.to_vec();
     let dims3 = match dim.as_slice() {
         [x, y, z] | [x, y, z, 1] => [*x as usize, *y as usize, *z as usize],
-        other => return Err(nifti_err(format!("expected a 3-D volume, got dimensions {other:?}"))),
+        other => {
+            return Err(nifti_err(format!(
+                "expected a 3-D volume, got dimensions {other:?}"
+            )))
+        }
     };
     let spacing = [1, 2, 3].map(|i| f64::from(header.pixdim[i]).abs());
     if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-        return Err(nifti_err(format!("voxel spacing {spacing:?} (pixdim[1..4]) is not positive")));
+        return Err(nifti_err(format!(
+            "voxel spacing {spacing:?} (pixdim[1..4]) is not positive"
+        )));
     }
     let affine = header_affine(&header);
-    let arr = obj.into_volume().into_ndarray::<f32>().map_err(|e| nifti_err(e.to_string()))?;
+    let arr = obj
+        .into_volume()
+        .into_ndarray::<f32>()
+        .map_err(|e| nifti_err(e.to_string()))?;
     // nifti-rs returns Fortran order (x fastest) indexed [x, y, z(, t)]: its memory order
     // is ours.
     let data: Vec<f32> = match arr.as_slice_memory_order() {
-        Some(s) if !arr.is_standard_layout() || dims3.iter().filter(|&&d| d > 1).count() <= 1 => s.to_vec(),
+        Some(s) if !arr.is_standard_layout() || dims3.iter().filter(|&&d| d > 1).count() <= 1 => {
+            s.to_vec()
+        }
         _ => arr.t().iter().copied().collect(),
     };
-    let volume = Volume::new(data, Geometry { dims: dims3, spacing, affine })
-        .map_err(|e| nifti_err(e.to_string()))?;
-    Ok(NiftiVolume { volume, header, path: path.to_path_buf() })
+    let volume = Volume::new(
+        data,
+        Geometry {
+            dims: dims3,
+            spacing,
+            affine,
+        },
+    )
+    .map_err(|e| nifti_err(e.to_string()))?;
+    Ok(NiftiVolume {
+        volume,
+        header,
+        path: path.to_path_buf(),
+    })
 }
 
 /// The voxel-to-world affine: sform, else qform, else the spacing.
@@ -65,21 +95,45 @@ pub fn header_affine(h: &NiftiHeader) -> [[f64; 4]; 4] {
         }
         return m;
     }
-    let (dx, dy, dz) = (f64::from(h.pixdim[1]), f64::from(h.pixdim[2]), f64::from(h.pixdim[3]));
+    let (dx, dy, dz) = (
+        f64::from(h.pixdim[1]),
+        f64::from(h.pixdim[2]),
+        f64::from(h.pixdim[3]),
+    );
     if h.qform_code == 0 {
         m[0][0] = dx.abs();
         m[1][1] = dy.abs();
         m[2][2] = dz.abs();
         return m;
     }
-    let (b, c, d) = (f64::from(h.quatern_b), f64::from(h.quatern_c), f64::from(h.quatern_d));
+    let (b, c, d) = (
+        f64::from(h.quatern_b),
+        f64::from(h.quatern_c),
+        f64::from(h.quatern_d),
+    );
     let s = b * b + c * c + d * d;
     // f32-rounded fields make 1 - s slightly positive where the true `a` is 0.
-    let a = if 1.0 - s < 1e-6 { 0.0 } else { (1.0 - s).sqrt() };
+    let a = if 1.0 - s < 1e-6 {
+        0.0
+    } else {
+        (1.0 - s).sqrt()
+    };
     let r = [
-        [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
-        [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
-        [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        [
+            a * a + b * b - c * c - d * d,
+            2.0 * (b * c - a * d),
+            2.0 * (b * d + a * c),
+        ],
+        [
+            2.0 * (b * c + a * d),
+            a * a + c * c - b * b - d * d,
+            2.0 * (c * d - a * b),
+        ],
+        [
+            2.0 * (b * d - a * c),
+            2.0 * (c * d + a * b),
+            a * a + d * d - c * c - b * b,
+        ],
     ];
     let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
     let scale = [dx.abs(), dy.abs(), qfac * dz.abs()];
@@ -106,14 +160,22 @@ impl WriteElement for i16 {}
 /// With `reference`, every header field but size, type and scaling comes from it (the
 /// source CT's header for a prediction on its grid); the geometry of `volume` is then
 /// checked against it. Without, a header with the volume's affine (sform, code 2) is made.
-pub fn write_nifti<T: WriteElement>(path: &Path, volume: &Volume<T>, reference: Option<&NiftiHeader>) -> Result<()> {
+pub fn write_nifti<T: WriteElement>(
+    path: &Path,
+    volume: &Volume<T>,
+    reference: Option<&NiftiHeader>,
+) -> Result<()> {
     let mut header = match reference {
         Some(h) => h.clone(),
         None => NiftiHeader::default(),
     };
     let g = &volume.geometry;
     let ref_matches = reference.is_some_and(|h| {
-        let rg = Geometry { dims: g.dims, spacing: g.spacing, affine: header_affine(h) };
+        let rg = Geometry {
+            dims: g.dims,
+            spacing: g.spacing,
+            affine: header_affine(h),
+        };
         rg.affine_distance(g) < 1e-4
     });
     if !ref_matches {
@@ -127,25 +189,42 @@ pub fn write_nifti<T: WriteElement>(path: &Path, volume: &Volume<T>, reference: 
     let arr = Array3::from_shape_vec((g.dims[0], g.dims[1], g.dims[2]).f(), volume.data.clone())
         .map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))?;
     let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-        DataError::Invalid(format!("{}: output path needs a file name ending in .nii or .nii.gz", path.display()))
+        DataError::Invalid(format!(
+            "{}: output path needs a file name ending in .nii or .nii.gz",
+            path.display()
+        ))
     })?;
     let ext = if name.ends_with(".nii.gz") {
         "nii.gz"
     } else if name.ends_with(".nii") {
         "nii"
     } else {
-        return Err(DataError::Invalid(format!("{}: output name must end in .nii or .nii.gz", path.display())));
+        return Err(DataError::Invalid(format!(
+            "{}: output name must end in .nii or .nii.gz",
+            path.display()
+        )));
     };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     // nifti-rs rewrites everything after the first dot of the stem: keep the temporary
     // name free of other dots.
-    let stem = name.trim_end_matches(".gz").trim_end_matches(".nii").replace('.', "_");
+    let stem = name
+        .trim_end_matches(".gz")
+        .trim_end_matches(".nii")
+        .replace('.', "_");
     let tmp = dir.join(format!(".{stem}_tmp{}.{ext}", std::process::id()));
-    let written = WriterOptions::new(&tmp).reference_header(&header).write_nifti(&arr);
+    let written = WriterOptions::new(&tmp)
+        .reference_header(&header)
+        .write_nifti(&arr);
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(DataError::Nifti { path: path.to_path_buf(), message: format!("writing failed: {e}") });
+        return Err(DataError::Nifti {
+            path: path.to_path_buf(),
+            message: format!("writing failed: {e}"),
+        });
     }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -164,7 +243,8 @@ mod tests {
         g.affine[0][0] = -0.8; // a flipped x axis
         g.affine[0][3] = 40.0;
         g.affine[2][3] = -12.5;
-        let v = Volume::new((0..60).map(|i| i as f32 * 1.5 - 20.0).collect(), g.clone()).expect("volume");
+        let v = Volume::new((0..60).map(|i| i as f32 * 1.5 - 20.0).collect(), g.clone())
+            .expect("volume");
         for name in ["a.nii.gz", "b.nii"] {
             let p = dir.path().join(name);
             write_nifti(&p, &v, None).expect("write");
@@ -180,7 +260,14 @@ mod tests {
         let p = dir.path().join("labels.nii.gz");
         write_nifti(&p, &labels, Some(&first.header)).expect("write");
         let back = read_nifti(&p).expect("read");
-        assert_eq!(back.volume.data, labels.data.iter().map(|&l| f32::from(l)).collect::<Vec<_>>());
+        assert_eq!(
+            back.volume.data,
+            labels
+                .data
+                .iter()
+                .map(|&l| f32::from(l))
+                .collect::<Vec<_>>()
+        );
         assert!(back.volume.geometry.affine_distance(&g) < 1e-5);
         // no temporary file left behind
         let names: Vec<String> = std::fs::read_dir(dir.path())
@@ -194,25 +281,38 @@ mod tests {
     fn bad_files_are_errors_naming_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("missing.nii.gz");
-        assert!(read_nifti(&missing).unwrap_err().to_string().contains("missing.nii.gz"));
+        assert!(read_nifti(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("missing.nii.gz"));
         let junk = dir.path().join("junk.nii");
         std::fs::write(&junk, b"not a nifti file at all").expect("write");
         let e = read_nifti(&junk).unwrap_err().to_string();
         assert!(e.contains("junk.nii") && e.contains("NIfTI"), "{e}");
         // a truncated file
-        let v = Volume::new(vec![1.0f32; 1000], Geometry::axis_aligned([10, 10, 10], [1.0; 3])).expect("v");
+        let v = Volume::new(
+            vec![1.0f32; 1000],
+            Geometry::axis_aligned([10, 10, 10], [1.0; 3]),
+        )
+        .expect("v");
         let good = dir.path().join("good.nii");
         write_nifti(&good, &v, None).expect("write");
         let bytes = std::fs::read(&good).expect("read");
         let cut = dir.path().join("cut.nii");
         std::fs::write(&cut, &bytes[..bytes.len() - 100]).expect("write");
-        assert!(read_nifti(&cut).unwrap_err().to_string().contains("cut.nii"));
+        assert!(read_nifti(&cut)
+            .unwrap_err()
+            .to_string()
+            .contains("cut.nii"));
         let gz = dir.path().join("good.nii.gz");
         write_nifti(&gz, &v, None).expect("write");
         let bytes = std::fs::read(&gz).expect("read");
         let cutgz = dir.path().join("cut.nii.gz");
         std::fs::write(&cutgz, &bytes[..bytes.len() / 2]).expect("write");
-        assert!(read_nifti(&cutgz).unwrap_err().to_string().contains("cut.nii.gz"));
+        assert!(read_nifti(&cutgz)
+            .unwrap_err()
+            .to_string()
+            .contains("cut.nii.gz"));
         assert!(write_nifti(&dir.path().join("x.png"), &v, None).is_err());
     }
 }

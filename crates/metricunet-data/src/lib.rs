@@ -15,7 +15,6 @@ pub mod resample;
 pub mod split;
 pub mod volume;
 
-
 pub use dataset::{Case, LoadedCase};
 pub use error::{DataError, Result};
 pub use volume::{Geometry, Volume};

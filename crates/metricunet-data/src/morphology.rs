@@ -93,7 +93,7 @@ mod tests {
         m[0] = true;
         m[1] = true;
         for x in 2..6 {
-            m[x + 6 * 2 + 24 * 1] = true;
+            m[x + 6 * 2 + 24] = true;
         }
         m[1 + 6 + 24] = true; // touches (1,0,0)? no: differs in y and z
         let l = largest_component(&m, dims);

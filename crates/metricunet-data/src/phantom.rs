@@ -49,13 +49,19 @@ pub struct PhantomSize {
 
 impl PhantomSize {
     fn voxel_scale(&self) -> [f64; 2] {
-        [512.0 / self.in_plane.max(1) as f64, 100.0 / self.slices.max(1) as f64]
+        [
+            512.0 / self.in_plane.max(1) as f64,
+            100.0 / self.slices.max(1) as f64,
+        ]
     }
 }
 
 impl Default for PhantomSize {
     fn default() -> Self {
-        Self { in_plane: 512, slices: 100 }
+        Self {
+            in_plane: 512,
+            slices: 100,
+        }
     }
 }
 
@@ -93,7 +99,9 @@ impl Subject {
         let [fx, fz] = size.voxel_scale();
         let inplane = rng.random_range(0.9..1.4) * fx;
         let thickness = [1.0, 1.5, 2.0, 2.5, 3.0][rng.random_range(0..5)] * fz;
-        let nz = ((size.slices as f64) * rng.random_range(0.9..1.1)).round().max(8.0) as usize;
+        let nz = ((size.slices as f64) * rng.random_range(0.9..1.1))
+            .round()
+            .max(8.0) as usize;
         let scale = rng.random_range(0.85..1.2);
         let p_scale = rng.random_range(0.75..1.35);
         let z_extent = nz as f64 * thickness;
@@ -104,11 +112,18 @@ impl Subject {
         }
         let filling = rng.random_range(0.3..1.0);
         let pr = [22.0 * p_scale, 17.0 * p_scale, 20.0 * p_scale];
-        let br = [30.0 + 25.0 * filling, 22.0 + 20.0 * filling, 20.0 + 22.0 * filling];
+        let br = [
+            30.0 + 25.0 * filling,
+            22.0 + 20.0 * filling,
+            20.0 + 22.0 * filling,
+        ];
         Self {
             spacing: [inplane, inplane, thickness],
             dims: [size.in_plane, size.in_plane, nz],
-            body: [rng.random_range(165.0..205.0) * scale, rng.random_range(110.0..135.0) * scale],
+            body: [
+                rng.random_range(165.0..205.0) * scale,
+                rng.random_range(110.0..135.0) * scale,
+            ],
             fat_thickness: rng.random_range(10.0..35.0) * scale,
             prostate_center: [rng.random_range(-6.0..6.0), rng.random_range(0.0..10.0), pz],
             prostate_radii: pr,
@@ -117,7 +132,11 @@ impl Subject {
             periprostatic_hu: rng.random_range(0.0..22.0),
             muscle_hu: rng.random_range(40.0..60.0),
             fat_hu: rng.random_range(-110.0..-85.0),
-            bladder_center: [rng.random_range(-5.0..5.0), -22.0 - 6.0 * filling, pz + pr[2] + br[2] * 0.75],
+            bladder_center: [
+                rng.random_range(-5.0..5.0),
+                -22.0 - 6.0 * filling,
+                pz + pr[2] + br[2] * 0.75,
+            ],
             bladder_radii: br,
             bladder_hu: rng.random_range(2.0..18.0),
             rectum_radius: rng.random_range(11.0..18.0),
@@ -129,7 +148,13 @@ impl Subject {
                 let k = std::f64::consts::TAU / rng.random_range(15.0..60.0);
                 let d: [f64; 3] = std::array::from_fn(|_| rng.random_range(-1.0..1.0));
                 let n = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt().max(1e-6);
-                [rng.random_range(1.0..4.0), k * d[0] / n, k * d[1] / n, k * d[2] / n, rng.random_range(0.0..std::f64::consts::TAU)]
+                [
+                    rng.random_range(1.0..4.0),
+                    k * d[0] / n,
+                    k * d[1] / n,
+                    k * d[2] / n,
+                    rng.random_range(0.0..std::f64::consts::TAU),
+                ]
             }),
         }
     }
@@ -160,14 +185,21 @@ impl Subject {
 
     /// Smooth soft-tissue inhomogeneity (+-`texture` HU): a few random plane waves.
     fn texture(&self, p: [f64; 3]) -> f64 {
-        self.texture_waves.iter().map(|w| w[0] * (w[1] * p[0] + w[2] * p[1] + w[3] * p[2] + w[4]).sin()).sum()
+        self.texture_waves
+            .iter()
+            .map(|w| w[0] * (w[1] * p[0] + w[2] * p[1] + w[3] * p[2] + w[4]).sin())
+            .sum()
     }
 
     /// Normalised radius of the deformed prostate at `p` (< 1 inside).
     fn prostate_radius(&self, p: [f64; 3]) -> f64 {
         let c = self.prostate_center;
         let r = self.prostate_radii;
-        let q = [(p[0] - c[0]) / r[0], (p[1] - c[1]) / r[1], (p[2] - c[2]) / r[2]];
+        let q = [
+            (p[0] - c[0]) / r[0],
+            (p[1] - c[1]) / r[1],
+            (p[2] - c[2]) / r[2],
+        ];
         let n = (q[0] * q[0] + q[1] * q[1] + q[2] * q[2]).sqrt();
         if n == 0.0 {
             return 0.0;
@@ -175,10 +207,25 @@ impl Subject {
         let u = [q[0] / n, q[1] / n, q[2] / n];
         // Smooth radial deformation: every monomial of the unit direction up to degree 3.
         let m = [
-            u[0], u[1], u[2],
-            u[0] * u[0], u[1] * u[1], u[2] * u[2], u[0] * u[1], u[0] * u[2], u[1] * u[2],
-            u[0] * u[0] * u[0], u[1] * u[1] * u[1], u[2] * u[2] * u[2], u[0] * u[0] * u[1], u[0] * u[0] * u[2],
-            u[1] * u[1] * u[0], u[1] * u[1] * u[2], u[2] * u[2] * u[0], u[2] * u[2] * u[1], u[0] * u[1] * u[2],
+            u[0],
+            u[1],
+            u[2],
+            u[0] * u[0],
+            u[1] * u[1],
+            u[2] * u[2],
+            u[0] * u[1],
+            u[0] * u[2],
+            u[1] * u[2],
+            u[0] * u[0] * u[0],
+            u[1] * u[1] * u[1],
+            u[2] * u[2] * u[2],
+            u[0] * u[0] * u[1],
+            u[0] * u[0] * u[2],
+            u[1] * u[1] * u[0],
+            u[1] * u[1] * u[2],
+            u[2] * u[2] * u[0],
+            u[2] * u[2] * u[1],
+            u[0] * u[1] * u[2],
         ];
         let d: f64 = m.iter().zip(&self.prostate_shape).map(|(a, b)| a * b).sum();
         n / (1.0 + d).clamp(0.7, 1.3)
@@ -241,7 +288,11 @@ fn tissue(s: &Subject, p: [f64; 3]) -> (f64, u8) {
         }
         // superior pubic ramus: from the symphysis to the acetabulum
         let t = ((x * side) / (a * 0.52)).clamp(0.0, 1.0);
-        let (rx, ry, rz) = (side * t * a * 0.52, -0.62 * b + t * (0.62 * b + 8.0), pc[2] + 10.0);
+        let (rx, ry, rz) = (
+            side * t * a * 0.52,
+            -0.62 * b + t * (0.62 * b + 8.0),
+            pc[2] + 10.0,
+        );
         if (x * side) > 0.0 && (x * side) < a * 0.52 {
             let d = ((y - ry).powi(2) + (z - rz).powi(2)).sqrt() - 9.0;
             if let Some(tb) = bone(d) {
@@ -265,23 +316,39 @@ fn tissue(s: &Subject, p: [f64; 3]) -> (f64, u8) {
         }
     }
     // pubic symphysis
-    let d = ((x / 14.0).powi(2) + ((y + 0.62 * b) / 10.0).powi(2) + ((z - pc[2] - 5.0) / 22.0).powi(2)).sqrt();
+    let d =
+        ((x / 14.0).powi(2) + ((y + 0.62 * b) / 10.0).powi(2) + ((z - pc[2] - 5.0) / 22.0).powi(2))
+            .sqrt();
     if d < 1.0 {
-        return if d > 0.75 { (900.0, labels::BONE) } else { (260.0, labels::BONE) };
+        return if d > 0.75 {
+            (900.0, labels::BONE)
+        } else {
+            (260.0, labels::BONE)
+        };
     }
     // sacrum / coccyx
     let sy = 0.78 * b - 0.25 * (zr - 30.0).max(0.0);
     let d = ((x / 28.0).powi(2) + ((y - sy) / 16.0).powi(2)).sqrt();
     if zr > 10.0 && d < 1.0 {
-        return if d > 0.8 { (850.0, labels::BONE) } else { (220.0, labels::BONE) };
+        return if d > 0.8 {
+            (850.0, labels::BONE)
+        } else {
+            (220.0, labels::BONE)
+        };
     }
     // Bladder with a 3 mm wall.
     let bc = s.bladder_center;
     let br = s.bladder_radii;
-    let q = ((x - bc[0]) / br[0]).powi(2) + ((y - bc[1]) / br[1]).powi(2) + ((z - bc[2]) / br[2]).powi(2);
+    let q = ((x - bc[0]) / br[0]).powi(2)
+        + ((y - bc[1]) / br[1]).powi(2)
+        + ((z - bc[2]) / br[2]).powi(2);
     if q < 1.0 {
         let wall = 1.0 - 3.0 / br[0].min(br[1]).min(br[2]);
-        return if q.sqrt() > wall { (s.muscle_hu - 5.0, labels::BLADDER) } else { (s.bladder_hu, labels::BLADDER) };
+        return if q.sqrt() > wall {
+            (s.muscle_hu - 5.0, labels::BLADDER)
+        } else {
+            (s.bladder_hu, labels::BLADDER)
+        };
     }
     // Rectum: behind the prostate, curving back as it rises.
     let ry = pc[1] + s.prostate_radii[1] + s.rectum_radius + 2.0 + 0.15 * zr.max(0.0);
@@ -337,7 +404,8 @@ pub struct PhantomCase {
 
 /// Generate case `index` of the set made with `seed`.
 pub fn generate(seed: u64, index: usize, size: &PhantomSize) -> PhantomCase {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64);
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64);
     let s = Subject::random(&mut rng, size);
     let g = s.geometry();
     let [nx, ny, nz] = g.dims;
@@ -345,38 +413,67 @@ pub fn generate(seed: u64, index: usize, size: &PhantomSize) -> PhantomCase {
     let mut image = vec![0f32; g.len()];
     let mut label = vec![0u8; g.len()];
     let noise_seed: u64 = rng.random();
-    image.par_chunks_mut(plane).zip(label.par_chunks_mut(plane)).enumerate().for_each(|(k, (img, lab))| {
-        for j in 0..ny {
-            for i in 0..nx {
-                let p = s.position(i, j, k);
-                let (hu, l) = tissue(&s, p);
-                let hu = if (-200.0..300.0).contains(&hu) { hu + s.texture(p) } else { hu };
-                img[i + nx * j] = hu as f32;
-                lab[i + nx * j] = l;
+    image
+        .par_chunks_mut(plane)
+        .zip(label.par_chunks_mut(plane))
+        .enumerate()
+        .for_each(|(k, (img, lab))| {
+            for j in 0..ny {
+                for i in 0..nx {
+                    let p = s.position(i, j, k);
+                    let (hu, l) = tissue(&s, p);
+                    let hu = if (-200.0..300.0).contains(&hu) {
+                        hu + s.texture(p)
+                    } else {
+                        hu
+                    };
+                    img[i + nx * j] = hu as f32;
+                    lab[i + nx * j] = l;
+                }
             }
-        }
-        // in-plane blur (partial volume, fuzzy boundaries), then noise
-        for _ in 0..s.blur_passes {
-            blur_plane(img, nx, ny);
-        }
-        let mut r = ChaCha8Rng::seed_from_u64(noise_seed ^ (k as u64).wrapping_mul(0xA24B_AED4_963E_E407));
-        let normal = Normal::new(0.0f32, s.noise_hu as f32).unwrap_or_else(|_| Normal::new(0.0, 1.0).expect("unit normal"));
-        for v in img.iter_mut() {
-            *v = (*v + normal.sample(&mut r)).clamp(-1024.0, 3071.0).round();
-        }
-    });
-    // through-plane blur for thin slices (the scanner's slice profile)
-    let mut image = Volume { data: image, geometry: g.clone() };
-    if s.spacing[2] < 2.0 && nz > 2 {
-        let src = image.data.clone();
-        image.data.par_chunks_mut(plane).enumerate().for_each(|(k, out)| {
-            let (a, c) = (k.saturating_sub(1), (k + 1).min(nz - 1));
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = (0.25 * src[a * plane + i] + 0.5 * src[k * plane + i] + 0.25 * src[c * plane + i]).round();
+            // in-plane blur (partial volume, fuzzy boundaries), then noise
+            for _ in 0..s.blur_passes {
+                blur_plane(img, nx, ny);
+            }
+            let mut r = ChaCha8Rng::seed_from_u64(
+                noise_seed ^ (k as u64).wrapping_mul(0xA24B_AED4_963E_E407),
+            );
+            let normal = Normal::new(0.0f32, s.noise_hu as f32)
+                .unwrap_or_else(|_| Normal::new(0.0, 1.0).expect("unit normal"));
+            for v in img.iter_mut() {
+                *v = (*v + normal.sample(&mut r)).clamp(-1024.0, 3071.0).round();
             }
         });
+    // through-plane blur for thin slices (the scanner's slice profile)
+    let mut image = Volume {
+        data: image,
+        geometry: g.clone(),
+    };
+    if s.spacing[2] < 2.0 && nz > 2 {
+        let src = image.data.clone();
+        image
+            .data
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(k, out)| {
+                let (a, c) = (k.saturating_sub(1), (k + 1).min(nz - 1));
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = (0.25 * src[a * plane + i]
+                        + 0.5 * src[k * plane + i]
+                        + 0.25 * src[c * plane + i])
+                        .round();
+                }
+            });
     }
-    PhantomCase { id: format!("phantom_{index:03}"), subject: s, image, labels: Volume { data: label, geometry: g } }
+    PhantomCase {
+        id: format!("phantom_{index:03}"),
+        subject: s,
+        image,
+        labels: Volume {
+            data: label,
+            geometry: g,
+        },
+    }
 }
 
 /// One pass of the [1 2 1] / 4 kernel along x and y.
@@ -385,69 +482,15 @@ fn blur_plane(img: &mut [f32], nx: usize, ny: usize) {
     for j in 0..ny {
         for i in 0..nx {
             let (a, c) = (i.saturating_sub(1), (i + 1).min(nx - 1));
-            tmp[i + nx * j] = 0.25 * img[a + nx * j] + 0.5 * img[i + nx * j] + 0.25 * img[c + nx * j];
+            tmp[i + nx * j] =
+                0.25 * img[a + nx * j] + 0.5 * img[i + nx * j] + 0.25 * img[c + nx * j];
         }
     }
     for j in 0..ny {
         let (a, c) = (j.saturating_sub(1), (j + 1).min(ny - 1));
         for i in 0..nx {
-            img[i + nx * j] = 0.25 * tmp[i + nx * a] + 0.5 * tmp[i + nx * j] + 0.25 * tmp[i + nx * c];
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn small() -> PhantomSize {
-        PhantomSize { in_plane: 96, slices: 24 }
-    }
-
-    #[test]
-    fn deterministic_for_a_seed_and_varied_across_cases() {
-        let a = generate(7, 0, &small());
-        let b = generate(7, 0, &small());
-        assert_eq!(a.image.data, b.image.data);
-        assert_eq!(a.labels.data, b.labels.data);
-        let c = generate(7, 1, &small());
-        assert_ne!(a.subject, c.subject);
-        assert_ne!(generate(8, 0, &small()).subject, a.subject);
-    }
-
-    #[test]
-    fn written_dataset_reads_back_as_msd() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cases = write_dataset(dir.path(), 2, 3, &small(), &|_| {}).expect("write");
-        let found = crate::dataset::discover_msd(dir.path()).expect("discover");
-        assert_eq!(found, cases);
-        let loaded = crate::dataset::load_case(&found[1], &std::collections::BTreeMap::from([(1, 1)])).expect("load");
-        let direct = generate(3, 1, &small());
-        assert_eq!(loaded.image.volume.data, direct.image.data);
-        assert!(loaded.image.volume.geometry.affine_distance(&direct.image.geometry) < 1e-4);
-        let fg = loaded.label.as_ref().map(|l| l.data.iter().filter(|&&v| v == 1).count());
-        assert_eq!(fg, Some(direct.labels.data.iter().filter(|&&v| v == labels::PROSTATE).count()));
-        assert!(std::fs::read_to_string(dir.path().join("dataset.json")).expect("json").contains("\"numTraining\": 2"));
-    }
-
-    #[test]
-    fn every_structure_is_present_with_plausible_hu() {
-        for i in 0..3 {
-            let c = generate(1, i, &PhantomSize { in_plane: 160, slices: 40 });
-            let mean = |l: u8| {
-                let v: Vec<f32> = c.image.data.iter().zip(&c.labels.data).filter(|(_, &m)| m == l).map(|(v, _)| *v).collect();
-                assert!(!v.is_empty(), "case {i}: label {l} missing");
-                v.iter().sum::<f32>() / v.len() as f32
-            };
-            let (p, b, bone, fat) = (mean(labels::PROSTATE), mean(labels::BLADDER), mean(labels::BONE), mean(labels::FAT));
-            assert!((10.0..60.0).contains(&p), "prostate {p}");
-            assert!((-20.0..40.0).contains(&b), "bladder {b}");
-            assert!(bone > 200.0, "bone {bone}");
-            assert!((-130.0..-40.0).contains(&fat), "fat {fat}");
-            assert!(c.image.data.iter().any(|&v| v < -900.0), "no air");
-            let s = &c.subject;
-            let [fx, fz] = [512.0 / 160.0, 100.0 / 40.0];
-            assert!((0.9 * fx..1.4 * fx).contains(&s.spacing[0]) && (fz..=3.0 * fz).contains(&s.spacing[2]));
+            img[i + nx * j] =
+                0.25 * tmp[i + nx * a] + 0.5 * tmp[i + nx * j] + 0.25 * tmp[i + nx * c];
         }
     }
 }
@@ -474,7 +517,11 @@ pub fn write_dataset(
             write_nifti(&image, &hu, None)?;
             write_nifti(&label, &c.labels, None)?;
             on_case(&c.id);
-            Ok(crate::Case { id: c.id, image, label: Some(label) })
+            Ok(crate::Case {
+                id: c.id,
+                image,
+                label: Some(label),
+            })
         })
         .collect();
     let written: Vec<crate::Case> = written.into_iter().collect::<crate::Result<_>>()?;
@@ -492,4 +539,109 @@ pub fn write_dataset(
     std::fs::write(&tmp, json).map_err(|e| crate::DataError::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| crate::DataError::io(&path, e))?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> PhantomSize {
+        PhantomSize {
+            in_plane: 96,
+            slices: 24,
+        }
+    }
+
+    #[test]
+    fn deterministic_for_a_seed_and_varied_across_cases() {
+        let a = generate(7, 0, &small());
+        let b = generate(7, 0, &small());
+        assert_eq!(a.image.data, b.image.data);
+        assert_eq!(a.labels.data, b.labels.data);
+        let c = generate(7, 1, &small());
+        assert_ne!(a.subject, c.subject);
+        assert_ne!(generate(8, 0, &small()).subject, a.subject);
+    }
+
+    #[test]
+    fn written_dataset_reads_back_as_msd() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cases = write_dataset(dir.path(), 2, 3, &small(), &|_| {}).expect("write");
+        let found = crate::dataset::discover_msd(dir.path()).expect("discover");
+        assert_eq!(found, cases);
+        let loaded =
+            crate::dataset::load_case(&found[1], &std::collections::BTreeMap::from([(1, 1)]))
+                .expect("load");
+        let direct = generate(3, 1, &small());
+        assert_eq!(loaded.image.volume.data, direct.image.data);
+        assert!(
+            loaded
+                .image
+                .volume
+                .geometry
+                .affine_distance(&direct.image.geometry)
+                < 1e-4
+        );
+        let fg = loaded
+            .label
+            .as_ref()
+            .map(|l| l.data.iter().filter(|&&v| v == 1).count());
+        assert_eq!(
+            fg,
+            Some(
+                direct
+                    .labels
+                    .data
+                    .iter()
+                    .filter(|&&v| v == labels::PROSTATE)
+                    .count()
+            )
+        );
+        assert!(std::fs::read_to_string(dir.path().join("dataset.json"))
+            .expect("json")
+            .contains("\"numTraining\": 2"));
+    }
+
+    #[test]
+    fn every_structure_is_present_with_plausible_hu() {
+        for i in 0..3 {
+            let c = generate(
+                1,
+                i,
+                &PhantomSize {
+                    in_plane: 160,
+                    slices: 40,
+                },
+            );
+            let mean = |l: u8| {
+                let v: Vec<f32> = c
+                    .image
+                    .data
+                    .iter()
+                    .zip(&c.labels.data)
+                    .filter(|(_, &m)| m == l)
+                    .map(|(v, _)| *v)
+                    .collect();
+                assert!(!v.is_empty(), "case {i}: label {l} missing");
+                v.iter().sum::<f32>() / v.len() as f32
+            };
+            let (p, b, bone, fat) = (
+                mean(labels::PROSTATE),
+                mean(labels::BLADDER),
+                mean(labels::BONE),
+                mean(labels::FAT),
+            );
+            assert!((10.0..60.0).contains(&p), "prostate {p}");
+            assert!((-20.0..40.0).contains(&b), "bladder {b}");
+            assert!(bone > 200.0, "bone {bone}");
+            assert!((-130.0..-40.0).contains(&fat), "fat {fat}");
+            assert!(c.image.data.iter().any(|&v| v < -900.0), "no air");
+            let s = &c.subject;
+            let [fx, fz] = [512.0 / 160.0, 100.0 / 40.0];
+            assert!(
+                (0.9 * fx..1.4 * fx).contains(&s.spacing[0])
+                    && (fz..=3.0 * fz).contains(&s.spacing[2])
+            );
+        }
+    }
 }

@@ -22,20 +22,31 @@ pub struct PreprocessParams {
 
 impl Default for PreprocessParams {
     fn default() -> Self {
-        Self { spacing_mm: [1.0; 3], hu_window: [-1000.0, 1000.0], body_threshold_hu: -500.0 }
+        Self {
+            spacing_mm: [1.0; 3],
+            hu_window: [-1000.0, 1000.0],
+            body_threshold_hu: -500.0,
+        }
     }
 }
 
 impl From<&metricunet_core::config::DataConfig> for PreprocessParams {
     fn from(d: &metricunet_core::config::DataConfig) -> Self {
-        Self { spacing_mm: d.spacing_mm, hu_window: d.hu_window, body_threshold_hu: d.body_threshold_hu }
+        Self {
+            spacing_mm: d.spacing_mm,
+            hu_window: d.hu_window,
+            body_threshold_hu: d.body_threshold_hu,
+        }
     }
 }
 
 impl PreprocessParams {
     /// A short text that changes whenever the output would (for cache keys).
     pub fn fingerprint(&self) -> String {
-        format!("sp{:?}-w{:?}-b{}-v1", self.spacing_mm, self.hu_window, self.body_threshold_hu)
+        format!(
+            "sp{:?}-w{:?}-b{}-v1",
+            self.spacing_mm, self.hu_window, self.body_threshold_hu
+        )
     }
 }
 
@@ -62,7 +73,11 @@ pub struct Preprocessed {
 }
 
 /// Resample, window and body-crop one case.
-pub fn preprocess(image: &Volume<f32>, label: Option<&Volume<u8>>, p: &PreprocessParams) -> Result<Preprocessed> {
+pub fn preprocess(
+    image: &Volume<f32>,
+    label: Option<&Volume<u8>>,
+    p: &PreprocessParams,
+) -> Result<Preprocessed> {
     if let Some(l) = label {
         if l.geometry.dims != image.geometry.dims {
             return Err(DataError::Invalid(format!(
@@ -74,10 +89,17 @@ pub fn preprocess(image: &Volume<f32>, label: Option<&Volume<u8>>, p: &Preproces
     let target = image.geometry.with_spacing(p.spacing_mm);
     let [lo, hi] = [p.hu_window[0] as f32, p.hu_window[1] as f32];
     let hu = resample_linear(image, &target, lo.min(-1000.0))?;
-    let body: Vec<bool> = hu.data.par_iter().map(|&v| f64::from(v) > p.body_threshold_hu).collect();
+    let body: Vec<bool> = hu
+        .data
+        .par_iter()
+        .map(|&v| f64::from(v) > p.body_threshold_hu)
+        .collect();
     let body = largest_component(&body, target.dims);
     let (bmin, bmax) = bounding_box(&body, target.dims).ok_or_else(|| {
-        DataError::Invalid(format!("no voxel above the body threshold of {} HU: is this a CT in HU?", p.body_threshold_hu))
+        DataError::Invalid(format!(
+            "no voxel above the body threshold of {} HU: is this a CT in HU?",
+            p.body_threshold_hu
+        ))
     })?;
     let offset = bmin.map(|v| v as i64);
     let dims = [0, 1, 2].map(|a| bmax[a] - bmin[a]);
@@ -88,7 +110,13 @@ pub fn preprocess(image: &Volume<f32>, label: Option<&Volume<u8>>, p: &Preproces
         Some(l) => Some(resample_nearest(l, &target, 0)?.crop(offset, dims, 0)),
         None => None,
     };
-    Ok(Preprocessed { image: windowed, label, resampled: target, crop_offset: offset, original })
+    Ok(Preprocessed {
+        image: windowed,
+        label,
+        resampled: target,
+        crop_offset: offset,
+        original,
+    })
 }
 
 impl Preprocessed {
@@ -120,7 +148,12 @@ pub fn downsample(v: &Volume<f32>, factor: usize) -> Result<Volume<f32>> {
 
 /// The `size` box centred on `center` (voxel coordinates), padded with `pad` where it
 /// leaves the volume; returns the crop and its offset.
-pub fn crop_around<T: Copy + Send + Sync>(v: &Volume<T>, center: [f64; 3], size: [usize; 3], pad: T) -> (Volume<T>, [i64; 3]) {
+pub fn crop_around<T: Copy + Send + Sync>(
+    v: &Volume<T>,
+    center: [f64; 3],
+    size: [usize; 3],
+    pad: T,
+) -> (Volume<T>, [i64; 3]) {
     let offset = [0, 1, 2].map(|a| (center[a] - size[a] as f64 / 2.0).round() as i64);
     (v.crop(offset, size, pad), offset)
 }
@@ -138,7 +171,11 @@ pub fn stage1_volume(p: &Preprocessed, factor: usize) -> Result<(Volume<f32>, Op
 /// Stage 2 input: the `size` box around `center` (voxels of the body crop), padded with 0
 /// (air after windowing). Returns image, label and the box's offset in the resampled CT
 /// (what [`Preprocessed::to_original`] takes).
-pub fn stage2_crop(p: &Preprocessed, center: [f64; 3], size: [usize; 3]) -> (Volume<f32>, Option<Volume<u8>>, [i64; 3]) {
+pub fn stage2_crop(
+    p: &Preprocessed,
+    center: [f64; 3],
+    size: [usize; 3],
+) -> (Volume<f32>, Option<Volume<u8>>, [i64; 3]) {
     let (image, offset) = crop_around(&p.image, center, size, 0.0);
     let label = p.label.as_ref().map(|l| l.crop(offset, size, 0));
     let in_resampled = [0, 1, 2].map(|a| offset[a] + p.crop_offset[a]);
@@ -184,7 +221,10 @@ mod tests {
         let p = preprocess(&img, Some(&lab), &PreprocessParams::default()).expect("preprocess");
         assert_eq!(p.resampled.dims, [80, 60, 30]);
         // body x 8..32 at 2 mm -> 16..64 at 1 mm, give or take the interpolated edge voxel
-        assert!((p.crop_offset[0] - 16).abs() <= 1 && (p.image.geometry.dims[0] as i64 - 48).abs() <= 2, "{p:?}");
+        assert!(
+            (p.crop_offset[0] - 16).abs() <= 1 && (p.image.geometry.dims[0] as i64 - 48).abs() <= 2,
+            "{p:?}"
+        );
         assert!(p.image.data.iter().all(|v| (0.0..=255.0).contains(v)));
         let label = p.label.as_ref().expect("label");
         let back = p.to_original(label, p.crop_offset).expect("back");
@@ -192,7 +232,10 @@ mod tests {
         assert_eq!(back.data, lab.data);
         let c = p.label_centroid().expect("centroid");
         // organ centre x = 20 voxels = 40 mm = resampled voxel 39.5 (first voxel centre at 0)
-        assert!((c[0] + p.crop_offset[0] as f64 - 39.5).abs() < 1.01, "{c:?}");
+        assert!(
+            (c[0] + p.crop_offset[0] as f64 - 39.5).abs() < 1.01,
+            "{c:?}"
+        );
     }
 
     #[test]
@@ -207,7 +250,10 @@ mod tests {
         assert_eq!(s2.geometry.dims, [16, 16, 16]);
         let l2 = l2.expect("label");
         // the whole organ (8 x 8 x 9 mm) fits in the 16 mm box around its centroid
-        let total = p.label.as_ref().map(|l| l.data.iter().filter(|&&v| v != 0).count());
+        let total = p
+            .label
+            .as_ref()
+            .map(|l| l.data.iter().filter(|&&v| v != 0).count());
         assert_eq!(Some(l2.data.iter().filter(|&&v| v != 0).count()), total);
         assert_eq!(p.to_original(&l2, off).expect("back").data, lab.data);
     }
@@ -215,7 +261,12 @@ mod tests {
     #[test]
     fn no_body_is_a_clear_error() {
         let g = Geometry::axis_aligned([8, 8, 8], [1.0; 3]);
-        let e = preprocess(&Volume::filled(-1000.0, g), None, &PreprocessParams::default()).unwrap_err();
+        let e = preprocess(
+            &Volume::filled(-1000.0, g),
+            None,
+            &PreprocessParams::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("body threshold"), "{e}");
     }
 

@@ -20,7 +20,9 @@ pub fn write_slice_png(
 ) -> Result<()> {
     let [nx, ny, nz] = image.geometry.dims;
     if z >= nz {
-        return Err(DataError::Invalid(format!("slice {z} outside a volume of {nz} slices")));
+        return Err(DataError::Invalid(format!(
+            "slice {z} outside a volume of {nz} slices"
+        )));
     }
     let scale = scale.max(1);
     let (w, h) = (nx * scale, ny * scale);
@@ -37,7 +39,14 @@ pub fn write_slice_png(
             if let Some((ms, value, color)) = m {
                 let at = |xx: usize, yy: usize| ms[xx + nx * yy] == value;
                 let edge = at(x, y)
-                    && (x == 0 || y == 0 || x + 1 == nx || y + 1 == ny || !at(x - 1, y) || !at(x + 1, y) || !at(x, y - 1) || !at(x, y + 1));
+                    && (x == 0
+                        || y == 0
+                        || x + 1 == nx
+                        || y + 1 == ny
+                        || !at(x - 1, y)
+                        || !at(x + 1, y)
+                        || !at(x, y - 1)
+                        || !at(x, y + 1));
                 if edge {
                     px = color;
                 }
@@ -98,7 +107,10 @@ mod tests {
         write_slice_png(&p, &img, 1, [0.0, 47.0], Some((&m, 1, [255, 0, 0])), 2).expect("png");
         let bytes = std::fs::read(&p).expect("read");
         assert_eq!(&bytes[1..4], b"PNG");
-        let (w, h) = (u32::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]), u32::from_be_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]));
+        let (w, h) = (
+            u32::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]),
+            u32::from_be_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]),
+        );
         assert_eq!((w, h), (12, 8));
         assert!(write_slice_png(&p, &img, 2, [0.0, 1.0], None, 1).is_err());
         let (mean, sd, n) = hu_stats(&img, |i| i < 4);

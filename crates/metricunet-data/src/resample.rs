@@ -10,7 +10,9 @@ use crate::volume::{Geometry, Volume};
 /// For each target index along one axis: the continuous source index.
 fn axis_map(src: &Geometry, tgt: &Geometry) -> Result<[(f64, f64); 3]> {
     let a = nalgebra::Matrix4::from_fn(|r, c| src.affine[r][c]);
-    let inv = a.try_inverse().ok_or_else(|| DataError::Invalid("source affine is singular".into()))?;
+    let inv = a
+        .try_inverse()
+        .ok_or_else(|| DataError::Invalid("source affine is singular".into()))?;
     let b = nalgebra::Matrix4::from_fn(|r, c| tgt.affine[r][c]);
     let m = inv * b; // target voxel -> source voxel
     for r in 0..3 {
@@ -56,47 +58,70 @@ pub fn resample_linear(src: &Volume<f32>, target: &Geometry, fill: f32) -> Resul
     let (wx, wy, wz) = (w(0, tx, sx), w(1, ty, sy), w(2, tz, sz));
     let plane = sx * sy;
     let mut data = vec![fill; target.len()];
-    data.par_chunks_mut((tx * ty).max(1)).enumerate().for_each(|(k, out)| {
-        let Some((z0, z1, fz)) = wz[k] else { return };
-        for (j, wyj) in wy.iter().enumerate() {
-            let Some((y0, y1, fy)) = *wyj else { continue };
-            let rows = [z0 * plane + y0 * sx, z0 * plane + y1 * sx, z1 * plane + y0 * sx, z1 * plane + y1 * sx];
-            for (i, wxi) in wx.iter().enumerate() {
-                let Some((x0, x1, fx)) = *wxi else { continue };
-                let lerp = |r: usize| src.data[r + x0] + (src.data[r + x1] - src.data[r + x0]) * fx;
-                let (a, b, c, d) = (lerp(rows[0]), lerp(rows[1]), lerp(rows[2]), lerp(rows[3]));
-                let lo = a + (b - a) * fy;
-                let hi = c + (d - c) * fy;
-                out[i + tx * j] = lo + (hi - lo) * fz;
+    data.par_chunks_mut((tx * ty).max(1))
+        .enumerate()
+        .for_each(|(k, out)| {
+            let Some((z0, z1, fz)) = wz[k] else { return };
+            for (j, wyj) in wy.iter().enumerate() {
+                let Some((y0, y1, fy)) = *wyj else { continue };
+                let rows = [
+                    z0 * plane + y0 * sx,
+                    z0 * plane + y1 * sx,
+                    z1 * plane + y0 * sx,
+                    z1 * plane + y1 * sx,
+                ];
+                for (i, wxi) in wx.iter().enumerate() {
+                    let Some((x0, x1, fx)) = *wxi else { continue };
+                    let lerp =
+                        |r: usize| src.data[r + x0] + (src.data[r + x1] - src.data[r + x0]) * fx;
+                    let (a, b, c, d) = (lerp(rows[0]), lerp(rows[1]), lerp(rows[2]), lerp(rows[3]));
+                    let lo = a + (b - a) * fy;
+                    let hi = c + (d - c) * fy;
+                    out[i + tx * j] = lo + (hi - lo) * fz;
+                }
             }
-        }
-    });
-    Ok(Volume { data, geometry: target.clone() })
+        });
+    Ok(Volume {
+        data,
+        geometry: target.clone(),
+    })
 }
 
 /// Nearest-neighbour resampling (labels); voxels outside the source get `fill`.
-pub fn resample_nearest<T: Copy + Send + Sync>(src: &Volume<T>, target: &Geometry, fill: T) -> Result<Volume<T>> {
+pub fn resample_nearest<T: Copy + Send + Sync>(
+    src: &Volume<T>,
+    target: &Geometry,
+    fill: T,
+) -> Result<Volume<T>> {
     let maps = axis_map(&src.geometry, target)?;
     let [sx, sy, sz] = src.geometry.dims;
     let [tx, ty, tz] = target.dims;
     let near = |a: usize, n_t: usize, n_s: usize| -> Vec<Option<usize>> {
-        positions(maps[a].0, maps[a].1, n_t, n_s).into_iter().map(|p| p.map(|p| (p.round() as usize).min(n_s - 1))).collect()
+        positions(maps[a].0, maps[a].1, n_t, n_s)
+            .into_iter()
+            .map(|p| p.map(|p| (p.round() as usize).min(n_s - 1)))
+            .collect()
     };
     let (nx, ny, nz) = (near(0, tx, sx), near(1, ty, sy), near(2, tz, sz));
     let mut data = vec![fill; target.len()];
-    data.par_chunks_mut((tx * ty).max(1)).enumerate().for_each(|(k, out)| {
-        let Some(z) = nz[k] else { return };
-        for (j, yj) in ny.iter().enumerate() {
-            let Some(y) = *yj else { continue };
-            let row = (z * sy + y) * sx;
-            for (i, xi) in nx.iter().enumerate() {
-                if let Some(x) = *xi {
-                    out[i + tx * j] = src.data[row + x];
+    data.par_chunks_mut((tx * ty).max(1))
+        .enumerate()
+        .for_each(|(k, out)| {
+            let Some(z) = nz[k] else { return };
+            for (j, yj) in ny.iter().enumerate() {
+                let Some(y) = *yj else { continue };
+                let row = (z * sy + y) * sx;
+                for (i, xi) in nx.iter().enumerate() {
+                    if let Some(x) = *xi {
+                        out[i + tx * j] = src.data[row + x];
+                    }
                 }
             }
-        }
-    });
-    Ok(Volume { data, geometry: target.clone() })
+        });
+    Ok(Volume {
+        data,
+        geometry: target.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -125,7 +150,11 @@ mod tests {
             for j in 0..5 {
                 for i in 0..4 {
                     let want = f(i as f64, j as f64, k as f64);
-                    assert!((r.get(i, j, k) - want).abs() < 1e-4, "({i},{j},{k}) {} vs {want}", r.get(i, j, k));
+                    assert!(
+                        (r.get(i, j, k) - want).abs() < 1e-4,
+                        "({i},{j},{k}) {} vs {want}",
+                        r.get(i, j, k)
+                    );
                 }
             }
         }

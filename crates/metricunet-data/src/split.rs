@@ -23,7 +23,9 @@ pub struct Split {
 pub fn split(ids: &[String], fractions: [f64; 3], seed: u64) -> Result<Split> {
     let [train, val, test] = fractions;
     if (train + val + test - 1.0).abs() > 1e-6 || fractions.iter().any(|f| *f < 0.0) {
-        return Err(DataError::Invalid(format!("split fractions {fractions:?} must be non-negative and sum to 1")));
+        return Err(DataError::Invalid(format!(
+            "split fractions {fractions:?} must be non-negative and sum to 1"
+        )));
     }
     let mut ids = ids.to_vec();
     ids.sort();
@@ -33,7 +35,13 @@ pub fn split(ids: &[String], fractions: [f64; 3], seed: u64) -> Result<Split> {
         return Err(DataError::Invalid("no case to split".into()));
     }
     ids.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let at_least = |f: f64| if n >= 3 && f > 0.0 { ((n as f64 * f).round() as usize).max(1) } else { (n as f64 * f).round() as usize };
+    let at_least = |f: f64| {
+        if n >= 3 && f > 0.0 {
+            ((n as f64 * f).round() as usize).max(1)
+        } else {
+            (n as f64 * f).round() as usize
+        }
+    };
     let n_test = at_least(test).min(n);
     let n_val = at_least(val).min(n - n_test);
     let mut n_train = n - n_test - n_val;
@@ -49,6 +57,25 @@ pub fn split(ids: &[String], fractions: [f64; 3], seed: u64) -> Result<Split> {
     })
 }
 
+/// Write a split as YAML (temporary file, then rename).
+pub fn write_split(path: &std::path::Path, s: &Split) -> Result<()> {
+    let text = serde_norway::to_string(s)
+        .map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))?;
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    }
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}
+
+/// Read a split written by [`write_split`].
+pub fn read_split(path: &std::path::Path) -> Result<Split> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    serde_norway::from_str(&text)
+        .map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,7 +88,13 @@ mod tests {
     fn paper_fractions_and_determinism() {
         let s = split(&ids(20), [0.7, 0.1, 0.2], 3).expect("split");
         assert_eq!((s.train.len(), s.val.len(), s.test.len()), (14, 2, 4));
-        let mut all: Vec<String> = s.train.iter().chain(&s.val).chain(&s.test).cloned().collect();
+        let mut all: Vec<String> = s
+            .train
+            .iter()
+            .chain(&s.val)
+            .chain(&s.test)
+            .cloned()
+            .collect();
         all.sort();
         assert_eq!(all, ids(20));
         assert_eq!(s, split(&ids(20), [0.7, 0.1, 0.2], 3).expect("again"));
@@ -69,6 +102,19 @@ mod tests {
         reversed.reverse();
         assert_eq!(s, split(&reversed, [0.7, 0.1, 0.2], 3).expect("order-free"));
         assert_ne!(s, split(&ids(20), [0.7, 0.1, 0.2], 4).expect("other seed"));
+    }
+
+    #[test]
+    fn split_file_round_trip() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = split(&ids(10), [0.7, 0.1, 0.2], 1).expect("split");
+        let p = dir.path().join("run/split.yaml");
+        write_split(&p, &s).expect("write");
+        assert_eq!(read_split(&p).expect("read"), s);
+        assert!(read_split(&dir.path().join("none.yaml"))
+            .unwrap_err()
+            .to_string()
+            .contains("none.yaml"));
     }
 
     #[test]

@@ -21,7 +21,11 @@ impl Geometry {
             affine[i][i] = *s;
         }
         affine[3][3] = 1.0;
-        Self { dims, spacing, affine }
+        Self {
+            dims,
+            spacing,
+            affine,
+        }
     }
 
     /// Number of voxels.
@@ -41,22 +45,34 @@ impl Geometry {
         let mut dims = [0; 3];
         let mut affine = self.affine;
         for a in 0..3 {
-            dims[a] = ((self.dims[a] as f64 * self.spacing[a] / spacing[a]).round() as usize).max(1);
+            dims[a] =
+                ((self.dims[a] as f64 * self.spacing[a] / spacing[a]).round() as usize).max(1);
             let ratio = spacing[a] / self.spacing[a];
             for row in affine.iter_mut().take(3) {
                 row[a] *= ratio;
             }
         }
-        Self { dims, spacing, affine }
+        Self {
+            dims,
+            spacing,
+            affine,
+        }
     }
 
     /// The sub-grid starting at voxel `offset` with `dims` voxels (may reach outside).
     pub fn sub_grid(&self, offset: [i64; 3], dims: [usize; 3]) -> Self {
         let mut affine = self.affine;
         for (r, row) in affine.iter_mut().enumerate().take(3) {
-            row[3] = (0..3).map(|a| self.affine[r][a] * offset[a] as f64).sum::<f64>() + self.affine[r][3];
+            row[3] = (0..3)
+                .map(|a| self.affine[r][a] * offset[a] as f64)
+                .sum::<f64>()
+                + self.affine[r][3];
         }
-        Self { dims, spacing: self.spacing, affine }
+        Self {
+            dims,
+            spacing: self.spacing,
+            affine,
+        }
     }
 
     /// Largest absolute difference between two affines (mm).
@@ -94,7 +110,10 @@ impl<T: Copy + Send + Sync> Volume<T> {
 
     /// A volume filled with `value`.
     pub fn filled(value: T, geometry: Geometry) -> Self {
-        Self { data: vec![value; geometry.len()], geometry }
+        Self {
+            data: vec![value; geometry.len()],
+            geometry,
+        }
     }
 
     /// `[nx, ny, nz]`.
@@ -124,7 +143,10 @@ impl<T: Copy + Send + Sync> Volume<T> {
     /// The same grid with every voxel mapped by `f`.
     pub fn map<U: Copy + Send + Sync>(&self, f: impl Fn(T) -> U + Sync) -> Volume<U> {
         use rayon::prelude::*;
-        Volume { data: self.data.par_iter().map(|&v| f(v)).collect(), geometry: self.geometry.clone() }
+        Volume {
+            data: self.data.par_iter().map(|&v| f(v)).collect(),
+            geometry: self.geometry.clone(),
+        }
     }
 
     /// The box `offset .. offset + dims`, with `pad` where it leaves the volume.
@@ -133,25 +155,31 @@ impl<T: Copy + Send + Sync> Volume<T> {
         let [nx, ny, nz] = self.geometry.dims;
         let plane = dims[0] * dims[1];
         let mut data = vec![pad; dims.iter().product()];
-        data.par_chunks_mut(plane.max(1)).enumerate().for_each(|(z, out)| {
-            let sz = z as i64 + offset[2];
-            if sz < 0 || sz >= nz as i64 {
-                return;
-            }
-            for y in 0..dims[1] {
-                let sy = y as i64 + offset[1];
-                if sy < 0 || sy >= ny as i64 {
-                    continue;
+        data.par_chunks_mut(plane.max(1))
+            .enumerate()
+            .for_each(|(z, out)| {
+                let sz = z as i64 + offset[2];
+                if sz < 0 || sz >= nz as i64 {
+                    return;
                 }
-                for x in 0..dims[0] {
-                    let sx = x as i64 + offset[0];
-                    if sx >= 0 && sx < nx as i64 {
-                        out[x + dims[0] * y] = self.data[sx as usize + nx * (sy as usize + ny * sz as usize)];
+                for y in 0..dims[1] {
+                    let sy = y as i64 + offset[1];
+                    if sy < 0 || sy >= ny as i64 {
+                        continue;
+                    }
+                    for x in 0..dims[0] {
+                        let sx = x as i64 + offset[0];
+                        if sx >= 0 && sx < nx as i64 {
+                            out[x + dims[0] * y] =
+                                self.data[sx as usize + nx * (sy as usize + ny * sz as usize)];
+                        }
                     }
                 }
-            }
-        });
-        Volume { data, geometry: self.geometry.sub_grid(offset, dims) }
+            });
+        Volume {
+            data,
+            geometry: self.geometry.sub_grid(offset, dims),
+        }
     }
 
     /// Write `part` (a crop taken at `offset`) back into this volume; voxels outside are
@@ -172,7 +200,8 @@ impl<T: Copy + Send + Sync> Volume<T> {
                 for x in 0..px {
                     let tx = x as i64 + offset[0];
                     if tx >= 0 && tx < nx as i64 {
-                        self.data[tx as usize + nx * (ty as usize + ny * tz as usize)] = part.data[x + px * (y + py * z)];
+                        self.data[tx as usize + nx * (ty as usize + ny * tz as usize)] =
+                            part.data[x + px * (y + py * z)];
                     }
                 }
             }
