@@ -183,18 +183,16 @@ impl Subject {
         g
     }
 
-    /// Smooth soft-tissue inhomogeneity (+-`texture` HU): a few random plane waves.
-    fn texture(&self, p: [f64; 3]) -> f64 {
-        self.texture_waves
-            .iter()
-            .map(|w| w[0] * (w[1] * p[0] + w[2] * p[1] + w[3] * p[2] + w[4]).sin())
-            .sum()
-    }
-
-    /// Normalised radius of the deformed prostate at `p` (< 1 inside).
+    /// Normalised radius of the deformed prostate at `p` (< 1 inside; a lower bound of 2
+    /// is returned far outside, where the exact value does not matter).
     fn prostate_radius(&self, p: [f64; 3]) -> f64 {
         let c = self.prostate_center;
         let r = self.prostate_radii;
+        let far = 2.0 * 1.3 * r[0].max(r[1]).max(r[2]);
+        let d2 = (p[0] - c[0]).powi(2) + (p[1] - c[1]).powi(2) + (p[2] - c[2]).powi(2);
+        if d2 > far * far {
+            return 2.0;
+        }
         let q = [
             (p[0] - c[0]) / r[0],
             (p[1] - c[1]) / r[1],
@@ -352,7 +350,7 @@ fn tissue(s: &Subject, p: [f64; 3]) -> (f64, u8) {
     }
     // Rectum: behind the prostate, curving back as it rises.
     let ry = pc[1] + s.prostate_radii[1] + s.rectum_radius + 2.0 + 0.15 * zr.max(0.0);
-    let rr = ((x - pc[0]) / 1.2).hypot(y - ry);
+    let rr = (((x - pc[0]) / 1.2).powi(2) + (y - ry).powi(2)).sqrt();
     if rr < s.rectum_radius && z < pc[2] + 70.0 {
         let lumen = s.rectum_radius - 4.0;
         if rr < lumen {
@@ -413,17 +411,39 @@ pub fn generate(seed: u64, index: usize, size: &PhantomSize) -> PhantomCase {
     let mut image = vec![0f32; g.len()];
     let mut label = vec![0u8; g.len()];
     let noise_seed: u64 = rng.random();
+    // Soft-tissue texture, a sum of plane waves A sin(kx x + ky y + kz z + phase), split as
+    // sin(u + v) = sin u cos v + cos u sin v with u along x and v along y and z: tables per
+    // column and per row instead of a sine per voxel and wave.
+    let cols: Vec<Vec<(f64, f64)>> = s
+        .texture_waves
+        .iter()
+        .map(|w| (0..nx).map(|i| (w[1] * s.position(i, 0, 0)[0]).sin_cos()).collect())
+        .collect();
     image
         .par_chunks_mut(plane)
         .zip(label.par_chunks_mut(plane))
         .enumerate()
         .for_each(|(k, (img, lab))| {
             for j in 0..ny {
+                let p0 = s.position(0, j, k);
+                let rows: Vec<(f64, f64, f64)> = s
+                    .texture_waves
+                    .iter()
+                    .map(|w| {
+                        let (sv, cv) = (w[2] * p0[1] + w[3] * p0[2] + w[4]).sin_cos();
+                        (w[0], sv, cv)
+                    })
+                    .collect();
                 for i in 0..nx {
                     let p = s.position(i, j, k);
                     let (hu, l) = tissue(&s, p);
                     let hu = if (-200.0..300.0).contains(&hu) {
-                        hu + s.texture(p)
+                        let t: f64 = rows
+                            .iter()
+                            .zip(&cols)
+                            .map(|(&(a, sv, cv), c)| a * (c[i].0 * cv + c[i].1 * sv))
+                            .sum();
+                        hu + t
                     } else {
                         hu
                     };
@@ -441,7 +461,7 @@ pub fn generate(seed: u64, index: usize, size: &PhantomSize) -> PhantomCase {
             let normal = Normal::new(0.0f32, s.noise_hu as f32)
                 .unwrap_or_else(|_| Normal::new(0.0, 1.0).expect("unit normal"));
             for v in img.iter_mut() {
-                *v = (*v + normal.sample(&mut r)).clamp(-1024.0, 3071.0).round();
+                *v = round_hu((*v + normal.sample(&mut r)).clamp(-1024.0, 3071.0));
             }
         });
     // through-plane blur for thin slices (the scanner's slice profile)
@@ -458,10 +478,9 @@ pub fn generate(seed: u64, index: usize, size: &PhantomSize) -> PhantomCase {
             .for_each(|(k, out)| {
                 let (a, c) = (k.saturating_sub(1), (k + 1).min(nz - 1));
                 for (i, o) in out.iter_mut().enumerate() {
-                    *o = (0.25 * src[a * plane + i]
-                        + 0.5 * src[k * plane + i]
-                        + 0.25 * src[c * plane + i])
-                        .round();
+                    *o = round_hu(
+                        0.25 * src[a * plane + i] + 0.5 * src[k * plane + i] + 0.25 * src[c * plane + i],
+                    );
                 }
             });
     }
@@ -474,6 +493,12 @@ pub fn generate(seed: u64, index: usize, size: &PhantomSize) -> PhantomCase {
             geometry: g,
         },
     }
+}
+
+/// Round half away from zero to whole HU (as stored in int16), without a libm call.
+#[inline]
+fn round_hu(v: f32) -> f32 {
+    (v + 0.5f32.copysign(v)) as i32 as f32
 }
 
 /// One pass of the [1 2 1] / 4 kernel along x and y.

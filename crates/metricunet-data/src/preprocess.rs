@@ -88,26 +88,33 @@ pub fn preprocess(
     }
     let target = image.geometry.with_spacing(p.spacing_mm);
     let [lo, hi] = [p.hu_window[0] as f32, p.hu_window[1] as f32];
-    let hu = resample_linear(image, &target, lo.min(-1000.0))?;
-    let body: Vec<bool> = hu
-        .data
-        .par_iter()
-        .map(|&v| f64::from(v) > p.body_threshold_hu)
-        .collect();
-    let body = largest_component(&body, target.dims);
-    let (bmin, bmax) = bounding_box(&body, target.dims).ok_or_else(|| {
+    // The body is found on the CT's own grid (fewer voxels than 1 mm for typical CTs), and
+    // only its bounding box is resampled.
+    let threshold = p.body_threshold_hu as f32;
+    let body: Vec<bool> = image.data.par_iter().map(|&v| v > threshold).collect();
+    let body = largest_component(&body, image.geometry.dims);
+    let (bmin, bmax) = bounding_box(&body, image.geometry.dims).ok_or_else(|| {
         DataError::Invalid(format!(
             "no voxel above the body threshold of {} HU: is this a CT in HU?",
             p.body_threshold_hu
         ))
     })?;
-    let offset = bmin.map(|v| v as i64);
-    let dims = [0, 1, 2].map(|a| bmax[a] - bmin[a]);
+    let mut offset = [0i64; 3];
+    let mut dims = [0usize; 3];
+    for a in 0..3 {
+        let ratio = image.geometry.spacing[a] / target.spacing[a];
+        // target voxels whose centres lie within half a source voxel of the body's box
+        let first = ((bmin[a] as f64 - 0.5) * ratio).ceil().max(0.0) as usize;
+        let last = (((bmax[a] - 1) as f64 + 0.5) * ratio).floor() as usize;
+        let last = last.min(target.dims[a] - 1).max(first);
+        offset[a] = first as i64;
+        dims[a] = last - first + 1;
+    }
+    let crop_grid = target.sub_grid(offset, dims);
     let original = image.geometry.clone();
-    let crop = hu.crop(offset, dims, lo);
-    let windowed = crop.map(|v| window(v, lo, hi));
+    let windowed = resample_linear(image, &crop_grid, lo)?.map(|v| window(v, lo, hi));
     let label = match label {
-        Some(l) => Some(resample_nearest(l, &target, 0)?.crop(offset, dims, 0)),
+        Some(l) => Some(resample_nearest(l, &crop_grid, 0)?),
         None => None,
     };
     Ok(Preprocessed {
