@@ -293,7 +293,12 @@ mod tests {
         h.quatern_z = 30.0;
         let m = header_affine(&h);
         // R = [[0 -1 0] [1 0 0] [0 0 1]], columns scaled by (0.5, 0.75, -2)
-        let want = [[0.0, -0.75, 0.0, 10.0], [0.5, 0.0, 0.0, -20.0], [0.0, 0.0, -2.0, 30.0], [0.0, 0.0, 0.0, 1.0]];
+        let want = [
+            [0.0, -0.75, 0.0, 10.0],
+            [0.5, 0.0, 0.0, -20.0],
+            [0.0, 0.0, -2.0, 30.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         for (r, row) in want.iter().enumerate() {
             for (c, w) in row.iter().enumerate() {
                 assert!((m[r][c] - w).abs() < 1e-6, "[{r}][{c}] {} vs {w}", m[r][c]);
@@ -304,14 +309,21 @@ mod tests {
         h.quatern_d = 0.0;
         h.pixdim[0] = 1.0;
         let m = header_affine(&h);
-        assert!((m[1][1] + 0.75).abs() < 1e-9 && m[1][2].abs() < 1e-9 && (m[2][2] + 2.0).abs() < 1e-9, "{m:?}");
+        assert!(
+            (m[1][1] + 0.75).abs() < 1e-9 && m[1][2].abs() < 1e-9 && (m[2][2] + 2.0).abs() < 1e-9,
+            "{m:?}"
+        );
     }
 
     /// Stored integers with scl_slope / scl_inter come out scaled.
     #[test]
     fn scaling_is_applied() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let v = Volume::new((0..24).map(|i| i as i16).collect(), Geometry::axis_aligned([4, 3, 2], [1.0; 3])).expect("v");
+        let v = Volume::new(
+            (0..24).map(|i| i as i16).collect(),
+            Geometry::axis_aligned([4, 3, 2], [1.0; 3]),
+        )
+        .expect("v");
         let p = dir.path().join("scaled.nii");
         write_nifti(&p, &v, None).expect("write");
         let mut bytes = std::fs::read(&p).expect("read");
@@ -319,7 +331,10 @@ mod tests {
         bytes[116..120].copy_from_slice(&(-1024.0f32).to_le_bytes()); // scl_inter
         std::fs::write(&p, &bytes).expect("patch");
         let back = read_nifti(&p).expect("read");
-        assert_eq!(back.volume.data, (0..24).map(|i| (2 * i - 1024) as f32).collect::<Vec<_>>());
+        assert_eq!(
+            back.volume.data,
+            (0..24).map(|i| (2 * i - 1024) as f32).collect::<Vec<_>>()
+        );
     }
 
     #[test]

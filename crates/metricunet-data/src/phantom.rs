@@ -417,7 +417,11 @@ pub fn generate(seed: u64, index: usize, size: &PhantomSize) -> PhantomCase {
     let cols: Vec<Vec<(f64, f64)>> = s
         .texture_waves
         .iter()
-        .map(|w| (0..nx).map(|i| (w[1] * s.position(i, 0, 0)[0]).sin_cos()).collect())
+        .map(|w| {
+            (0..nx)
+                .map(|i| (w[1] * s.position(i, 0, 0)[0]).sin_cos())
+                .collect()
+        })
         .collect();
     image
         .par_chunks_mut(plane)
@@ -479,7 +483,9 @@ pub fn generate(seed: u64, index: usize, size: &PhantomSize) -> PhantomCase {
                 let (a, c) = (k.saturating_sub(1), (k + 1).min(nz - 1));
                 for (i, o) in out.iter_mut().enumerate() {
                     *o = round_hu(
-                        0.25 * src[a * plane + i] + 0.5 * src[k * plane + i] + 0.25 * src[c * plane + i],
+                        0.25 * src[a * plane + i]
+                            + 0.5 * src[k * plane + i]
+                            + 0.25 * src[c * plane + i],
                     );
                 }
             });
