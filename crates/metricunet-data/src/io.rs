@@ -280,17 +280,19 @@ mod tests {
     /// qform-only header: 90 degrees about z with qfac = -1 (a flipped slice axis).
     #[test]
     fn qform_affine_from_the_quaternion() {
-        let mut h = NiftiHeader::default();
-        h.sform_code = 0;
-        h.qform_code = 1;
-        h.pixdim = [-1.0, 0.5, 0.75, 2.0, 0.0, 0.0, 0.0, 0.0];
-        // rotation by 90 degrees about z: a = cos 45, d = sin 45 (b = c = 0)
-        h.quatern_b = 0.0;
-        h.quatern_c = 0.0;
-        h.quatern_d = std::f32::consts::FRAC_1_SQRT_2;
-        h.quatern_x = 10.0;
-        h.quatern_y = -20.0;
-        h.quatern_z = 30.0;
+        let mut h = NiftiHeader {
+            sform_code: 0,
+            qform_code: 1,
+            pixdim: [-1.0, 0.5, 0.75, 2.0, 0.0, 0.0, 0.0, 0.0],
+            // rotation by 90 degrees about z: a = cos 45, d = sin 45 (b = c = 0)
+            quatern_b: 0.0,
+            quatern_c: 0.0,
+            quatern_d: std::f32::consts::FRAC_1_SQRT_2,
+            quatern_x: 10.0,
+            quatern_y: -20.0,
+            quatern_z: 30.0,
+            ..Default::default()
+        };
         let m = header_affine(&h);
         // R = [[0 -1 0] [1 0 0] [0 0 1]], columns scaled by (0.5, 0.75, -2)
         let want = [
