@@ -5,10 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use metricunet_core::config::DeviceChoice;
 use metricunet_core::ExperimentPlan;
 use metricunet_data::phantom::PhantomSize;
 
 mod data_cmds;
+mod train_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +38,26 @@ enum Command {
         /// Which cell's full configuration to print.
         #[arg(long, default_value_t = 0)]
         cell: usize,
+    },
+    /// Train one configuration of an experiment (the stages it names), resumable.
+    Train {
+        /// The experiment YAML.
+        experiment: PathBuf,
+        /// Override a value: `--set training.iterations=100` (repeatable).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+        /// Which grid cell (needed when the experiment has several).
+        #[arg(long)]
+        cell: Option<usize>,
+        /// Run folder (default runs/<name>/<config hash>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// cpu, cuda or auto (default: the experiment's `device`).
+        #[arg(long)]
+        device: Option<String>,
+        /// Continue from the checkpoints in the run folder.
+        #[arg(long)]
+        resume: bool,
     },
     /// Write synthetic pelvic CT cases with prostate labels (Decathlon layout).
     Phantom {
@@ -103,6 +125,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let plan =
                 ExperimentPlan::with_overrides(&text, &experiment.display().to_string(), &sets)?;
             print!("{}", metricunet::validate_text(&plan, cell)?);
+        }
+        Command::Train {
+            experiment,
+            sets,
+            cell,
+            out,
+            device,
+            resume,
+        } => {
+            let text = std::fs::read_to_string(&experiment)
+                .with_context(|| format!("cannot read experiment file {}", experiment.display()))?;
+            let plan =
+                ExperimentPlan::with_overrides(&text, &experiment.display().to_string(), &sets)?;
+            let index = match (cell, plan.cells.len()) {
+                (Some(i), n) if i < n => i,
+                (Some(i), n) => anyhow::bail!("--cell {i}: the experiment has {n} cells (0..{n})"),
+                (None, 1) => 0,
+                (None, n) => anyhow::bail!(
+                    "the experiment has {n} grid cells; pick one with --cell (see `metricunet validate`)"
+                ),
+            };
+            let device = match device.as_deref() {
+                None => None,
+                Some("cpu") => Some(DeviceChoice::Cpu),
+                Some("cuda") => Some(DeviceChoice::Cuda),
+                Some("auto") => Some(DeviceChoice::Auto),
+                Some(other) => anyhow::bail!("--device {other}: expected cpu, cuda or auto"),
+            };
+            let dir = experiment.parent().map(PathBuf::from).unwrap_or_default();
+            let args = train_cmd::TrainArgs {
+                out,
+                device,
+                resume,
+            };
+            print!("{}", train_cmd::train(&plan.cells[index], &dir, &args)?);
         }
         Command::Phantom {
             cases,

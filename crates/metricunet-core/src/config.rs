@@ -91,6 +91,16 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+/// The two stages of the pipeline (paper Fig. 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageName {
+    /// Localisation on the 1/4-downsampled CT.
+    Stage1,
+    /// Segmentation of the crop around the prostate.
+    Stage2,
+}
+
 /// Where the cases come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -377,6 +387,8 @@ pub struct Experiment {
     /// `model.backbone`, `metric.samplers` and `metric.loss.beta`.
     pub preset: Option<String>,
     pub device: DeviceChoice,
+    /// Which stages `train` and `run` train.
+    pub stages: Vec<StageName>,
     /// Every grid cell is trained once per seed.
     pub seeds: Vec<u64>,
     pub data: DataConfig,
@@ -398,6 +410,7 @@ impl Default for Experiment {
             description: String::new(),
             preset: None,
             device: DeviceChoice::Auto,
+            stages: vec![StageName::Stage1, StageName::Stage2],
             seeds: vec![0],
             data: DataConfig::default(),
             stage1: Stage1Config::default(),
@@ -448,8 +461,26 @@ impl Cell {
     /// A stable 16-hex-digit hash of the resolved configuration (seed included), for
     /// folder names: equal configurations hash equal across runs and machines.
     pub fn hash(&self) -> Result<String> {
-        Ok(format!("{:016x}", fnv1a64(self.to_yaml()?.as_bytes())))
+        Ok(stable_hash(&self.to_yaml()?))
     }
+
+    /// The hash of what stage 1 depends on (data, stage 1, seed): cells that differ only in
+    /// stage 2 share it, so stage 1 is trained once for them.
+    pub fn stage1_hash(&self) -> Result<String> {
+        let c = &self.config;
+        let text = serde_norway::to_string(&(&c.data, &c.stage1, self.seed)).map_err(|e| {
+            CoreError::Config {
+                source_name: format!("cell {}", self.index),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(stable_hash(&text))
+    }
+}
+
+/// 16 hex digits of the FNV-1a hash of `text` (stable across runs, machines and versions).
+pub fn stable_hash(text: &str) -> String {
+    format!("{:016x}", fnv1a64(text.as_bytes()))
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -879,6 +910,9 @@ fn check_values(e: &Experiment) -> std::result::Result<(), String> {
         share(&format!("{stage}.momentum"), t.momentum)?;
         non_negative(&format!("{stage}.weight_decay"), t.weight_decay)?;
         non_negative(&format!("{stage}.poly_power"), t.poly_power)?;
+    }
+    if e.stages.is_empty() {
+        return Err("stages: name at least one of stage1, stage2".into());
     }
     if e.name.is_empty() || e.name.contains(['/', '\\']) || e.name.starts_with('.') {
         return Err(format!(

@@ -1,0 +1,192 @@
+//! Checkpoints: one safetensors file holding the weights (BatchNorm running statistics
+//! included), the momentum buffers and, as metadata, the iteration, the RNG state and a hash
+//! of the configuration. Written to a temporary file and renamed, so a kill at any moment
+//! leaves either the previous checkpoint or the new one, never half of one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::error::{Result, TrainError};
+use crate::optim::Sgd;
+
+/// What a checkpoint records besides tensors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointMeta {
+    /// Iterations completed.
+    pub iteration: usize,
+    /// ChaCha8 seed, stream and word position of the training RNG.
+    pub rng_seed: [u8; 32],
+    pub rng_stream: u64,
+    pub rng_word_pos: u128,
+    /// Hash of the resolved configuration that produced it.
+    pub config_hash: String,
+}
+
+/// Variables of a VarMap sorted by name.
+pub fn named_vars(vars: &VarMap) -> Result<Vec<(String, Var)>> {
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Invalid("variable map lock poisoned".into()))?;
+    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
+fn bytes_f32(t: &Tensor) -> Result<Vec<u8>> {
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+/// Save weights (prefix `w.`), momentum buffers (prefix `m.`) and `meta` to `path`.
+pub fn save(path: &Path, vars: &VarMap, opt: &Sgd, meta: &CheckpointMeta) -> Result<()> {
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, var) in named_vars(vars)? {
+        owned.push((
+            format!("w.{name}"),
+            var.dims().to_vec(),
+            bytes_f32(var.as_tensor())?,
+        ));
+    }
+    for (name, buf) in opt.buffers() {
+        owned.push((format!("m.{name}"), buf.dims().to_vec(), bytes_f32(buf)?));
+    }
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| TrainError::Checkpoint {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })
+        })
+        .collect::<Result<_>>()?;
+    let info = HashMap::from([
+        ("format".to_string(), "metricunet-checkpoint-1".to_string()),
+        ("iteration".to_string(), meta.iteration.to_string()),
+        ("rng_seed".to_string(), hex(&meta.rng_seed)),
+        ("rng_stream".to_string(), meta.rng_stream.to_string()),
+        ("rng_word_pos".to_string(), meta.rng_word_pos.to_string()),
+        ("config_hash".to_string(), meta.config_hash.clone()),
+    ]);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt"),
+        std::process::id()
+    ));
+    safetensors::serialize_to_file(views, Some(info), &tmp).map_err(|e| {
+        TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+/// Save the weights alone (the model a prediction loads), atomically.
+pub fn save_weights(path: &Path, vars: &VarMap) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let tmp = dir.join(format!(".weights.tmp{}", std::process::id()));
+    vars.save(&tmp).map_err(|e| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+/// Load a checkpoint into `vars` (every variable must be present with its shape) and
+/// `opt`; returns its metadata.
+pub fn load(path: &Path, vars: &VarMap, opt: &mut Sgd, device: &Device) -> Result<CheckpointMeta> {
+    let bad = |message: String| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let info = header
+        .metadata()
+        .clone()
+        .ok_or_else(|| bad("no metadata".into()))?;
+    let field = |k: &str| {
+        info.get(k)
+            .cloned()
+            .ok_or_else(|| bad(format!("metadata `{k}` missing")))
+    };
+    if field("format")? != "metricunet-checkpoint-1" {
+        return Err(bad(format!("unknown format `{}`", field("format")?)));
+    }
+    let to_tensor = |name: &str| -> Result<Tensor> {
+        let v = st.tensor(name).map_err(|e| bad(format!("{name}: {e}")))?;
+        if v.dtype() != Dtype::F32 {
+            return Err(bad(format!("{name}: expected f32")));
+        }
+        let data: Vec<f32> = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(Tensor::from_vec(data, v.shape(), device)?)
+    };
+    for (name, var) in named_vars(vars)? {
+        let t = to_tensor(&format!("w.{name}"))?;
+        if t.dims() != var.dims() {
+            return Err(bad(format!(
+                "{name}: shape {:?}, the model has {:?}",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    let mut buffers = BTreeMap::new();
+    for name in st.names() {
+        if let Some(var_name) = name.strip_prefix("m.") {
+            buffers.insert(var_name.to_string(), to_tensor(name)?);
+        }
+    }
+    opt.set_buffers(buffers);
+    let seed = unhex(&field("rng_seed")?)
+        .filter(|v| v.len() == 32)
+        .ok_or_else(|| bad("bad rng_seed".into()))?;
+    let parse = |k: &str| -> Result<u128> {
+        field(k)?
+            .parse::<u128>()
+            .map_err(|e| bad(format!("{k}: {e}")))
+    };
+    let mut rng_seed = [0u8; 32];
+    rng_seed.copy_from_slice(&seed);
+    Ok(CheckpointMeta {
+        iteration: parse("iteration")? as usize,
+        rng_seed,
+        rng_stream: parse("rng_stream")? as u64,
+        rng_word_pos: parse("rng_word_pos")?,
+        config_hash: field("config_hash")?,
+    })
+}

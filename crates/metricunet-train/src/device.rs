@@ -1,0 +1,84 @@
+//! The one place where the compute device is chosen. candle's `cuda_if_available` only looks
+//! at the compile-time feature, and with cudarc's dynamic loading a machine without libcuda
+//! makes `Device::new_cuda` panic: both are caught here and turned into an error (`cuda`) or
+//! a logged fall-back to the CPU (`auto`).
+
+use candle_core::Device;
+use metricunet_core::config::DeviceChoice;
+
+use crate::error::{Result, TrainError};
+
+fn try_cuda() -> std::result::Result<Device, String> {
+    if !cfg!(feature = "cuda") {
+        return Err(
+            "this binary was built without CUDA; rebuild with `--features cuda` (see README)"
+                .into(),
+        );
+    }
+    // A missing driver panics inside cudarc's loader: keep it from taking the run down.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let attempt = std::panic::catch_unwind(|| Device::new_cuda(0));
+    std::panic::set_hook(previous);
+    match attempt {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => Err(format!("no usable CUDA device: {e}")),
+        Err(p) => {
+            let why = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the CUDA driver library could not be loaded".into());
+            Err(format!("no usable CUDA device: {why}"))
+        }
+    }
+}
+
+/// The device for `choice`: `cpu`, `cuda` (an error if unavailable) or `auto` (CUDA when
+/// it works, else the CPU, logged).
+pub fn select_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => try_cuda().map_err(TrainError::Device),
+        DeviceChoice::Auto => match try_cuda() {
+            Ok(d) => {
+                tracing::info!("device: CUDA 0");
+                Ok(d)
+            }
+            Err(why) => {
+                tracing::info!("device: CPU ({why})");
+                Ok(Device::Cpu)
+            }
+        },
+    }
+}
+
+/// A short name for logs and run records.
+pub fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
+        Device::Cuda(_) => "cuda:0".into(),
+        _ => format!("{d:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_auto_work_without_a_gpu() {
+        assert!(matches!(select_device(DeviceChoice::Cpu), Ok(Device::Cpu)));
+        assert!(select_device(DeviceChoice::Auto).is_ok());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_is_a_clear_error() {
+        let e = select_device(DeviceChoice::Cuda).unwrap_err().to_string();
+        assert!(
+            e.contains("without CUDA") && e.contains("--features cuda"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! `metricunet train` as a user runs it, on the seconds-long `tests/fixtures/tiny.yaml`.
+
+use std::path::Path;
+use std::process::Command;
+
+fn train(args: &[&str], cache: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_metricunet"))
+        .arg("train")
+        .arg("tests/fixtures/tiny.yaml")
+        .args(["--set", &format!("data.cache_dir={}", cache.display())])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run metricunet");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn trains_both_stages_and_resumes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cache = dir.path().join("cache");
+    let run = dir.path().join("run");
+    let r = run.to_str().expect("utf8");
+    let (ok, stdout, stderr) = train(&["--out", r], &cache);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("stage1: 4 iterations") && stdout.contains("stage2: 6 iterations"),
+        "{stdout}"
+    );
+    for f in [
+        "config.yaml",
+        "run.yaml",
+        "split.yaml",
+        "stage1/model.safetensors",
+        "stage2/checkpoint.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let log = std::fs::read_to_string(run.join("stage2/train_log.csv")).expect("log");
+    assert_eq!(log.lines().count(), 7);
+    assert!(log
+        .lines()
+        .next()
+        .expect("header")
+        .contains("contour-aware/triplet"));
+    let run_yaml = std::fs::read_to_string(run.join("run.yaml")).expect("run.yaml");
+    assert!(
+        run_yaml.contains("device: cpu") && run_yaml.contains("config_hash:"),
+        "{run_yaml}"
+    );
+    // a second start refuses to overwrite; --resume finds everything trained
+    let (ok, _, stderr) = train(&["--out", r], &cache);
+    assert!(!ok && stderr.contains("--resume"), "{stderr}");
+    let (ok, stdout, stderr) = train(&["--out", r, "--resume"], &cache);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("resumed at 6"), "{stdout}");
+    // the preprocessed cases were cached
+    assert!(
+        std::fs::read_dir(cache.join("preprocessed"))
+            .expect("cache")
+            .count()
+            >= 5
+    );
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cache = dir.path().join("cache");
+    let (ok, _, stderr) = train(&["--set", "metric.lambda=[0.1]", "--out", "x"], &cache);
+    assert!(!ok && stderr.contains("metric.lambda"), "{stderr}");
+    let (ok, _, stderr) = train(&["--device", "tpu"], &cache);
+    assert!(!ok && stderr.contains("cpu, cuda or auto"), "{stderr}");
+    let (ok, _, stderr) = train(
+        &[
+            "--device",
+            "cuda",
+            "--out",
+            dir.path().join("r").to_str().expect("utf8"),
+        ],
+        &cache,
+    );
+    assert!(!ok && stderr.contains("CUDA"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_metricunet"))
+        .args(["train", "experiments/table2.yaml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("10 grid cells") && stderr.contains("--cell"),
+        "{stderr}"
+    );
+}
