@@ -206,6 +206,15 @@ fn train_one(
         train.n,
         t.elapsed().as_secs_f64()
     );
+    let mut training = training.clone();
+    if let Some(epochs) = training.epochs {
+        training.iterations = (epochs * train.n).div_ceil(training.batch_size).max(1);
+        tracing::info!(
+            "{}: {epochs} epochs = {} iterations",
+            stage_dir(stage),
+            training.iterations
+        );
+    }
     let spec = StageSpec {
         name: stage_dir(stage).into(),
         backbone: backbone.clone(),

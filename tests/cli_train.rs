@@ -58,6 +58,24 @@ fn trains_both_stages_and_resumes() {
     let (ok, stdout, stderr) = train(&["--out", r, "--resume"], &cache);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("resumed at 6"), "{stdout}");
+    // epochs replace iterations: 2 epochs of 24 patches at batch 2 = 24 iterations
+    let epochs = dir.path().join("epochs");
+    let (ok, stdout, stderr) = train(
+        &[
+            "--out",
+            epochs.to_str().expect("utf8"),
+            "--set",
+            "stages=[stage2]",
+            "--set",
+            "training.epochs=2",
+        ],
+        &cache,
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("stage2: 24 iterations") && !stdout.contains("stage1"),
+        "{stdout}"
+    );
     // the preprocessed cases were cached
     assert!(
         std::fs::read_dir(cache.join("preprocessed"))

@@ -220,7 +220,11 @@ impl Default for DataConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingConfig {
+    /// Optimisation steps (one batch each).
     pub iterations: usize,
+    /// Passes over the training patches; when given it replaces `iterations`
+    /// (`ceil(epochs * patches / batch_size)`).
+    pub epochs: Option<usize>,
     pub batch_size: usize,
     /// Initial learning rate of the poly schedule.
     pub learning_rate: f64,
@@ -238,6 +242,7 @@ impl Default for TrainingConfig {
     fn default() -> Self {
         Self {
             iterations: 10_000,
+            epochs: None,
             batch_size: 30,
             learning_rate: 0.01,
             momentum: 0.9,
@@ -905,6 +910,9 @@ fn check_values(e: &Experiment) -> std::result::Result<(), String> {
         ("training", &e.training),
     ] {
         at_least_one(&format!("{stage}.iterations"), t.iterations)?;
+        if let Some(e) = t.epochs {
+            at_least_one(&format!("{stage}.epochs"), e)?;
+        }
         at_least_one(&format!("{stage}.batch_size"), t.batch_size)?;
         positive(&format!("{stage}.learning_rate"), t.learning_rate)?;
         share(&format!("{stage}.momentum"), t.momentum)?;
