@@ -1,19 +1,8 @@
 //! `metricunet phantom`, `realism` and `bench preprocess` as a user runs them.
 
-use std::process::Command;
+mod common;
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_metricunet"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run metricunet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::cli as run;
 
 #[test]
 fn phantom_writes_a_decathlon_dataset() {

@@ -1,22 +1,14 @@
 //! `metricunet train` as a user runs it, on the seconds-long `tests/fixtures/tiny.yaml`.
 
 use std::path::Path;
-use std::process::Command;
+
+mod common;
 
 fn train(args: &[&str], cache: &Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_metricunet"))
-        .arg("train")
-        .arg("tests/fixtures/tiny.yaml")
-        .args(["--set", &format!("data.cache_dir={}", cache.display())])
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run metricunet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let set = format!("data.cache_dir={}", cache.display());
+    let mut all = vec!["train", "tests/fixtures/tiny.yaml", "--set", &set];
+    all.extend_from_slice(args);
+    common::cli(&all)
 }
 
 #[test]
@@ -103,14 +95,9 @@ fn bad_requests_are_clear_errors() {
         &cache,
     );
     assert!(!ok && stderr.contains("CUDA"), "{stderr}");
-    let out = Command::new(env!("CARGO_BIN_EXE_metricunet"))
-        .args(["train", "experiments/table2.yaml"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, stderr) = common::cli(&["train", "experiments/table2.yaml"]);
     assert!(
-        !out.status.success() && stderr.contains("10 grid cells") && stderr.contains("--cell"),
+        !ok && stderr.contains("10 grid cells") && stderr.contains("--cell"),
         "{stderr}"
     );
 }

@@ -1,19 +1,11 @@
 //! `metricunet validate` as a user runs it.
 
-use std::process::Command;
+mod common;
 
 fn validate(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_metricunet"))
-        .arg("validate")
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run metricunet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let mut all = vec!["validate"];
+    all.extend_from_slice(args);
+    common::cli(&all)
 }
 
 #[test]

@@ -1,7 +1,23 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)]
 
+use std::process::Command;
+
 use metricunet_core::{CoreError, ExperimentPlan};
+
+/// Run the `metricunet` binary in the repository root: (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_metricunet"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run metricunet");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
 
 /// Parse an experiment from text with every plugin linked.
 pub fn plan(text: &str) -> Result<ExperimentPlan, CoreError> {

@@ -1,6 +1,6 @@
 //! Every plugin crate is linked into the binary and its names are found in the registry.
 
-use std::process::Command;
+mod common;
 
 use metricunet_core::registry::{self, PluginKind};
 
@@ -48,16 +48,8 @@ fn registry_finds_every_plugin_in_process() {
 
 #[test]
 fn binary_lists_every_plugin_with_defaults() {
-    let out = Command::new(env!("CARGO_BIN_EXE_metricunet"))
-        .arg("plugins")
-        .output()
-        .expect("run metricunet plugins");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (ok, text, stderr) = common::cli(&["plugins"]);
+    assert!(ok, "{stderr}");
     for (_, names) in EXPECTED {
         for name in *names {
             assert!(
