@@ -101,3 +101,73 @@ fn bad_requests_are_clear_errors() {
         "{stderr}"
     );
 }
+
+/// `kill -9` in the middle of training, then `--resume`: the same weights as a run that was
+/// never interrupted.
+#[test]
+fn kill_9_then_resume_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cache = dir.path().join("cache");
+    let cache_set = format!("data.cache_dir={}", cache.display());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let sets = [
+        "--set",
+        "stages=[stage2]",
+        "--set",
+        "training.iterations=500",
+        "--set",
+        "training.checkpoint_every=50",
+        "--set",
+        "training.validate_every=0",
+        "--set",
+        cache_set.as_str(),
+    ];
+    let mut args = vec!["--out", a.to_str().expect("utf8")];
+    args.extend_from_slice(&sets);
+    let (ok, _, stderr) = train(&args, &cache);
+    assert!(ok, "{stderr}");
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_metricunet"))
+        .args([
+            "train",
+            "tests/fixtures/tiny.yaml",
+            "--out",
+            b.to_str().expect("utf8"),
+        ])
+        .args(sets)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let ckpt = b.join("stage2/checkpoint.safetensors");
+    let t = std::time::Instant::now();
+    while !ckpt.exists() {
+        assert!(t.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().expect("kill -9"); // SIGKILL on Unix
+    child.wait().expect("wait");
+    assert!(
+        !b.join("stage2/model.safetensors").exists(),
+        "the run finished before it was killed"
+    );
+
+    let mut args = vec!["--out", b.to_str().expect("utf8"), "--resume"];
+    args.extend_from_slice(&sets);
+    let (ok, stdout, stderr) = train(&args, &cache);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("resumed at"), "{stdout}");
+    let wa = std::fs::read(a.join("stage2/model.safetensors")).expect("a");
+    let wb = std::fs::read(b.join("stage2/model.safetensors")).expect("b");
+    assert!(
+        wa == wb,
+        "resumed weights differ from the uninterrupted run's"
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(b.join("stage2"))
+        .expect("ls")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}

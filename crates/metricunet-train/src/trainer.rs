@@ -207,6 +207,20 @@ fn truncate_log(path: &Path, iteration: usize) -> Result<Option<String>> {
     Ok(Some(header.to_string()))
 }
 
+/// Temporary files a killed process left behind (`.name.tmpPID`); the files they were
+/// meant to replace are intact, so they are only clutter.
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp") {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Train one stage in `dir` (created). With `resume`, a checkpoint there is continued
 /// (refused if it was made by another configuration); without, an existing checkpoint is an
 /// error rather than something to overwrite. `on_iteration` sees every log row and may
@@ -229,6 +243,7 @@ pub fn train_stage(
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    remove_stale_temporaries(dir)?;
     let ckpt_path = dir.join(CHECKPOINT);
     let log_path = dir.join(LOG);
     let vars = VarMap::new();
