@@ -11,6 +11,7 @@ pub fn link_plugins() {
     metricunet_samplers::link();
     metricunet_losses::link();
     metricunet_backbones::link();
+    metricunet_metrics::link();
 }
 
 /// `metricunet plugins`: every registered plugin by kind, with parameters and defaults.

@@ -1,0 +1,143 @@
+//! Surface-distance metrics in mm: ASD (paper Eq. 6), pooled ASSD, HD95.
+
+use metricunet_core::{
+    inventory, MaskRef, Metric, MetricPlugin, MetricValue, ParamSpec, Params, Result,
+};
+
+use crate::distance::{percentile, surface_distances, SurfaceDistances};
+use crate::overlap::counts;
+
+fn distances(
+    pred: &MaskRef<'_>,
+    reference: &MaskRef<'_>,
+    spacing: [f64; 3],
+) -> Result<Result<SurfaceDistances, MetricValue>> {
+    let (_, p, g) = counts(pred, reference)?;
+    let why = match (p, g) {
+        (0, 0) => Some("both masks empty"),
+        (0, _) => Some("prediction empty"),
+        (_, 0) => Some("reference empty"),
+        _ => None,
+    };
+    if let Some(why) = why {
+        return Ok(Err(MetricValue::undefined(why)));
+    }
+    Ok(
+        surface_distances(pred.data(), reference.data(), pred.dims(), spacing)
+            .ok_or_else(|| MetricValue::undefined("mask empty")),
+    )
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Paper Eq. 6: the average of the two directed mean surface distances (medpy `assd`).
+#[derive(Debug)]
+struct Asd;
+
+/// Pooled symmetric mean: all distances of both directions averaged together (MONAI).
+#[derive(Debug)]
+struct Assd;
+
+/// Percentile of both directions pooled (medpy `hd95` for 95).
+#[derive(Debug)]
+struct Hd {
+    q: f64,
+}
+
+impl Metric for Asd {
+    fn unit(&self) -> &'static str {
+        "mm"
+    }
+    fn higher_is_better(&self) -> bool {
+        false
+    }
+    fn compute(
+        &self,
+        pred: &MaskRef<'_>,
+        reference: &MaskRef<'_>,
+        spacing: [f64; 3],
+    ) -> Result<MetricValue> {
+        Ok(match distances(pred, reference, spacing)? {
+            Ok(d) => MetricValue::ok(0.5 * (mean(&d.ref_to_pred) + mean(&d.pred_to_ref))),
+            Err(v) => v,
+        })
+    }
+}
+
+impl Metric for Assd {
+    fn unit(&self) -> &'static str {
+        "mm"
+    }
+    fn higher_is_better(&self) -> bool {
+        false
+    }
+    fn compute(
+        &self,
+        pred: &MaskRef<'_>,
+        reference: &MaskRef<'_>,
+        spacing: [f64; 3],
+    ) -> Result<MetricValue> {
+        Ok(match distances(pred, reference, spacing)? {
+            Ok(d) => {
+                let n = d.ref_to_pred.len() + d.pred_to_ref.len();
+                MetricValue::ok(
+                    (d.ref_to_pred.iter().sum::<f64>() + d.pred_to_ref.iter().sum::<f64>())
+                        / n as f64,
+                )
+            }
+            Err(v) => v,
+        })
+    }
+}
+
+impl Metric for Hd {
+    fn unit(&self) -> &'static str {
+        "mm"
+    }
+    fn higher_is_better(&self) -> bool {
+        false
+    }
+    fn compute(
+        &self,
+        pred: &MaskRef<'_>,
+        reference: &MaskRef<'_>,
+        spacing: [f64; 3],
+    ) -> Result<MetricValue> {
+        Ok(match distances(pred, reference, spacing)? {
+            Ok(mut d) => {
+                d.ref_to_pred.append(&mut d.pred_to_ref);
+                MetricValue::ok(percentile(&mut d.ref_to_pred, self.q))
+            }
+            Err(v) => v,
+        })
+    }
+}
+
+inventory::submit! {
+    MetricPlugin {
+        name: "asd",
+        description: "average surface distance in mm, paper Eq. 6: mean of the two directed means (medpy assd)",
+        params: &[],
+        build: |_: &Params| -> Result<Box<dyn Metric>> { Ok(Box::new(Asd)) },
+    }
+}
+
+inventory::submit! {
+    MetricPlugin {
+        name: "assd",
+        description: "pooled symmetric surface distance in mm: all distances of both directions averaged (MONAI)",
+        params: &[],
+        build: |_: &Params| -> Result<Box<dyn Metric>> { Ok(Box::new(Assd)) },
+    }
+}
+
+inventory::submit! {
+    MetricPlugin {
+        name: "hd95",
+        description: "Hausdorff distance percentile in mm over both directions pooled (medpy hd95)",
+        params: &[ParamSpec::float("percentile", 95.0, Some(0.0), Some(100.0), "percentile (100 = Hausdorff distance)")],
+        build: |p: &Params| -> Result<Box<dyn Metric>> { Ok(Box::new(Hd { q: p.f64("percentile")? })) },
+    }
+}
