@@ -10,6 +10,7 @@ use metricunet_core::ExperimentPlan;
 use metricunet_data::phantom::PhantomSize;
 
 mod data_cmds;
+mod eval_cmds;
 mod train_cmd;
 
 #[derive(Parser)]
@@ -58,6 +59,41 @@ enum Command {
         /// Continue from the checkpoints in the run folder.
         #[arg(long)]
         resume: bool,
+    },
+    /// Segment the prostate of a CT (or a folder of CTs) with a trained run, in the CT's geometry.
+    Predict {
+        /// Run folder of `metricunet train` (both stages trained).
+        #[arg(long)]
+        model: PathBuf,
+        /// CT file (.nii / .nii.gz) or folder.
+        #[arg(long)]
+        input: PathBuf,
+        /// Mask file, or folder when --input is a folder.
+        #[arg(long)]
+        output: PathBuf,
+        /// Also write the foreground probability (float32) here (file or folder).
+        #[arg(long)]
+        probabilities: Option<PathBuf>,
+        /// cpu, cuda or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Metrics (DSC, ASD, SEN, PPV, ASSD, HD95) of a prediction against a reference, or of
+    /// every same-named pair of two folders.
+    Eval {
+        #[arg(long)]
+        pred: PathBuf,
+        #[arg(long = "ref")]
+        reference: PathBuf,
+        /// Prediction label to evaluate (default: any non-zero voxel).
+        #[arg(long)]
+        label: Option<i64>,
+        /// Reference label (default: any non-zero voxel), e.g. 22 for TotalSegmentator's prostate.
+        #[arg(long)]
+        ref_label: Option<i64>,
+        /// Write the table as CSV.
+        #[arg(long)]
+        csv: Option<PathBuf>,
     },
     /// Write synthetic pelvic CT cases with prostate labels (Decathlon layout).
     Phantom {
@@ -111,6 +147,15 @@ enum BenchCommand {
     },
 }
 
+fn parse_device(s: &str) -> anyhow::Result<DeviceChoice> {
+    match s {
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "cuda" => Ok(DeviceChoice::Cuda),
+        "auto" => Ok(DeviceChoice::Auto),
+        other => anyhow::bail!("--device {other}: expected cpu, cuda or auto"),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     metricunet::link_plugins();
     match cli.command {
@@ -146,13 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "the experiment has {n} grid cells; pick one with --cell (see `metricunet validate`)"
                 ),
             };
-            let device = match device.as_deref() {
-                None => None,
-                Some("cpu") => Some(DeviceChoice::Cpu),
-                Some("cuda") => Some(DeviceChoice::Cuda),
-                Some("auto") => Some(DeviceChoice::Auto),
-                Some(other) => anyhow::bail!("--device {other}: expected cpu, cuda or auto"),
-            };
+            let device = device.as_deref().map(parse_device).transpose()?;
             let dir = experiment.parent().map(PathBuf::from).unwrap_or_default();
             let args = train_cmd::TrainArgs {
                 out,
@@ -160,6 +199,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 resume,
             };
             print!("{}", train_cmd::train(&plan.cells[index], &dir, &args)?);
+        }
+        Command::Predict {
+            model,
+            input,
+            output,
+            probabilities,
+            device,
+        } => {
+            let device = parse_device(&device)?;
+            print!(
+                "{}",
+                eval_cmds::predict(&model, &input, &output, probabilities.as_deref(), device)?
+            );
+        }
+        Command::Eval {
+            pred,
+            reference,
+            label,
+            ref_label,
+            csv,
+        } => {
+            print!(
+                "{}",
+                eval_cmds::eval(&pred, &reference, label, ref_label, csv.as_deref())?
+            );
         }
         Command::Phantom {
             cases,

@@ -1,0 +1,111 @@
+//! Metrics of one predicted mask against its reference, with every registered (or every
+//! configured) metric.
+
+use std::path::Path;
+
+use metricunet_core::config::PluginSpec;
+use metricunet_core::{registry, MaskRef, PluginKind};
+use metricunet_data::io::read_nifti;
+use metricunet_data::volume::Volume;
+use metricunet_data::DataError;
+
+/// One case's metrics, in the order of the metric list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseMetrics {
+    pub case: String,
+    /// `(metric name, value, flag)`; undefined values are NaN with a flag.
+    pub values: Vec<(String, f64, Option<String>)>,
+}
+
+impl CaseMetrics {
+    /// A metric's value by name.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.values
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, v, _)| *v)
+    }
+}
+
+/// Every registered metric with default parameters.
+pub fn all_metrics() -> Vec<PluginSpec> {
+    registry::list(PluginKind::Metric)
+        .iter()
+        .map(|m| PluginSpec::named(m.name))
+        .collect()
+}
+
+/// Evaluate binary `pred` against `reference` (same grid) with `metrics`.
+pub fn evaluate_masks(
+    case: &str,
+    pred: &Volume<bool>,
+    reference: &Volume<bool>,
+    metrics: &[PluginSpec],
+) -> Result<CaseMetrics, metricunet_core::CoreError> {
+    let spacing = reference.geometry.spacing;
+    let p = MaskRef::new(&pred.data, pred.geometry.dims)?;
+    let r = MaskRef::new(&reference.data, reference.geometry.dims)?;
+    let mut values = Vec::with_capacity(metrics.len());
+    for (i, spec) in metrics.iter().enumerate() {
+        let path = format!("evaluation.metrics[{i}]");
+        let plugin = registry::metric(&spec.name, &path)?;
+        let m = (plugin.build)(&plugin.params(&spec.params, &path)?)?;
+        let v = m.compute(&p, &r, spacing)?;
+        values.push((spec.name.clone(), v.value, v.flag));
+    }
+    Ok(CaseMetrics {
+        case: case.to_string(),
+        values,
+    })
+}
+
+/// Read a label file and select `label` (any non-zero voxel when `None`).
+pub fn read_mask(path: &Path, label: Option<i64>) -> Result<Volume<bool>, DataError> {
+    let v = read_nifti(path)?.volume;
+    if let Some(x) = v.data.iter().find(|x| !x.is_finite() || x.fract() != 0.0) {
+        return Err(DataError::bad(
+            path,
+            format!("a label map holds integers, found {x}"),
+        ));
+    }
+    Ok(match label {
+        Some(l) => v.map(move |x| x as i64 == l),
+        None => v.map(|x| x != 0.0),
+    })
+}
+
+/// Evaluate two files: `pred` (voxels equal to `label`, or non-zero) against `reference`
+/// (voxels equal to `ref_label`, or non-zero). Grids must agree (shape, affine to 1e-3 mm).
+pub fn evaluate_files(
+    case: &str,
+    pred: &Path,
+    reference: &Path,
+    label: Option<i64>,
+    ref_label: Option<i64>,
+    metrics: &[PluginSpec],
+) -> Result<CaseMetrics, DataError> {
+    let p = read_mask(pred, label)?;
+    let r = read_mask(reference, ref_label)?;
+    if p.geometry.dims != r.geometry.dims {
+        return Err(DataError::bad(
+            pred,
+            format!(
+                "dims {:?} differ from the reference's {:?} ({})",
+                p.geometry.dims,
+                r.geometry.dims,
+                reference.display()
+            ),
+        ));
+    }
+    let d = p.geometry.affine_distance(&r.geometry);
+    if d > 1e-3 {
+        return Err(DataError::bad(
+            pred,
+            format!(
+                "affine differs from the reference's by {d:.4} mm ({})",
+                reference.display()
+            ),
+        ));
+    }
+    evaluate_masks(case, &p, &r, metrics).map_err(|e| DataError::bad(pred, e.to_string()))
+}

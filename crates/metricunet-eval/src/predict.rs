@@ -1,0 +1,273 @@
+//! Two-stage prediction.
+//!
+//! 1. Preprocess the CT as in training (resample, window, body crop).
+//! 2. Stage 1 segments every axial slice of the 1/4-downsampled body crop (whole slices with
+//!    their 5-slice context, padded to the network's size multiple; no patch voting); the
+//!    centroid of the largest connected foreground component locates the prostate. No
+//!    foreground is an error for that case, not a centre crop.
+//! 3. Stage 2 segments every axial slice of the 128^3 box around that centroid (3-slice
+//!    context, whole 128 x 128 slices). The metric module is not used at test time.
+//! 4. The box's mask is pasted into the resampled CT and brought to the CT's grid with
+//!    nearest-neighbour resampling (a binary mask stays binary and never moves by more than
+//!    half a voxel; the optional probability map goes back trilinearly).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use metricunet_core::config::{Experiment, MetricConfig, StageName};
+use metricunet_core::Backbone;
+use metricunet_data::io::{read_nifti, write_nifti, NiftiVolume};
+use metricunet_data::morphology::{centroid, largest_component};
+use metricunet_data::patches::slice_stack;
+use metricunet_data::preprocess::{
+    crop_around, preprocess, stage1_volume, PreprocessParams, Preprocessed,
+};
+use metricunet_data::resample::resample_linear;
+use metricunet_data::{Geometry, Volume};
+use metricunet_train::trainer::{load_model, StageSpec};
+use thiserror::Error;
+
+/// Why a case could not be predicted.
+#[derive(Debug, Error)]
+pub enum PredictError {
+    #[error(transparent)]
+    Data(#[from] metricunet_data::DataError),
+    #[error(transparent)]
+    Train(#[from] metricunet_train::TrainError),
+    #[error(transparent)]
+    Core(#[from] metricunet_core::CoreError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Model(String),
+    #[error("{}: stage 1 found no prostate (no voxel above 0.5 in the localisation map)", .0.display())]
+    NotFound(PathBuf),
+}
+
+/// A trained model: both stages and the configuration they were trained with.
+pub struct Pipeline {
+    pub config: Experiment,
+    stage1: (VarMap, Box<dyn Backbone>),
+    stage2: (VarMap, Box<dyn Backbone>),
+    device: Device,
+    /// Slices per forward pass.
+    pub batch: usize,
+}
+
+/// The outcome for one CT.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// Binary mask on the CT's grid.
+    pub mask: Volume<u8>,
+    /// Foreground probability on the CT's grid.
+    pub probabilities: Volume<f32>,
+    /// Stage-1 centroid in the resampled CT's voxels.
+    pub centroid: [f64; 3],
+}
+
+fn spec_for(config: &Experiment, stage: StageName) -> StageSpec {
+    let (backbone, slices, training) = match stage {
+        StageName::Stage1 => (
+            &config.stage1.backbone,
+            config.stage1.patches.slices,
+            &config.stage1.training,
+        ),
+        StageName::Stage2 => (
+            &config.model.backbone,
+            config.model.patches.slices,
+            &config.training,
+        ),
+    };
+    StageSpec {
+        name: format!("{stage:?}").to_lowercase(),
+        backbone: backbone.clone(),
+        in_channels: slices,
+        training: training.clone(),
+        metric: MetricConfig::default(),
+        seed: 0,
+        config_hash: String::new(),
+    }
+}
+
+impl Pipeline {
+    /// Load a run folder written by `metricunet train` (its `config.yaml` and both stages'
+    /// `model.safetensors`).
+    pub fn load(run_dir: &Path, device: Device) -> Result<Self, PredictError> {
+        let cfg_path = run_dir.join("config.yaml");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+            PredictError::Model(format!(
+                "{}: {e} (is this a run folder of `metricunet train`?)",
+                cfg_path.display()
+            ))
+        })?;
+        let config: Experiment = serde_norway::from_str(&text)
+            .map_err(|e| PredictError::Model(format!("{}: {e}", cfg_path.display())))?;
+        let load = |stage: StageName| -> Result<(VarMap, Box<dyn Backbone>), PredictError> {
+            let dir = run_dir.join(format!("{stage:?}").to_lowercase());
+            let weights = dir.join("model.safetensors");
+            if !weights.exists() {
+                return Err(PredictError::Model(format!(
+                    "{}: missing; train this stage to the end first",
+                    weights.display()
+                )));
+            }
+            Ok(load_model(&spec_for(&config, stage), &weights, &device)?)
+        };
+        let stage1 = load(StageName::Stage1)?;
+        let stage2 = load(StageName::Stage2)?;
+        Ok(Self {
+            config,
+            stage1,
+            stage2,
+            device,
+            batch: 8,
+        })
+    }
+
+    /// Foreground probability of every axial slice of `image` (values in [0, 255]) with
+    /// `slices` of context, slices padded to a multiple of `multiple` in-plane.
+    fn segment(
+        &self,
+        net: &dyn Backbone,
+        image: &Volume<f32>,
+        slices: usize,
+        multiple: usize,
+    ) -> Result<Volume<f32>, PredictError> {
+        let [nx, ny, nz] = image.geometry.dims;
+        let (px, py) = (
+            nx.div_ceil(multiple) * multiple,
+            ny.div_ceil(multiple) * multiple,
+        );
+        let mut out = Volume::filled(0f32, image.geometry.clone());
+        let zs: Vec<usize> = (0..nz).collect();
+        for chunk in zs.chunks(self.batch.max(1)) {
+            let mut x = vec![0f32; chunk.len() * slices * px * py];
+            for (b, &z) in chunk.iter().enumerate() {
+                let stack = slice_stack(image, z, slices);
+                for c in 0..slices {
+                    for y in 0..ny {
+                        let src = &stack[(c * ny + y) * nx..(c * ny + y) * nx + nx];
+                        let dst = ((b * slices + c) * py + y) * px;
+                        for (d, s) in x[dst..dst + nx].iter_mut().zip(src) {
+                            *d = s / 255.0;
+                        }
+                    }
+                }
+            }
+            let x = Tensor::from_vec(x, (chunk.len(), slices, py, px), &self.device)?;
+            let logits = net.forward_t(&x, false)?.logits;
+            let p = candle_nn::ops::softmax(&logits, 1)?
+                .narrow(1, 1, 1)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            for (b, &z) in chunk.iter().enumerate() {
+                let plane = &mut out.data[z * nx * ny..(z + 1) * nx * ny];
+                for y in 0..ny {
+                    let row = &p[(b * py + y) * px..(b * py + y) * px + nx];
+                    plane[y * nx..y * nx + nx].copy_from_slice(row);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn multiple(&self, stage: StageName) -> usize {
+        let b = match stage {
+            StageName::Stage1 => &self.config.stage1.backbone,
+            StageName::Stage2 => &self.config.model.backbone,
+        };
+        let levels = b
+            .params
+            .get("encoder")
+            .and_then(|v| v.as_sequence())
+            .map(|s| s.len())
+            .unwrap_or(4);
+        1 << levels.saturating_sub(1)
+    }
+
+    /// Predict one preprocessed CT; `source` names the file in errors.
+    pub fn predict_preprocessed(
+        &self,
+        p: &Preprocessed,
+        source: &Path,
+    ) -> Result<Prediction, PredictError> {
+        let cfg = &self.config;
+        // Stage 1: localisation.
+        let (small, _) = stage1_volume(p, cfg.stage1.downsample)?;
+        let prob1 = self.segment(
+            self.stage1.1.as_ref(),
+            &small,
+            cfg.stage1.patches.slices,
+            self.multiple(StageName::Stage1),
+        )?;
+        let fg: Vec<bool> = prob1.data.iter().map(|&v| v > 0.5).collect();
+        let largest = largest_component(&fg, small.geometry.dims);
+        let c_small = centroid(&largest, small.geometry.dims)
+            .ok_or_else(|| PredictError::NotFound(source.to_path_buf()))?;
+        // From the downsampled grid to the body crop's voxels (both start at the same voxel).
+        let c =
+            [0, 1, 2].map(|a| c_small[a] * small.geometry.spacing[a] / p.image.geometry.spacing[a]);
+        // Stage 2: segmentation of the box around it.
+        let (crop, offset) = crop_around(&p.image, c, cfg.model.crop, 0.0);
+        let prob2 = self.segment(
+            self.stage2.1.as_ref(),
+            &crop,
+            cfg.model.patches.slices,
+            self.multiple(StageName::Stage2),
+        )?;
+        let in_resampled = [0, 1, 2].map(|a| offset[a] + p.crop_offset[a]);
+        let mask_crop = prob2.map(|v| u8::from(v > 0.5));
+        let mask = p.to_original(&mask_crop, in_resampled)?;
+        let mut full = Volume::filled(0f32, p.resampled.clone());
+        full.paste(&prob2, in_resampled);
+        let probabilities = resample_linear(&full, &p.original, 0.0)?;
+        let centroid = [0, 1, 2].map(|a| c[a] + p.crop_offset[a] as f64);
+        Ok(Prediction {
+            mask,
+            probabilities,
+            centroid,
+        })
+    }
+
+    /// Read, preprocess and predict a CT file.
+    pub fn predict_file(&self, ct: &Path) -> Result<(NiftiVolume, Prediction), PredictError> {
+        let nifti = read_nifti(ct)?;
+        if let Some(v) = nifti.volume.data.iter().find(|v| !v.is_finite()) {
+            return Err(PredictError::Data(metricunet_data::DataError::bad(
+                ct,
+                format!("image holds a non-finite value ({v})"),
+            )));
+        }
+        let p = preprocess(
+            &nifti.volume,
+            None,
+            &PreprocessParams::from(&self.config.data),
+        )
+        .map_err(|e| metricunet_data::DataError::bad(ct, e.to_string()))?;
+        let pred = self.predict_preprocessed(&p, ct)?;
+        Ok((nifti, pred))
+    }
+
+    /// Predict `ct` and write the mask (uint8) and, if asked, the probabilities (float32)
+    /// with the CT's header, atomically.
+    pub fn predict_to_files(
+        &self,
+        ct: &Path,
+        mask_out: &Path,
+        prob_out: Option<&Path>,
+    ) -> Result<Prediction, PredictError> {
+        let (nifti, pred) = self.predict_file(ct)?;
+        write_nifti(mask_out, &pred.mask, Some(&nifti.header))?;
+        if let Some(p) = prob_out {
+            write_nifti(p, &pred.probabilities, Some(&nifti.header))?;
+        }
+        Ok(pred)
+    }
+}
+
+/// The geometry a prediction must have: the CT's.
+pub fn same_grid(a: &Geometry, b: &Geometry) -> bool {
+    a.dims == b.dims && a.affine_distance(b) < 1e-4
+}

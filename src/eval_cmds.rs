@@ -1,0 +1,194 @@
+//! `metricunet predict` and `metricunet eval`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use metricunet_core::config::DeviceChoice;
+use metricunet_eval::evaluate::{all_metrics, evaluate_files};
+use metricunet_eval::{CaseMetrics, Pipeline};
+use metricunet_train::select_device;
+
+fn nifti_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            !n.starts_with('.') && (n.ends_with(".nii") || n.ends_with(".nii.gz"))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn bar(n: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(n as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// `metricunet predict`: one file or every NIfTI of a folder.
+pub fn predict(
+    model: &Path,
+    input: &Path,
+    output: &Path,
+    probabilities: Option<&Path>,
+    device: DeviceChoice,
+) -> Result<String> {
+    let pipeline = Pipeline::load(model, select_device(device)?)?;
+    let jobs: Vec<(PathBuf, PathBuf, Option<PathBuf>)> = if input.is_dir() {
+        std::fs::create_dir_all(output)
+            .with_context(|| format!("cannot create {}", output.display()))?;
+        if let Some(p) = probabilities {
+            std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+        }
+        nifti_files(input)?
+            .into_iter()
+            .map(|f| {
+                let name = f.file_name().map(PathBuf::from).unwrap_or_default();
+                (
+                    f.clone(),
+                    output.join(&name),
+                    probabilities.map(|p| p.join(&name)),
+                )
+            })
+            .collect()
+    } else {
+        vec![(
+            input.to_path_buf(),
+            output.to_path_buf(),
+            probabilities.map(Path::to_path_buf),
+        )]
+    };
+    if jobs.is_empty() {
+        bail!("{}: no .nii or .nii.gz file", input.display());
+    }
+    let pb = bar(jobs.len(), "predict");
+    let mut report = String::new();
+    let mut failed = 0;
+    for (ct, out, prob) in &jobs {
+        match pipeline.predict_to_files(ct, out, prob.as_deref()) {
+            Ok(p) => {
+                let n = p.mask.data.iter().filter(|&&v| v != 0).count();
+                let ml = n as f64 * p.mask.geometry.spacing.iter().product::<f64>() / 1000.0;
+                let _ = writeln!(
+                    report,
+                    "{} -> {} ({n} voxels, {ml:.1} mL)",
+                    ct.display(),
+                    out.display()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                let _ = writeln!(report, "{}: FAILED: {e}", ct.display());
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if failed == jobs.len() {
+        bail!("{report}every case failed");
+    }
+    Ok(report)
+}
+
+/// `metricunet eval`: metrics of one prediction or of every same-named pair of two folders.
+pub fn eval(
+    pred: &Path,
+    reference: &Path,
+    label: Option<i64>,
+    ref_label: Option<i64>,
+    csv: Option<&Path>,
+) -> Result<String> {
+    let metrics = all_metrics();
+    let pairs: Vec<(String, PathBuf, PathBuf)> = if pred.is_dir() {
+        if !reference.is_dir() {
+            bail!("{} is a folder, so --ref must be one too", pred.display());
+        }
+        let mut v = Vec::new();
+        for p in nifti_files(pred)? {
+            let name = p.file_name().map(PathBuf::from).unwrap_or_default();
+            let r = reference.join(&name);
+            if !r.exists() {
+                bail!("{}: no reference {} ", p.display(), r.display());
+            }
+            v.push((metricunet_data::dataset::case_id(&p), p, r));
+        }
+        v
+    } else {
+        vec![(
+            metricunet_data::dataset::case_id(pred),
+            pred.to_path_buf(),
+            reference.to_path_buf(),
+        )]
+    };
+    let pb = bar(pairs.len(), "eval");
+    let mut rows: Vec<CaseMetrics> = Vec::new();
+    for (case, p, r) in &pairs {
+        rows.push(evaluate_files(case, p, r, label, ref_label, &metrics)?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let table = to_csv(&rows);
+    if let Some(path) = csv {
+        let tmp = path.with_extension("csv.tmp");
+        std::fs::write(&tmp, &table).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let _ = writeln!(out, "{}", row.case);
+        for (name, v, flag) in &row.values {
+            let unit = if ["asd", "assd", "hd95"].contains(&name.as_str()) {
+                " mm"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  {name:<5} {v:.4}{unit}{}",
+                flag.as_ref()
+                    .map(|f| format!("  ({f})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Rows as CSV: `case`, one column per metric, one `<metric>_flag` column per metric.
+pub fn to_csv(rows: &[CaseMetrics]) -> String {
+    let Some(first) = rows.first() else {
+        return String::new();
+    };
+    let names: Vec<&str> = first.values.iter().map(|(n, _, _)| n.as_str()).collect();
+    let mut out = String::from("case");
+    for n in &names {
+        let _ = write!(out, ",{n}");
+    }
+    for n in &names {
+        let _ = write!(out, ",{n}_flag");
+    }
+    out.push('\n');
+    for r in rows {
+        out.push_str(&r.case);
+        for (_, v, _) in &r.values {
+            let _ = write!(out, ",{v}");
+        }
+        for (_, _, f) in &r.values {
+            let _ = write!(out, ",{}", f.as_deref().unwrap_or(""));
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,183 @@
+//! The pipeline on the real CT in `../shared/data/totalseg-example/`: a model trained for a
+//! few iterations predicts a mask in the CT's own geometry; `eval` of the reference label 22
+//! against itself gives DSC 1. (The point is geometry, not accuracy.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use common::cli;
+
+fn real() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/totalseg-example")
+}
+
+/// Set the stage-1 head's bias so that it marks every voxel (`+`) or none (`-`).
+fn force_stage1(run: &Path, foreground: bool) {
+    let path = run.join("stage1/model.safetensors");
+    let mut w = candle_core::safetensors::load(&path, &Device::Cpu).expect("weights");
+    let b = if foreground {
+        [-20f32, 20.0]
+    } else {
+        [20f32, -20.0]
+    };
+    w.insert(
+        "segb.bias".into(),
+        Tensor::new(&b, &Device::Cpu).expect("bias"),
+    );
+    // and no say for the rest of the head
+    let zero = w
+        .get("segb.weight")
+        .expect("segb")
+        .zeros_like()
+        .expect("zeros");
+    w.insert("segb.weight".into(), zero);
+    candle_core::safetensors::save(&w, &path).expect("save");
+}
+
+#[test]
+fn predict_in_the_ct_geometry_and_evaluate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = dir.path().join("run");
+    let cache = format!("data.cache_dir={}", dir.path().join("cache").display());
+    let (ok, _, stderr) = cli(&[
+        "train",
+        "tests/fixtures/tiny.yaml",
+        "--out",
+        run.to_str().expect("utf8"),
+        "--set",
+        &cache,
+    ]);
+    assert!(ok, "{stderr}");
+    force_stage1(&run, true);
+
+    let ct = real().join("ct.nii.gz");
+    let mask = dir.path().join("out/prostate.nii.gz");
+    let prob = dir.path().join("out/prob.nii.gz");
+    let (ok, stdout, stderr) = cli(&[
+        "predict",
+        "--model",
+        run.to_str().expect("utf8"),
+        "--input",
+        ct.to_str().expect("utf8"),
+        "--output",
+        mask.to_str().expect("utf8"),
+        "--probabilities",
+        prob.to_str().expect("utf8"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("prostate.nii.gz"), "{stdout}");
+    let source = metricunet_data::io::read_nifti(&ct).expect("ct");
+    for out in [&mask, &prob] {
+        let written = metricunet_data::io::read_nifti(out).expect("output");
+        assert_eq!(written.volume.geometry.dims, source.volume.geometry.dims);
+        assert!(
+            written
+                .volume
+                .geometry
+                .affine_distance(&source.volume.geometry)
+                < 1e-4
+        );
+        assert_eq!(written.header.sform_code, source.header.sform_code);
+    }
+    let m = metricunet_data::io::read_nifti(&mask).expect("mask");
+    assert!(m.volume.data.iter().all(|&v| v == 0.0 || v == 1.0));
+    let p = metricunet_data::io::read_nifti(&prob).expect("prob");
+    assert!(p.volume.data.iter().all(|&v| (0.0..=1.0).contains(&v)));
+
+    // eval: the reference against itself, and the prediction against the reference
+    let labels = real().join("labels.nii.gz");
+    let l = labels.to_str().expect("utf8");
+    let csv = dir.path().join("metrics.csv");
+    let (ok, stdout, stderr) = cli(&[
+        "eval",
+        "--pred",
+        l,
+        "--ref",
+        l,
+        "--label",
+        "22",
+        "--ref-label",
+        "22",
+        "--csv",
+        csv.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("dsc   1.0000") && stdout.contains("asd   0.0000 mm"),
+        "{stdout}"
+    );
+    let table = std::fs::read_to_string(&csv).expect("csv");
+    assert!(
+        table.starts_with("case,asd,assd,dsc,hd95,ppv,sen,"),
+        "{table}"
+    );
+    let (ok, stdout, stderr) = cli(&[
+        "eval",
+        "--pred",
+        mask.to_str().expect("utf8"),
+        "--ref",
+        l,
+        "--ref-label",
+        "22",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("dsc"), "{stdout}");
+
+    // a stage 1 that finds nothing is a clear error for that case
+    force_stage1(&run, false);
+    let (ok, stdout, stderr) = cli(&[
+        "predict",
+        "--model",
+        run.to_str().expect("utf8"),
+        "--input",
+        ct.to_str().expect("utf8"),
+        "--output",
+        dir.path().join("none.nii.gz").to_str().expect("utf8"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("ct.nii.gz") && stderr.contains("found no prostate"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("none.nii.gz").exists());
+}
+
+#[test]
+fn eval_errors_name_the_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let l = real().join("labels.nii.gz");
+    let (ok, _, stderr) = cli(&[
+        "eval",
+        "--pred",
+        "/no/such.nii.gz",
+        "--ref",
+        l.to_str().expect("utf8"),
+    ]);
+    assert!(!ok && stderr.contains("/no/such.nii.gz"), "{stderr}");
+    // a mask on another grid
+    let g = metricunet_data::Geometry::axis_aligned([4, 4, 4], [1.0; 3]);
+    let other = dir.path().join("other.nii.gz");
+    metricunet_data::io::write_nifti(&other, &metricunet_data::Volume::filled(1u8, g), None)
+        .expect("write");
+    let (ok, _, stderr) = cli(&[
+        "eval",
+        "--pred",
+        other.to_str().expect("utf8"),
+        "--ref",
+        l.to_str().expect("utf8"),
+    ]);
+    assert!(
+        !ok && stderr.contains("other.nii.gz") && stderr.contains("dims"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = cli(&[
+        "predict", "--model", "/no/run", "--input", "x.nii.gz", "--output", "y.nii.gz",
+    ]);
+    assert!(!ok && stderr.contains("/no/run"), "{stderr}");
+}
