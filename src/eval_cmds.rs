@@ -192,3 +192,69 @@ pub fn to_csv(rows: &[CaseMetrics]) -> String {
     }
     out
 }
+
+/// `metricunet bench metrics`: every registered metric on a 512 x 512 x 200 mask pair, for a
+/// prostate-sized pair and for a pair of large spheres (the worst case: surface-distance work
+/// grows with the masks' bounding box).
+pub fn bench_metrics(repeats: usize) -> Result<String> {
+    use metricunet_data::{Geometry, Volume};
+    use metricunet_eval::evaluate_masks;
+    use std::time::Instant;
+    let g = Geometry::axis_aligned([512, 512, 200], [0.9, 0.9, 2.0]);
+    let ellipsoid = |c: [f64; 3], r: [f64; 3]| -> Volume<bool> {
+        let [nx, ny, _] = g.dims;
+        let data = (0..g.len())
+            .map(|i| {
+                let p = [
+                    (i % nx) as f64 * 0.9,
+                    ((i / nx) % ny) as f64 * 0.9,
+                    (i / (nx * ny)) as f64 * 2.0,
+                ];
+                (0..3).map(|a| ((p[a] - c[a]) / r[a]).powi(2)).sum::<f64>() <= 1.0
+            })
+            .collect();
+        Volume {
+            data,
+            geometry: g.clone(),
+        }
+    };
+    let metrics = all_metrics();
+    let mut out = format!(
+        "bench metrics: {} metrics ({}) on a 512 x 512 x 200 pair at 0.9 x 0.9 x 2 mm, {} threads, median of {}\n",
+        metrics.len(),
+        metrics.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+        rayon::current_num_threads(),
+        repeats.max(1)
+    );
+    for (what, a, b) in [
+        (
+            "prostate-sized (radii 22 x 17 x 20 mm, shifted 3 mm)",
+            ellipsoid([230.0, 230.0, 200.0], [22.0, 17.0, 20.0]),
+            ellipsoid([233.0, 230.0, 200.0], [21.0, 18.0, 20.0]),
+        ),
+        (
+            "large spheres (radii 150 and 140 mm)",
+            ellipsoid([230.0, 230.0, 200.0], [150.0; 3]),
+            ellipsoid([236.0, 230.0, 200.0], [140.0; 3]),
+        ),
+    ] {
+        let mut times = Vec::new();
+        let mut last = None;
+        for _ in 0..repeats.max(1) {
+            let t = Instant::now();
+            last = Some(evaluate_masks("bench", &a, &b, &metrics)?);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let m = last.context("no run")?;
+        let _ = writeln!(
+            out,
+            "  {what}: {:.3} s  (DSC {:.4}, ASD {:.3} mm, HD95 {:.3} mm)",
+            times[times.len() / 2],
+            m.get("dsc").unwrap_or(f64::NAN),
+            m.get("asd").unwrap_or(f64::NAN),
+            m.get("hd95").unwrap_or(f64::NAN)
+        );
+    }
+    Ok(out)
+}

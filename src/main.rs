@@ -136,6 +136,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Every evaluation metric on a 512 x 512 x 200 mask pair.
+    Metrics {
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
     /// Preprocessing of one CT (phantom) of the given size.
     Preprocess {
         #[arg(long, default_value_t = 512)]
@@ -243,6 +248,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             cases,
         } => print!("{}", data_cmds::realism(&real, &out, seed, cases)?),
+        Command::Bench {
+            what: BenchCommand::Metrics { repeats },
+        } => print!("{}", eval_cmds::bench_metrics(repeats)?),
         Command::Bench {
             what:
                 BenchCommand::Preprocess {

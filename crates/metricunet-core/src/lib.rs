@@ -21,7 +21,7 @@ pub use backbone::{Backbone, BackboneContext, BackboneOutput};
 pub use config::{Cell, Experiment, ExperimentPlan, PluginSpec};
 pub use error::{CoreError, Result};
 pub use loss::{gather_voxels, LossTerms, MetricLoss};
-pub use metric::{MaskRef, Metric, MetricValue};
+pub use metric::{Comparison, MaskRef, Metric, MetricValue};
 pub use metric_module::{StepLoss, VoxelMetricModule};
 pub use params::{ParamKind, ParamSpec, ParamValue, Params};
 pub use registry::{BackbonePlugin, LossPlugin, MetricPlugin, PluginKind, SamplerPlugin};

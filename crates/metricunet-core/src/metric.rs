@@ -1,6 +1,9 @@
 //! Evaluation metrics on binary 3-D masks (DSC, ASD, ...), implemented as plugins.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{CoreError, Result};
 
@@ -37,6 +40,71 @@ impl<'a> MaskRef<'a> {
     }
 }
 
+/// A prediction, its reference and the voxel spacing, plus a cache where metrics share
+/// expensive intermediate results (surface distances, say) by type: the first metric that
+/// needs a `T` computes it, the others reuse it.
+pub struct Comparison<'a> {
+    pred: MaskRef<'a>,
+    reference: MaskRef<'a>,
+    spacing_mm: [f64; 3],
+    cache: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl<'a> Comparison<'a> {
+    /// Check that both masks have the same dims.
+    pub fn new(pred: MaskRef<'a>, reference: MaskRef<'a>, spacing_mm: [f64; 3]) -> Result<Self> {
+        if pred.dims() != reference.dims() {
+            return Err(CoreError::Shape(format!(
+                "prediction dims {:?} differ from reference dims {:?}",
+                pred.dims(),
+                reference.dims()
+            )));
+        }
+        Ok(Self {
+            pred,
+            reference,
+            spacing_mm,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+    /// The predicted mask.
+    pub fn pred(&self) -> &MaskRef<'a> {
+        &self.pred
+    }
+    /// The reference mask.
+    pub fn reference(&self) -> &MaskRef<'a> {
+        &self.reference
+    }
+    /// Voxel spacing in mm (x, y, z).
+    pub fn spacing_mm(&self) -> [f64; 3] {
+        self.spacing_mm
+    }
+    /// The cached `T`, computed by `make` the first time any metric asks for it.
+    pub fn cached<T: Any + Send + Sync>(
+        &self,
+        make: impl FnOnce(&Self) -> Result<T>,
+    ) -> Result<Arc<T>> {
+        let key = TypeId::of::<T>();
+        if let Some(v) = self
+            .cache
+            .lock()
+            .map_err(|_| CoreError::Shape("metric cache poisoned".into()))?
+            .get(&key)
+        {
+            if let Ok(t) = Arc::clone(v).downcast::<T>() {
+                return Ok(t);
+            }
+        }
+        let made = Arc::new(make(self)?);
+        let erased: Arc<dyn Any + Send + Sync> = made.clone();
+        self.cache
+            .lock()
+            .map_err(|_| CoreError::Shape("metric cache poisoned".into()))?
+            .insert(key, erased);
+        Ok(made)
+    }
+}
+
 /// A metric's value. Undefined values (an empty mask where the metric needs a surface)
 /// are `NaN` with a flag that says why, as nnU-Net and MetricsReloaded report them.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +130,7 @@ impl MetricValue {
 /// A metric comparing a predicted mask with a reference mask.
 ///
 /// ```
-/// use metricunet_core::{MaskRef, Metric, MetricValue, Result};
+/// use metricunet_core::{Comparison, MaskRef, Metric, MetricValue, Result};
 ///
 /// /// Predicted volume minus reference volume, in millilitres.
 /// #[derive(Debug)]
@@ -71,14 +139,15 @@ impl MetricValue {
 /// impl Metric for VolumeError {
 ///     fn unit(&self) -> &'static str { "mL" }
 ///     fn higher_is_better(&self) -> bool { false }
-///     fn compute(&self, pred: &MaskRef<'_>, reference: &MaskRef<'_>, spacing_mm: [f64; 3]) -> Result<MetricValue> {
-///         let voxel_ml = spacing_mm.iter().product::<f64>() / 1000.0;
-///         Ok(MetricValue::ok((pred.count() as f64 - reference.count() as f64) * voxel_ml))
+///     fn compute(&self, c: &Comparison<'_>) -> Result<MetricValue> {
+///         let voxel_ml = c.spacing_mm().iter().product::<f64>() / 1000.0;
+///         Ok(MetricValue::ok((c.pred().count() as f64 - c.reference().count() as f64) * voxel_ml))
 ///     }
 /// }
 ///
 /// let (p, r) = ([true, true, false, false], [true, false, false, false]);
-/// let v = VolumeError.compute(&MaskRef::new(&p, [4, 1, 1])?, &MaskRef::new(&r, [4, 1, 1])?, [10.0, 10.0, 10.0])?;
+/// let c = Comparison::new(MaskRef::new(&p, [4, 1, 1])?, MaskRef::new(&r, [4, 1, 1])?, [10.0, 10.0, 10.0])?;
+/// let v = VolumeError.compute(&c)?;
 /// assert_eq!(v, MetricValue::ok(1.0));
 /// # Ok::<(), metricunet_core::CoreError>(())
 /// ```
@@ -87,11 +156,6 @@ pub trait Metric: Send + Sync + Debug {
     fn unit(&self) -> &'static str;
     /// Whether larger values are better (DSC) or worse (ASD).
     fn higher_is_better(&self) -> bool;
-    /// The metric of `pred` against `reference` (same dims), with voxel spacing in mm.
-    fn compute(
-        &self,
-        pred: &MaskRef<'_>,
-        reference: &MaskRef<'_>,
-        spacing_mm: [f64; 3],
-    ) -> Result<MetricValue>;
+    /// The metric of the comparison's prediction against its reference.
+    fn compute(&self, c: &Comparison<'_>) -> Result<MetricValue>;
 }

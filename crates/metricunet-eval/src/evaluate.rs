@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use metricunet_core::config::PluginSpec;
-use metricunet_core::{registry, MaskRef, PluginKind};
+use metricunet_core::{registry, Comparison, MaskRef, PluginKind};
 use metricunet_data::io::read_nifti;
 use metricunet_data::volume::Volume;
 use metricunet_data::DataError;
@@ -45,12 +45,14 @@ pub fn evaluate_masks(
     let spacing = reference.geometry.spacing;
     let p = MaskRef::new(&pred.data, pred.geometry.dims)?;
     let r = MaskRef::new(&reference.data, reference.geometry.dims)?;
+    // one comparison for all metrics: they share counts and surface distances
+    let c = Comparison::new(p, r, spacing)?;
     let mut values = Vec::with_capacity(metrics.len());
     for (i, spec) in metrics.iter().enumerate() {
         let path = format!("evaluation.metrics[{i}]");
         let plugin = registry::metric(&spec.name, &path)?;
         let m = (plugin.build)(&plugin.params(&spec.params, &path)?)?;
-        let v = m.compute(&p, &r, spacing)?;
+        let v = m.compute(&c)?;
         values.push((spec.name.clone(), v.value, v.flag));
     }
     Ok(CaseMetrics {

@@ -186,18 +186,17 @@ pub fn surface_distances(
     let lo = [0, 1, 2].map(|a| pl[a].min(rl[a]));
     let hi = [0, 1, 2].map(|a| ph[a].max(rh[a]));
     let sub = [0, 1, 2].map(|a| hi[a] - lo[a]);
-    // Surfaces are taken on the full grid (the volume border counts as background), then
-    // copied into the box.
+    // Both masks are empty outside the box, so the surface of the box's copy (its border
+    // counting as background, like the volume's) equals the surface on the whole grid.
     let cut = |m: &[bool]| -> Vec<bool> {
-        let s = surface(m, dims);
         let mut out = Vec::with_capacity(sub.iter().product());
         for z in lo[2]..hi[2] {
             for y in lo[1]..hi[1] {
                 let row = nx * (y + ny * z);
-                out.extend_from_slice(&s[row + lo[0]..row + hi[0]]);
+                out.extend_from_slice(&m[row + lo[0]..row + hi[0]]);
             }
         }
-        out
+        surface(&out, sub)
     };
     let (sp, sr) = (cut(pred), cut(reference));
     let (dp, dr) = (

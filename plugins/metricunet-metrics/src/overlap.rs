@@ -1,25 +1,26 @@
 //! Overlap metrics: DSC (Eq. 5), sensitivity and positive predictive value (Eq. 7).
 
-use metricunet_core::{
-    inventory, CoreError, MaskRef, Metric, MetricPlugin, MetricValue, Params, Result,
-};
+use metricunet_core::{inventory, Comparison, Metric, MetricPlugin, MetricValue, Params, Result};
 
-/// `(|P and G|, |P|, |G|)` of two masks on the same grid.
-pub(crate) fn counts(pred: &MaskRef<'_>, reference: &MaskRef<'_>) -> Result<(usize, usize, usize)> {
-    if pred.dims() != reference.dims() {
-        return Err(CoreError::Shape(format!(
-            "prediction dims {:?} differ from reference dims {:?}",
-            pred.dims(),
-            reference.dims()
-        )));
-    }
-    let (mut tp, mut p, mut g) = (0usize, 0usize, 0usize);
-    for (&a, &b) in pred.data().iter().zip(reference.data()) {
-        tp += usize::from(a && b);
-        p += usize::from(a);
-        g += usize::from(b);
-    }
-    Ok((tp, p, g))
+/// `|P and G|`, `|P|`, `|G|`: computed once per comparison, shared by every metric.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counts {
+    pub tp: usize,
+    pub p: usize,
+    pub g: usize,
+}
+
+pub(crate) fn counts(c: &Comparison<'_>) -> Result<Counts> {
+    let k = c.cached(|c| {
+        let (mut tp, mut p, mut g) = (0usize, 0usize, 0usize);
+        for (&a, &b) in c.pred().data().iter().zip(c.reference().data()) {
+            tp += usize::from(a && b);
+            p += usize::from(a);
+            g += usize::from(b);
+        }
+        Ok(Counts { tp, p, g })
+    })?;
+    Ok(*k)
 }
 
 #[derive(Debug)]
@@ -36,13 +37,8 @@ impl Metric for Dsc {
     fn higher_is_better(&self) -> bool {
         true
     }
-    fn compute(
-        &self,
-        pred: &MaskRef<'_>,
-        reference: &MaskRef<'_>,
-        _spacing: [f64; 3],
-    ) -> Result<MetricValue> {
-        let (tp, p, g) = counts(pred, reference)?;
+    fn compute(&self, c: &Comparison<'_>) -> Result<MetricValue> {
+        let Counts { tp, p, g } = counts(c)?;
         Ok(if p + g == 0 {
             MetricValue::undefined("both masks empty")
         } else {
@@ -58,13 +54,8 @@ impl Metric for Sensitivity {
     fn higher_is_better(&self) -> bool {
         true
     }
-    fn compute(
-        &self,
-        pred: &MaskRef<'_>,
-        reference: &MaskRef<'_>,
-        _spacing: [f64; 3],
-    ) -> Result<MetricValue> {
-        let (tp, _, g) = counts(pred, reference)?;
+    fn compute(&self, c: &Comparison<'_>) -> Result<MetricValue> {
+        let Counts { tp, g, .. } = counts(c)?;
         Ok(if g == 0 {
             MetricValue::undefined("reference empty")
         } else {
@@ -80,13 +71,8 @@ impl Metric for Ppv {
     fn higher_is_better(&self) -> bool {
         true
     }
-    fn compute(
-        &self,
-        pred: &MaskRef<'_>,
-        reference: &MaskRef<'_>,
-        _spacing: [f64; 3],
-    ) -> Result<MetricValue> {
-        let (tp, p, _) = counts(pred, reference)?;
+    fn compute(&self, c: &Comparison<'_>) -> Result<MetricValue> {
+        let Counts { tp, p, .. } = counts(c)?;
         Ok(if p == 0 {
             MetricValue::undefined("prediction empty")
         } else {

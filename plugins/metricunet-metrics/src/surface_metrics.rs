@@ -1,19 +1,19 @@
 //! Surface-distance metrics in mm: ASD (paper Eq. 6), pooled ASSD, HD95.
 
+use std::sync::Arc;
+
 use metricunet_core::{
-    inventory, MaskRef, Metric, MetricPlugin, MetricValue, ParamSpec, Params, Result,
+    inventory, Comparison, CoreError, Metric, MetricPlugin, MetricValue, ParamSpec, Params, Result,
 };
 
 use crate::distance::{percentile, surface_distances, SurfaceDistances};
 use crate::overlap::counts;
 
-fn distances(
-    pred: &MaskRef<'_>,
-    reference: &MaskRef<'_>,
-    spacing: [f64; 3],
-) -> Result<Result<SurfaceDistances, MetricValue>> {
-    let (_, p, g) = counts(pred, reference)?;
-    let why = match (p, g) {
+/// The surface distances of a comparison (computed once, shared by ASD, ASSD and HD95), or
+/// the undefined value when a mask is empty.
+fn distances(c: &Comparison<'_>) -> Result<Result<Arc<SurfaceDistances>, MetricValue>> {
+    let k = counts(c)?;
+    let why = match (k.p, k.g) {
         (0, 0) => Some("both masks empty"),
         (0, _) => Some("prediction empty"),
         (_, 0) => Some("reference empty"),
@@ -22,10 +22,17 @@ fn distances(
     if let Some(why) = why {
         return Ok(Err(MetricValue::undefined(why)));
     }
-    Ok(
-        surface_distances(pred.data(), reference.data(), pred.dims(), spacing)
-            .ok_or_else(|| MetricValue::undefined("mask empty")),
-    )
+    // both masks are non-empty here, so the distances exist
+    let d = c.cached(|c| {
+        surface_distances(
+            c.pred().data(),
+            c.reference().data(),
+            c.pred().dims(),
+            c.spacing_mm(),
+        )
+        .ok_or_else(|| CoreError::Shape("surface distances of an empty mask".into()))
+    })?;
+    Ok(Ok(d))
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -53,13 +60,8 @@ impl Metric for Asd {
     fn higher_is_better(&self) -> bool {
         false
     }
-    fn compute(
-        &self,
-        pred: &MaskRef<'_>,
-        reference: &MaskRef<'_>,
-        spacing: [f64; 3],
-    ) -> Result<MetricValue> {
-        Ok(match distances(pred, reference, spacing)? {
+    fn compute(&self, c: &Comparison<'_>) -> Result<MetricValue> {
+        Ok(match distances(c)? {
             Ok(d) => MetricValue::ok(0.5 * (mean(&d.ref_to_pred) + mean(&d.pred_to_ref))),
             Err(v) => v,
         })
@@ -73,13 +75,8 @@ impl Metric for Assd {
     fn higher_is_better(&self) -> bool {
         false
     }
-    fn compute(
-        &self,
-        pred: &MaskRef<'_>,
-        reference: &MaskRef<'_>,
-        spacing: [f64; 3],
-    ) -> Result<MetricValue> {
-        Ok(match distances(pred, reference, spacing)? {
+    fn compute(&self, c: &Comparison<'_>) -> Result<MetricValue> {
+        Ok(match distances(c)? {
             Ok(d) => {
                 let n = d.ref_to_pred.len() + d.pred_to_ref.len();
                 MetricValue::ok(
@@ -99,16 +96,16 @@ impl Metric for Hd {
     fn higher_is_better(&self) -> bool {
         false
     }
-    fn compute(
-        &self,
-        pred: &MaskRef<'_>,
-        reference: &MaskRef<'_>,
-        spacing: [f64; 3],
-    ) -> Result<MetricValue> {
-        Ok(match distances(pred, reference, spacing)? {
-            Ok(mut d) => {
-                d.ref_to_pred.append(&mut d.pred_to_ref);
-                MetricValue::ok(percentile(&mut d.ref_to_pred, self.q))
+    fn compute(&self, c: &Comparison<'_>) -> Result<MetricValue> {
+        Ok(match distances(c)? {
+            Ok(d) => {
+                let mut all: Vec<f64> = d
+                    .ref_to_pred
+                    .iter()
+                    .chain(&d.pred_to_ref)
+                    .copied()
+                    .collect();
+                MetricValue::ok(percentile(&mut all, self.q))
             }
             Err(v) => v,
         })

@@ -1,6 +1,6 @@
 //! Metrics against independent references: analytic shapes and a brute-force medpy.
 
-use metricunet_core::{registry, MaskRef, Metric, MetricValue};
+use metricunet_core::{registry, Comparison, MaskRef, Metric, MetricValue};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -16,7 +16,9 @@ fn value(name: &str, a: &[bool], b: &[bool], dims: [usize; 3], spacing: [f64; 3]
         MaskRef::new(a, dims).expect("a"),
         MaskRef::new(b, dims).expect("b"),
     );
-    metric(name).compute(&ma, &mb, spacing).expect("compute")
+    metric(name)
+        .compute(&Comparison::new(ma, mb, spacing).expect("comparison"))
+        .expect("compute")
 }
 
 fn v(name: &str, a: &[bool], b: &[bool], dims: [usize; 3], spacing: [f64; 3]) -> f64 {
@@ -189,7 +191,8 @@ fn shifted_box() {
     let mut map = serde_norway::Mapping::new();
     map.insert("percentile".into(), 100.0.into());
     let hd = (hd100.build)(&hd100.params(&map, "t").expect("params")).expect("build");
-    assert!((hd.compute(&ma, &mb, sp).expect("hd").value - t as f64 * sp[0]).abs() < 1e-12);
+    let c = Comparison::new(ma, mb, sp).expect("comparison");
+    assert!((hd.compute(&c).expect("hd").value - t as f64 * sp[0]).abs() < 1e-12);
     assert!(v("hd95", &a, &b, dims, sp) <= t as f64 * sp[0] + 1e-12);
 }
 
@@ -254,5 +257,5 @@ fn empty_masks_are_flagged_not_panics() {
         MaskRef::new(&one, dims).expect("a"),
         MaskRef::new(&[false; 8], [2, 2, 2]).expect("b"),
     );
-    assert!(metric("dsc").compute(&a, &b, [1.0; 3]).is_err());
+    assert!(Comparison::new(a, b, [1.0; 3]).is_err());
 }
