@@ -139,13 +139,14 @@ pub fn eval(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let table = to_csv(&rows);
+    let mut table = metricunet_eval::evaluate::metrics_frame(&rows)?;
     if let Some(path) = csv {
-        let tmp = path.with_extension("csv.tmp");
-        std::fs::write(&tmp, &table).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        metricunet_eval::evaluate::write_csv(&mut table, path)?;
     }
     let mut out = String::new();
+    if rows.len() > 1 {
+        let _ = writeln!(out, "{table}");
+    }
     for row in &rows {
         let _ = writeln!(out, "{}", row.case);
         for (name, v, flag) in &row.values {
@@ -164,33 +165,6 @@ pub fn eval(
         }
     }
     Ok(out)
-}
-
-/// Rows as CSV: `case`, one column per metric, one `<metric>_flag` column per metric.
-pub fn to_csv(rows: &[CaseMetrics]) -> String {
-    let Some(first) = rows.first() else {
-        return String::new();
-    };
-    let names: Vec<&str> = first.values.iter().map(|(n, _, _)| n.as_str()).collect();
-    let mut out = String::from("case");
-    for n in &names {
-        let _ = write!(out, ",{n}");
-    }
-    for n in &names {
-        let _ = write!(out, ",{n}_flag");
-    }
-    out.push('\n');
-    for r in rows {
-        out.push_str(&r.case);
-        for (_, v, _) in &r.values {
-            let _ = write!(out, ",{v}");
-        }
-        for (_, _, f) in &r.values {
-            let _ = write!(out, ",{}", f.as_deref().unwrap_or(""));
-        }
-        out.push('\n');
-    }
-    out
 }
 
 /// `metricunet bench metrics`: every registered metric on a 512 x 512 x 200 mask pair, for a

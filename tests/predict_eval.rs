@@ -149,6 +149,70 @@ fn predict_in_the_ct_geometry_and_evaluate() {
 }
 
 #[test]
+fn eval_of_two_folders_writes_one_row_per_case() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (pred, reference) = (dir.path().join("pred"), dir.path().join("ref"));
+    let g = metricunet_data::Geometry::axis_aligned([12, 12, 6], [0.9, 0.9, 2.5]);
+    let cube = |lo: usize| {
+        let mut v = metricunet_data::Volume::filled(0u8, g.clone());
+        for z in 1..5 {
+            for y in lo..lo + 5 {
+                for x in lo..lo + 5 {
+                    let i = v.index(x, y, z);
+                    v.data[i] = 1;
+                }
+            }
+        }
+        v
+    };
+    for (name, p, r) in [
+        ("a.nii.gz", cube(2), cube(2)),
+        ("b.nii.gz", cube(3), cube(2)),
+    ] {
+        metricunet_data::io::write_nifti(&pred.join(name), &p, None).expect("pred");
+        metricunet_data::io::write_nifti(&reference.join(name), &r, None).expect("ref");
+    }
+    // an empty prediction is a flagged row, not a failure
+    let empty = metricunet_data::Volume::filled(0u8, g.clone());
+    metricunet_data::io::write_nifti(&pred.join("c.nii.gz"), &empty, None).expect("pred");
+    metricunet_data::io::write_nifti(&reference.join("c.nii.gz"), &cube(2), None).expect("ref");
+    let csv = dir.path().join("table.csv");
+    let (ok, stdout, stderr) = cli(&[
+        "eval",
+        "--pred",
+        pred.to_str().expect("utf8"),
+        "--ref",
+        reference.to_str().expect("utf8"),
+        "--csv",
+        csv.to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("shape: (3, 13)"), "{stdout}");
+    let table = std::fs::read_to_string(&csv).expect("csv");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(
+        lines[0].starts_with("case,asd,assd,dsc,hd95,ppv,sen,asd_flag"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("a,0.0,0.0,1.0,0.0,1.0,1.0,"),
+        "{table}"
+    );
+    // b: shifted by one voxel in x and y -> 4 x 4 x 4 of 5 x 5 x 4 overlap
+    let dsc: f64 = lines[2]
+        .split(',')
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .expect("dsc");
+    assert!((dsc - 64.0 / 100.0).abs() < 1e-12, "{dsc}");
+    assert!(
+        lines[3].starts_with("c,NaN,NaN,0.0,NaN,NaN,0.0,prediction empty"),
+        "{table}"
+    );
+}
+
+#[test]
 fn eval_errors_name_the_files() {
     let dir = tempfile::tempdir().expect("tmp");
     let l = real().join("labels.nii.gz");

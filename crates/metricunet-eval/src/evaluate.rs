@@ -111,3 +111,45 @@ pub fn evaluate_files(
     }
     evaluate_masks(case, &p, &r, metrics).map_err(|e| DataError::bad(pred, e.to_string()))
 }
+
+/// Case rows as a Polars table: `case`, one f64 column per metric (NaN where undefined), one
+/// `<metric>_flag` string column per metric (null where defined).
+pub fn metrics_frame(
+    rows: &[CaseMetrics],
+) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
+    use polars::prelude::{Column, DataFrame};
+    let Some(first) = rows.first() else {
+        return Ok(DataFrame::empty());
+    };
+    let names: Vec<String> = first.values.iter().map(|(n, _, _)| n.clone()).collect();
+    let mut cols = vec![Column::new(
+        "case".into(),
+        rows.iter().map(|r| r.case.clone()).collect::<Vec<_>>(),
+    )];
+    for (i, n) in names.iter().enumerate() {
+        let v: Vec<f64> = rows
+            .iter()
+            .map(|r| r.values.get(i).map(|x| x.1).unwrap_or(f64::NAN))
+            .collect();
+        cols.push(Column::new(n.as_str().into(), v));
+    }
+    for (i, n) in names.iter().enumerate() {
+        let f: Vec<Option<String>> = rows
+            .iter()
+            .map(|r| r.values.get(i).and_then(|x| x.2.clone()))
+            .collect();
+        cols.push(Column::new(format!("{n}_flag").into(), f));
+    }
+    DataFrame::new(rows.len(), cols)
+}
+
+/// Write a table as CSV atomically (temporary file, then rename).
+pub fn write_csv(df: &mut polars::prelude::DataFrame, path: &Path) -> Result<(), DataError> {
+    use polars::prelude::{CsvWriter, SerWriter};
+    let tmp = path.with_extension("csv.tmp");
+    let file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
+    CsvWriter::new(file)
+        .finish(df)
+        .map_err(|e| DataError::bad(path, e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+}

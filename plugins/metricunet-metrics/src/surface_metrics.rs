@@ -39,11 +39,12 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-/// Paper Eq. 6: the average of the two directed mean surface distances (medpy `assd`).
+/// Paper Eq. 6: the average of the two directed mean surface distances.
 #[derive(Debug)]
 struct Asd;
 
-/// Pooled symmetric mean: all distances of both directions averaged together (MONAI).
+/// Pooled symmetric mean: all distances of both directions averaged together (medpy 0.5
+/// `assd`, MONAI).
 #[derive(Debug)]
 struct Assd;
 
@@ -115,7 +116,7 @@ impl Metric for Hd {
 inventory::submit! {
     MetricPlugin {
         name: "asd",
-        description: "average surface distance in mm, paper Eq. 6: mean of the two directed means (medpy assd)",
+        description: "average surface distance in mm, paper Eq. 6: mean of the two directed means",
         params: &[],
         build: |_: &Params| -> Result<Box<dyn Metric>> { Ok(Box::new(Asd)) },
     }
@@ -124,7 +125,7 @@ inventory::submit! {
 inventory::submit! {
     MetricPlugin {
         name: "assd",
-        description: "pooled symmetric surface distance in mm: all distances of both directions averaged (MONAI)",
+        description: "symmetric surface distance in mm: all distances of both directions pooled (medpy 0.5 assd, MONAI)",
         params: &[],
         build: |_: &Params| -> Result<Box<dyn Metric>> { Ok(Box::new(Assd)) },
     }
