@@ -7,6 +7,24 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{CoreError, Result};
 
+/// Inclusive-exclusive bounding box `(min, max + 1)` of the set voxels of a mask with
+/// `dims` (x fastest), if any.
+pub fn bounding_box(mask: &[bool], dims: [usize; 3]) -> Option<([usize; 3], [usize; 3])> {
+    let [nx, ny, _] = dims;
+    let mut lo = [usize::MAX; 3];
+    let mut hi = [0usize; 3];
+    let mut any = false;
+    for (v, _) in mask.iter().enumerate().filter(|(_, &m)| m) {
+        let p = [v % nx, (v / nx) % ny, v / (nx * ny)];
+        for a in 0..3 {
+            lo[a] = lo[a].min(p[a]);
+            hi[a] = hi[a].max(p[a] + 1);
+        }
+        any = true;
+    }
+    any.then_some((lo, hi))
+}
+
 /// A borrowed binary 3-D mask, `x` fastest: `index = x + nx * (y + ny * z)` (NIfTI order).
 #[derive(Debug, Clone, Copy)]
 pub struct MaskRef<'a> {

@@ -50,22 +50,7 @@ pub fn largest_component(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
     label.iter().map(|&l| l != 0 && l == best.0).collect()
 }
 
-/// Inclusive-exclusive bounding box `(min, max + 1)` of the set voxels, if any.
-pub fn bounding_box(mask: &[bool], dims: [usize; 3]) -> Option<([usize; 3], [usize; 3])> {
-    let [nx, ny, _] = dims;
-    let mut lo = [usize::MAX; 3];
-    let mut hi = [0usize; 3];
-    let mut any = false;
-    for (v, _) in mask.iter().enumerate().filter(|(_, &m)| m) {
-        let p = [v % nx, (v / nx) % ny, v / (nx * ny)];
-        for a in 0..3 {
-            lo[a] = lo[a].min(p[a]);
-            hi[a] = hi[a].max(p[a] + 1);
-        }
-        any = true;
-    }
-    any.then_some((lo, hi))
-}
+pub use metricunet_core::metric::bounding_box;
 
 /// Mean voxel position of the set voxels, if any.
 pub fn centroid(mask: &[bool], dims: [usize; 3]) -> Option<[f64; 3]> {

@@ -167,20 +167,7 @@ pub fn surface_distances(
     spacing: [f64; 3],
 ) -> Option<SurfaceDistances> {
     let [nx, ny, _] = dims;
-    let bbox = |m: &[bool]| -> Option<([usize; 3], [usize; 3])> {
-        let mut lo = [usize::MAX; 3];
-        let mut hi = [0usize; 3];
-        let mut any = false;
-        for (v, _) in m.iter().enumerate().filter(|(_, &b)| b) {
-            let p = [v % nx, (v / nx) % ny, v / (nx * ny)];
-            for a in 0..3 {
-                lo[a] = lo[a].min(p[a]);
-                hi[a] = hi[a].max(p[a] + 1);
-            }
-            any = true;
-        }
-        any.then_some((lo, hi))
-    };
+    let bbox = |m: &[bool]| metricunet_core::metric::bounding_box(m, dims);
     let (pl, ph) = bbox(pred)?;
     let (rl, rh) = bbox(reference)?;
     let lo = [0, 1, 2].map(|a| pl[a].min(rl[a]));
