@@ -320,11 +320,13 @@ pub fn train_stage(
         let (x, labels) = train.batch(&idx, device)?;
         let out = net.forward_t(&x, true)?;
         let step = module.step_loss(&out.logits, &out.embedding, &labels, &mut rng)?;
-        if let Some((term, value)) = step.first_non_finite()? {
+        // one read of every term serves the NaN check and the log row
+        let terms = step.scalars()?;
+        if let Some((term, value)) = terms.iter().find(|(_, v)| !v.is_finite()) {
             return Err(TrainError::NonFinite {
                 iteration: it + 1,
-                term,
-                value,
+                term: term.clone(),
+                value: *value,
             });
         }
         let grads = step.total.backward()?;
@@ -346,7 +348,7 @@ pub fn train_stage(
         let row = IterationLog {
             iteration: done,
             lr,
-            terms: step.scalars()?,
+            terms,
             samples_per_s: cfg.batch_size as f64 / step_seconds.max(1e-9),
             val_dsc,
         };
