@@ -149,11 +149,12 @@ pub fn eval(
     }
     for row in &rows {
         let _ = writeln!(out, "{}", row.case);
-        for (name, v, flag) in &row.values {
-            let unit = if ["asd", "assd", "hd95"].contains(&name.as_str()) {
-                " mm"
+        for e in &row.values {
+            let (name, v, flag) = (&e.name, e.value, &e.flag);
+            let unit = if e.unit.is_empty() {
+                String::new()
             } else {
-                ""
+                format!(" {}", e.unit)
             };
             let _ = writeln!(
                 out,

@@ -9,21 +9,28 @@ use metricunet_data::io::read_nifti;
 use metricunet_data::volume::Volume;
 use metricunet_data::DataError;
 
+/// One metric of one case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricEntry {
+    pub name: String,
+    /// NaN where undefined (then `flag` says why).
+    pub value: f64,
+    pub flag: Option<String>,
+    /// As the metric declares it ("" or "mm").
+    pub unit: &'static str,
+}
+
 /// One case's metrics, in the order of the metric list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaseMetrics {
     pub case: String,
-    /// `(metric name, value, flag)`; undefined values are NaN with a flag.
-    pub values: Vec<(String, f64, Option<String>)>,
+    pub values: Vec<MetricEntry>,
 }
 
 impl CaseMetrics {
     /// A metric's value by name.
     pub fn get(&self, name: &str) -> Option<f64> {
-        self.values
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, v, _)| *v)
+        self.values.iter().find(|e| e.name == name).map(|e| e.value)
     }
 }
 
@@ -53,7 +60,12 @@ pub fn evaluate_masks(
         let plugin = registry::metric(&spec.name, &path)?;
         let m = (plugin.build)(&plugin.params(&spec.params, &path)?)?;
         let v = m.compute(&c)?;
-        values.push((spec.name.clone(), v.value, v.flag));
+        values.push(MetricEntry {
+            name: spec.name.clone(),
+            value: v.value,
+            flag: v.flag,
+            unit: m.unit(),
+        });
     }
     Ok(CaseMetrics {
         case: case.to_string(),
@@ -121,7 +133,7 @@ pub fn metrics_frame(
     let Some(first) = rows.first() else {
         return Ok(DataFrame::empty());
     };
-    let names: Vec<String> = first.values.iter().map(|(n, _, _)| n.clone()).collect();
+    let names: Vec<String> = first.values.iter().map(|e| e.name.clone()).collect();
     let mut cols = vec![Column::new(
         "case".into(),
         rows.iter().map(|r| r.case.clone()).collect::<Vec<_>>(),
@@ -129,14 +141,14 @@ pub fn metrics_frame(
     for (i, n) in names.iter().enumerate() {
         let v: Vec<f64> = rows
             .iter()
-            .map(|r| r.values.get(i).map(|x| x.1).unwrap_or(f64::NAN))
+            .map(|r| r.values.get(i).map_or(f64::NAN, |e| e.value))
             .collect();
         cols.push(Column::new(n.as_str().into(), v));
     }
     for (i, n) in names.iter().enumerate() {
         let f: Vec<Option<String>> = rows
             .iter()
-            .map(|r| r.values.get(i).and_then(|x| x.2.clone()))
+            .map(|r| r.values.get(i).and_then(|e| e.flag.clone()))
             .collect();
         cols.push(Column::new(format!("{n}_flag").into(), f));
     }

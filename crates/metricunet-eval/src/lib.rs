@@ -4,5 +4,5 @@
 pub mod evaluate;
 pub mod predict;
 
-pub use evaluate::{evaluate_masks, CaseMetrics};
+pub use evaluate::{evaluate_masks, CaseMetrics, MetricEntry};
 pub use predict::{Pipeline, PredictError, Prediction};

@@ -24,7 +24,7 @@ use metricunet_data::preprocess::{
     crop_around, preprocess, stage1_volume, PreprocessParams, Preprocessed,
 };
 use metricunet_data::resample::resample_linear;
-use metricunet_data::{Geometry, Volume};
+use metricunet_data::Volume;
 use metricunet_train::trainer::{load_model, StageSpec};
 use thiserror::Error;
 
@@ -265,9 +265,4 @@ impl Pipeline {
         }
         Ok(pred)
     }
-}
-
-/// The geometry a prediction must have: the CT's.
-pub fn same_grid(a: &Geometry, b: &Geometry) -> bool {
-    a.dims == b.dims && a.affine_distance(b) < 1e-4
 }

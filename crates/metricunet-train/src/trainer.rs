@@ -417,8 +417,3 @@ pub fn load_model(
     })?;
     Ok((vars, net))
 }
-
-/// A scalar tensor's value (for tests and logs).
-pub fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-}
