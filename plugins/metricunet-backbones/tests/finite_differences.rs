@@ -183,6 +183,34 @@ fn whole_small_unet() {
         detach_head: false,
     };
     let net = UNet::new(cfg, vb(&vars)).expect("unet");
+    // candle initialises from an unseeded RNG; fixed weights keep this check deterministic
+    // (with random ones an input can land on a ReLU kink or a pooling tie now and then)
+    {
+        let d = vars.data().lock().expect("lock");
+        let mut names: Vec<&String> = d.keys().collect();
+        names.sort();
+        for (i, name) in names.into_iter().enumerate() {
+            let var = &d[name];
+            let n = var.elem_count();
+            let values: Vec<f64> = if name.ends_with("running_var") {
+                vec![1.0; n]
+            } else if name.ends_with("running_mean") {
+                vec![0.0; n]
+            } else if name.contains(".bn.") && name.ends_with(".weight") {
+                random(n, 100 + i as u64)
+                    .into_iter()
+                    .map(|v| 1.0 + 0.5 * v)
+                    .collect()
+            } else {
+                random(n, 100 + i as u64)
+                    .into_iter()
+                    .map(|v| 0.5 * v)
+                    .collect()
+            };
+            var.set(&Tensor::from_vec(values, var.dims(), &Device::Cpu).expect("t"))
+                .expect("set");
+        }
+    }
     let x = random(2 * 3 * 8 * 8, 13);
     let loss = |out: metricunet_core::BackboneOutput| {
         let ce = {
