@@ -100,7 +100,7 @@ pub fn validate_text(plan: &ExperimentPlan, show_cell: usize) -> metricunet_core
             out,
             "# {:>4}  {:<16}  {:>6}  {}",
             c.index,
-            c.hash()?,
+            c.run_hash()?,
             c.seed,
             c.label()
         );

@@ -11,6 +11,7 @@ use metricunet_data::phantom::PhantomSize;
 
 mod data_cmds;
 mod eval_cmds;
+mod run_cmd;
 mod train_cmd;
 
 #[derive(Parser)]
@@ -59,6 +60,43 @@ enum Command {
         /// Continue from the checkpoints in the run folder.
         #[arg(long)]
         resume: bool,
+    },
+    /// Run an experiment: data, a shared stage 1, stage 2 for every grid cell x seed,
+    /// prediction and evaluation of the test cases, then the report. Resumable: finished cells
+    /// are never recomputed, unfinished ones continue from their last checkpoint.
+    Run {
+        /// The experiment YAML.
+        experiment: PathBuf,
+        /// Override a value: `--set training.iterations=100` (repeatable).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+        /// Run root (default runs/<experiment name>); cells go to ROOT/cells/<config hash>.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Report folder (default: the experiment's report.out_dir, else reports/<name>).
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+        /// cpu, cuda or auto (default: the experiment's `device`).
+        #[arg(long)]
+        device: Option<String>,
+        /// Run only cells whose index is I modulo N (I in 0..N), e.g. a Slurm array task.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// Run cells recorded as failed again.
+        #[arg(long)]
+        retry_failed: bool,
+        /// Do not write the report at the end.
+        #[arg(long)]
+        no_report: bool,
+    },
+    /// Write the report (tables, figures, report.md, report.html) of whatever cells of a run
+    /// root are finished.
+    Report {
+        /// Run root of `metricunet run` (holds plan.yaml and cells/).
+        root: PathBuf,
+        /// Report folder (default: the experiment's report.out_dir, else reports/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Segment the prostate of a CT (or a folder of CTs) with a trained run, in the CT's geometry.
     Predict {
@@ -205,6 +243,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             print!("{}", train_cmd::train(&plan.cells[index], &dir, &args)?);
         }
+        Command::Run {
+            experiment,
+            sets,
+            root,
+            report_dir,
+            device,
+            shard,
+            retry_failed,
+            no_report,
+        } => {
+            let args = run_cmd::RunArgs {
+                sets,
+                root,
+                report_dir,
+                device: device.as_deref().map(parse_device).transpose()?,
+                shard: shard
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e: String| anyhow::anyhow!(e))?,
+                retry_failed,
+                no_report,
+            };
+            print!("{}", run_cmd::run(&experiment, &args)?);
+        }
+        Command::Report { root, out } => print!("{}", run_cmd::report(&root, out.as_deref())?),
         Command::Predict {
             model,
             input,

@@ -95,9 +95,9 @@ fn bad_requests_are_clear_errors() {
         &cache,
     );
     assert!(!ok && stderr.contains("CUDA"), "{stderr}");
-    let (ok, _, stderr) = common::cli(&["train", "experiments/table2.yaml"]);
+    let (ok, _, stderr) = common::cli(&["train", "experiments/table3.yaml"]);
     assert!(
-        !ok && stderr.contains("10 grid cells") && stderr.contains("--cell"),
+        !ok && stderr.contains("30 grid cells") && stderr.contains("--cell"),
         "{stderr}"
     );
 }

@@ -10,21 +10,21 @@ fn validate(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn prints_resolved_config_and_cells() {
-    let (ok, out, err) = validate(&["experiments/table2.yaml"]);
+    let (ok, out, err) = validate(&["experiments/table3.yaml"]);
     assert!(ok, "{err}");
     assert!(
         out.contains("resolved configuration of cell 0 (preset=unet)"),
         "{out}"
     );
     assert!(
-        out.contains("10 cells = 10 grid combinations x 1 seeds"),
+        out.contains("30 cells = 10 grid combinations x 3 seeds"),
         "{out}"
     );
     assert!(out.contains("preset=metricunet-hcp"), "{out}");
     let (ok, out, _) = validate(&[
-        "experiments/table2.yaml",
+        "experiments/table3.yaml",
         "--cell",
-        "9",
+        "27",
         "--set",
         "metric.lambda=0.1",
     ]);
@@ -57,6 +57,6 @@ fn errors_are_clear_and_exit_non_zero() {
     assert!(err.contains("line 4 column 3"), "{err}");
     let (ok, _, err) = validate(&["no/such/file.yaml"]);
     assert!(!ok && err.contains("no/such/file.yaml"), "{err}");
-    let (ok, _, err) = validate(&["experiments/table2.yaml", "--cell", "10"]);
-    assert!(!ok && err.contains("10 cells"), "{err}");
+    let (ok, _, err) = validate(&["experiments/table3.yaml", "--cell", "30"]);
+    assert!(!ok && err.contains("30 cells"), "{err}");
 }

@@ -269,11 +269,11 @@ fn presets_equal_their_plain_yaml() {
 fn shipped_examples_validate_and_agree() {
     metricunet::link_plugins();
     let root = env!("CARGO_MANIFEST_DIR");
-    let table2 =
-        ExperimentPlan::from_file(&std::path::Path::new(root).join("experiments/table2.yaml"))
-            .expect("table2");
-    assert_eq!(table2.cells.len(), 10);
-    let hcp = table2
+    let table3 =
+        ExperimentPlan::from_file(&std::path::Path::new(root).join("experiments/table3.yaml"))
+            .expect("table3");
+    assert_eq!(table3.cells.len(), 30);
+    let hcp = table3
         .cells
         .iter()
         .find(|c| c.label() == "preset=metricunet-hcp")
@@ -287,11 +287,13 @@ fn shipped_examples_validate_and_agree() {
     // names and descriptions differ; everything that changes training must not
     a.preset = None;
     a.name = b.name.clone();
+    a.device = b.device;
+    a.report = b.report.clone();
     a.description.clear();
     b.description.clear();
     assert_eq!(a, b);
     // table III hyper-parameters reach every MetricUNet cell
-    for c in &table2.cells {
+    for c in &table3.cells {
         assert_eq!(param(&c.config.metric.loss, "sigma"), Value::from(1.0));
         assert_eq!(c.config.metric.lambda, 0.01);
         for s in &c.config.metric.samplers {

@@ -18,7 +18,7 @@ use crate::backbone::BackboneContext;
 use crate::error::{did_you_mean, CoreError, Result};
 use crate::params::describe;
 use crate::presets;
-use crate::registry::{self, PluginKind};
+use crate::registry;
 
 /// A plugin reference in YAML: `name` plus the plugin's own parameters, flat.
 ///
@@ -68,9 +68,12 @@ impl<'de> Deserialize<'de> for PluginSpec {
                     "`name` must be a string, got {}",
                     describe(&other)
                 ))),
-                None => Err(de::Error::custom(
-                    "a plugin needs a `name` key (or write the bare name)",
-                )),
+                // a preset may supply the name (`model.backbone: {encoder: [...]}`);
+                // without one, the registry lookup reports the missing name
+                None => Ok(Self {
+                    name: String::new(),
+                    params,
+                }),
             },
             other => Err(de::Error::custom(format!(
                 "expected a plugin name or a mapping with `name`, got {}",
@@ -469,6 +472,23 @@ impl Cell {
         Ok(stable_hash(&self.to_yaml()?))
     }
 
+    /// The hash of what training and prediction depend on: the resolved configuration
+    /// without `description`, `device`, `evaluation` and `report` (which change neither the
+    /// weights nor the predictions). The runner keys cell folders by it, so adding a metric or
+    /// retitling a report never retrains a cell.
+    pub fn run_hash(&self) -> Result<String> {
+        let mut c = self.config.clone();
+        c.description = String::new();
+        c.device = DeviceChoice::Auto;
+        c.evaluation = EvaluationConfig::default();
+        c.report = ReportConfig::default();
+        let text = serde_norway::to_string(&c).map_err(|e| CoreError::Config {
+            source_name: format!("cell {}", self.index),
+            message: e.to_string(),
+        })?;
+        Ok(stable_hash(&text))
+    }
+
     /// The hash of what stage 1 depends on (data, stage 1, seed): cells that differ only in
     /// stage 2 share it, so stage 1 is trained once for them.
     pub fn stage1_hash(&self) -> Result<String> {
@@ -791,9 +811,9 @@ fn resolve_plugins(exp: &mut Experiment) -> Result<()> {
     }
     let metrics = match exp.evaluation.metrics.take() {
         Some(list) => list,
-        None => registry::list(PluginKind::Metric)
-            .iter()
-            .map(|m| PluginSpec::named(m.name))
+        None => registry::metric_names()
+            .into_iter()
+            .map(PluginSpec::named)
             .collect(),
     };
     let mut resolved = Vec::with_capacity(metrics.len());

@@ -166,6 +166,25 @@ pub fn list(kind: PluginKind) -> Vec<PluginInfo> {
     }
 }
 
+/// The metrics the paper reports, in its order (Table III: DSC, ASD, SEN, PPV), then the
+/// extra surface metrics; the default `evaluation.metrics` lists these first.
+pub const PAPER_METRIC_ORDER: [&str; 6] = ["dsc", "asd", "sen", "ppv", "assd", "hd95"];
+
+/// Every registered metric name: the paper's first (in its order), then the others by name.
+pub fn metric_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = list(PluginKind::Metric).iter().map(|m| m.name).collect();
+    names.sort_by_key(|n| {
+        (
+            PAPER_METRIC_ORDER
+                .iter()
+                .position(|p| p == n)
+                .unwrap_or(PAPER_METRIC_ORDER.len()),
+            *n,
+        )
+    });
+    names
+}
+
 /// Names registered twice within one kind (should be empty; a test checks it).
 pub fn duplicates() -> Vec<(PluginKind, &'static str)> {
     let mut out = Vec::new();
@@ -188,6 +207,18 @@ fn find<C: 'static>(
 ) -> Result<&'static Plugin<C>> {
     if let Some(p) = it.clone().find(|p| p.name == name) {
         return Ok(p);
+    }
+    if name.is_empty() {
+        let mut names: Vec<&str> = it.map(|p| p.name).collect();
+        names.sort_unstable();
+        return Err(CoreError::Param {
+            path: path.to_string(),
+            message: format!(
+                "a {} needs a `name` key (or a bare name, or a preset that sets it); registered: {}",
+                kind.name(),
+                names.join(", ")
+            ),
+        });
     }
     let mut names: Vec<&str> = it.by_ref().map(|p| p.name).collect();
     names.sort_unstable();

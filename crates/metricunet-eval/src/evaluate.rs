@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use metricunet_core::config::PluginSpec;
-use metricunet_core::{registry, Comparison, MaskRef, PluginKind};
+use metricunet_core::{registry, Comparison, MaskRef};
 use metricunet_data::io::read_nifti;
 use metricunet_data::volume::Volume;
 use metricunet_data::DataError;
@@ -34,11 +34,11 @@ impl CaseMetrics {
     }
 }
 
-/// Every registered metric with default parameters.
+/// Every registered metric with default parameters, the paper's (DSC, ASD, SEN, PPV) first.
 pub fn all_metrics() -> Vec<PluginSpec> {
-    registry::list(PluginKind::Metric)
-        .iter()
-        .map(|m| PluginSpec::named(m.name))
+    registry::metric_names()
+        .into_iter()
+        .map(PluginSpec::named)
         .collect()
 }
 

@@ -1,0 +1,289 @@
+//! Reports of `metricunet run` roots: whatever cells are finished are merged into
+//! - `per_case.parquet` / `per_case.csv`: one row per cell and test case (Polars);
+//! - `summary.csv` / `summary.md`: Table III-style mean ± std (median) per configuration, with
+//!   paired differences to the baseline and Wilcoxon signed-rank p-values;
+//! - `figures/`: Fig. 6 box plots, Fig. 7 curves, Fig. 8 overlays and heat maps (PNG + SVG);
+//! - `report.md` (figures beside it) and `report.html` (self-contained).
+
+pub mod collect;
+pub mod document;
+pub mod error;
+pub mod figures;
+pub mod stats;
+pub mod tables;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use collect::RunResults;
+use document::Block;
+pub use error::{ReportError, Result};
+
+/// What `write_report` wrote.
+#[derive(Debug, Clone)]
+pub struct ReportOutcome {
+    pub dir: PathBuf,
+    pub finished_cells: usize,
+    pub planned_cells: usize,
+    pub figures: usize,
+    /// The summary table as Markdown.
+    pub summary_markdown: String,
+}
+
+impl fmt::Display for ReportOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "\n{}", self.summary_markdown)?;
+        writeln!(
+            f,
+            "report: {} and report.html ({} of {} cells finished, {} figures)",
+            self.dir.join("report.md").display(),
+            self.finished_cells,
+            self.planned_cells,
+            self.figures
+        )
+    }
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).map_err(|e| ReportError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ReportError::io(path, e))
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of Unix seconds.
+pub fn utc_text(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // civil from days (H. Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+fn data_text(r: &RunResults) -> Vec<String> {
+    use metricunet_core::config::DataSource;
+    let Some(c) = r.cells.first() else {
+        return Vec::new();
+    };
+    let d = &c.config.data;
+    let mut v = vec![match d.source {
+        DataSource::Phantom => format!(
+            "Source: built-in synthetic pelvic CT phantom, {} cases (seed {}, {} x {} voxels in-plane, about {} slices).",
+            d.phantom.cases, d.phantom.seed, d.phantom.in_plane, d.phantom.in_plane, d.phantom.slices
+        ),
+        DataSource::Msd => format!(
+            "Source: Decathlon-layout folder `{}`.",
+            d.root.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        ),
+        DataSource::List => format!("Source: {} listed cases.", d.cases.len()),
+    }];
+    if let Ok(s) = metricunet_data::split::read_split(&c.dir.join("split.yaml")) {
+        v.push(format!(
+            "Split (seed {}): {} training, {} validation, {} test cases. Test cases: {}.",
+            s.seed,
+            s.train.len(),
+            s.val.len(),
+            s.test.len(),
+            s.test.join(", ")
+        ));
+    }
+    v.push(format!(
+        "Preprocessing: resampled to {} x {} x {} mm, HU window [{}, {}], body crop above {} HU; stage 1 on the CT downsampled by {}, stage 2 on a {} x {} x {} crop around the stage-1 centroid.",
+        d.spacing_mm[0], d.spacing_mm[1], d.spacing_mm[2], d.hu_window[0], d.hu_window[1],
+        d.body_threshold_hu, c.config.stage1.downsample,
+        c.config.model.crop[0], c.config.model.crop[1], c.config.model.crop[2]
+    ));
+    v
+}
+
+/// Write the report of the finished cells of `root` into `out` (default: the experiment's
+/// `report.out_dir`, else `reports/<experiment>`).
+pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
+    let r = RunResults::load(root)?;
+    if r.cells.is_empty() {
+        let states: Vec<String> = r
+            .missing
+            .iter()
+            .map(|m| format!("cell {} {}", m.0, m.3))
+            .collect();
+        return Err(ReportError::Invalid(format!(
+            "{}: no finished cell yet ({})",
+            root.display(),
+            states.join(", ")
+        )));
+    }
+    let first = &r.cells[0];
+    let dir = out.map(Path::to_path_buf).unwrap_or_else(|| {
+        first
+            .config
+            .report
+            .out_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("reports").join(&r.plan.experiment))
+    });
+    let fig_dir = dir.join("figures");
+    std::fs::create_dir_all(&fig_dir).map_err(|e| ReportError::io(&fig_dir, e))?;
+
+    // tables
+    let mut per_case = tables::per_case_frame(&r)?;
+    tables::write_parquet(&mut per_case, &dir.join("per_case.parquet"))?;
+    tables::write_csv(&mut per_case, &dir.join("per_case.csv"))?;
+    let rows = tables::summary(&r);
+    let mut summary = tables::summary_frame(&r, &rows)?;
+    tables::write_csv(&mut summary, &dir.join("summary.csv"))?;
+    let (header, body) = tables::summary_markdown(&r, &rows);
+    let table_block = Block::Table { header, rows: body };
+    let summary_md = document::markdown(std::slice::from_ref(&table_block));
+    write_atomic(&dir.join("summary.md"), &summary_md)?;
+
+    // figures
+    let mut figs = figures::fig6(&r, &fig_dir)?;
+    figs.extend(figures::fig7(&r, &fig_dir)?);
+    figs.extend(figures::fig8(&r, &fig_dir)?);
+
+    // document
+    let base = r
+        .baseline()
+        .map(|b| r.groups[b].label.clone())
+        .unwrap_or_default();
+    let mut blocks = vec![Block::Title(format!("{}: report", r.plan.experiment))];
+    if !r.plan.description.is_empty() {
+        blocks.push(Block::Para(r.plan.description.clone()));
+    }
+    blocks.push(Block::Para(format!(
+        "Written {} by metricunet {} from `{}` (experiment `{}`{}); {} of {} cells finished.",
+        utc_text(metricunet_runner::record::now()),
+        env!("CARGO_PKG_VERSION"),
+        root.display(),
+        r.plan.source,
+        if r.plan.sets.is_empty() {
+            String::new()
+        } else {
+            format!(" with --set {}", r.plan.sets.join(", "))
+        },
+        r.cells.len(),
+        r.plan.cells.len()
+    )));
+    blocks.push(Block::Heading("Data".into()));
+    blocks.push(Block::List(data_text(&r)));
+    blocks.push(Block::Heading("Results (Table III style)".into()));
+    blocks.push(table_block);
+    blocks.push(Block::Para(format!(
+        "Each entry is mean ± standard deviation (median) over the test cases{}; arrows give the better direction. Δ is the mean paired difference to the baseline `{base}` (cases paired, seeds averaged first) and p the two-sided Wilcoxon signed-rank p-value (scipy's method: exact for small samples). ASD is Eq. 6 of the paper (mean of the two directed mean surface distances); ASSD pools both surfaces; HD95 is the 95th percentile symmetric Hausdorff distance. Per-case values: `per_case.csv` / `per_case.parquet`; this table: `summary.csv`.",
+        if r.groups.iter().any(|g| g.cells.len() > 1) { " and seeds" } else { "" }
+    )));
+    blocks.push(Block::Heading("Figures".into()));
+    for f in &figs {
+        blocks.push(Block::Image {
+            path: format!("figures/{}.png", f.stem),
+            alt: f.title.clone(),
+            caption: format!("{} {} (SVG: `figures/{}.svg`)", f.title, f.caption, f.stem),
+        });
+    }
+    blocks.push(Block::Heading("Cells".into()));
+    blocks.push(Block::Table {
+        header: [
+            "cell",
+            "configuration",
+            "seed",
+            "hash",
+            "device",
+            "host",
+            "stage 1 (s)",
+            "stage 2 (s)",
+            "predict + eval (s)",
+            "total (s)",
+            "git",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: r
+            .cells
+            .iter()
+            .map(|c| {
+                let t = &c.record.timings;
+                vec![
+                    c.record.index.to_string(),
+                    c.record.label.clone(),
+                    c.record.seed.to_string(),
+                    format!("`{}`", c.record.hash),
+                    c.record.device.clone(),
+                    c.record.host.clone(),
+                    if t.stage1_s > 0.0 {
+                        format!("{:.0}", t.stage1_s)
+                    } else {
+                        "shared".into()
+                    },
+                    format!("{:.0}", t.stage2_s),
+                    format!("{:.0}", t.predict_s),
+                    format!("{:.0}", t.total_s),
+                    c.record.git_revision.clone(),
+                ]
+            })
+            .collect(),
+    });
+    blocks.push(Block::Para(
+        "Stage 1 is trained once per data split and seed and shared by the cells; its time is counted in the cell that trained it (\"shared\": another cell did).".into(),
+    ));
+    if !r.missing.is_empty() {
+        blocks.push(Block::Heading("Cells not in this report".into()));
+        blocks.push(Block::List(
+            r.missing
+                .iter()
+                .map(|(i, label, seed, state, err)| {
+                    format!(
+                        "cell {i} ({label}, seed {seed}): {state}{}",
+                        err.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                    )
+                })
+                .collect(),
+        ));
+    }
+    blocks.push(Block::Heading("Configuration".into()));
+    blocks.push(Block::Para(if r.plan.axes.is_empty() {
+        "The resolved configuration (every default filled in):".to_string()
+    } else {
+        format!(
+            "Grid over {}; the resolved configuration of the first cell (the others differ only in the grid values and the seed):",
+            r.plan.axes.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
+        )
+    }));
+    let config_text = std::fs::read_to_string(first.dir.join("config.yaml"))
+        .map_err(|e| ReportError::io(first.dir.join("config.yaml"), e))?;
+    blocks.push(Block::Code(config_text));
+
+    write_atomic(&dir.join("report.md"), &document::markdown(&blocks))?;
+    write_atomic(&dir.join("report.html"), &document::html(&blocks, &dir)?)?;
+    Ok(ReportOutcome {
+        dir,
+        finished_cells: r.cells.len(),
+        planned_cells: r.plan.cells.len(),
+        figures: figs.len(),
+        summary_markdown: summary_md,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc_text(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::utc_text(1_798_000_000), "2026-12-23 04:26 UTC");
+        assert_eq!(super::utc_text(951_782_400), "2000-02-29 00:00 UTC");
+    }
+}

@@ -1,0 +1,296 @@
+//! The per-case table (Parquet and CSV) and the Table III-style summary (CSV and Markdown).
+
+use std::path::Path;
+
+use polars::prelude::{Column, CsvWriter, DataFrame, ParquetWriter, SerWriter};
+
+use crate::collect::{lower_is_better, metric_title, RunResults};
+use crate::error::{ReportError, Result};
+use crate::stats::{mean, median, std, wilcoxon};
+
+/// One row per (cell, test case): experiment, cell hash, configuration label, one column per
+/// grid axis, seed, case, every metric and its flag.
+pub fn per_case_frame(r: &RunResults) -> Result<DataFrame> {
+    let rows: Vec<(usize, usize)> = r
+        .cells
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| (0..c.rows.len()).map(move |k| (i, k)))
+        .collect();
+    let s = |f: &dyn Fn(usize, usize) -> String| -> Vec<String> {
+        rows.iter().map(|&(i, k)| f(i, k)).collect()
+    };
+    let mut cols = vec![
+        Column::new(
+            "experiment".into(),
+            s(&|i, _| r.cells[i].record.experiment.clone()),
+        ),
+        Column::new("cell".into(), s(&|i, _| r.cells[i].record.hash.clone())),
+        Column::new("config".into(), s(&|i, _| r.cells[i].record.label.clone())),
+    ];
+    for axis in &r.plan.axes {
+        let v: Vec<Option<String>> = rows
+            .iter()
+            .map(|&(i, _)| {
+                r.cells[i]
+                    .record
+                    .overrides
+                    .iter()
+                    .find(|(k, _)| k == axis)
+                    .map(|(_, v)| v.clone())
+            })
+            .collect();
+        cols.push(Column::new(axis.as_str().into(), v));
+    }
+    cols.push(Column::new(
+        "seed".into(),
+        rows.iter()
+            .map(|&(i, _)| r.cells[i].record.seed)
+            .collect::<Vec<u64>>(),
+    ));
+    cols.push(Column::new(
+        "case".into(),
+        s(&|i, k| r.cells[i].rows[k].case.clone()),
+    ));
+    for (m, name) in r.metrics.iter().enumerate() {
+        let v: Vec<f64> = rows
+            .iter()
+            .map(|&(i, k)| r.cells[i].rows[k].values[m])
+            .collect();
+        cols.push(Column::new(name.as_str().into(), v));
+    }
+    for (m, name) in r.metrics.iter().enumerate() {
+        let v: Vec<Option<String>> = rows
+            .iter()
+            .map(|&(i, k)| r.cells[i].rows[k].flags[m].clone())
+            .collect();
+        cols.push(Column::new(format!("{name}_flag").into(), v));
+    }
+    DataFrame::new(rows.len(), cols)
+        .map_err(|e| ReportError::Invalid(format!("per-case table: {e}")))
+}
+
+fn tmp_of(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Write `df` as CSV, atomically.
+pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<()> {
+    let tmp = tmp_of(path);
+    let f = std::fs::File::create(&tmp).map_err(|e| ReportError::io(&tmp, e))?;
+    CsvWriter::new(f)
+        .finish(df)
+        .map_err(|e| ReportError::file(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ReportError::io(path, e))
+}
+
+/// Write `df` as Parquet, atomically.
+pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
+    let tmp = tmp_of(path);
+    let f = std::fs::File::create(&tmp).map_err(|e| ReportError::io(&tmp, e))?;
+    ParquetWriter::new(f)
+        .finish(df)
+        .map_err(|e| ReportError::file(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ReportError::io(path, e))
+}
+
+/// One metric of one configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSummary {
+    pub mean: f64,
+    pub std: f64,
+    pub median: f64,
+    /// Finite values pooled (cases x seeds).
+    pub n: usize,
+    /// Against the baseline, paired by case (seed means): mean difference (this - baseline),
+    /// the Wilcoxon p-value and the number of pairs. None for the baseline itself.
+    pub vs_baseline: Option<(f64, Option<f64>, usize)>,
+}
+
+/// One configuration's row of the summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryRow {
+    pub label: String,
+    pub seeds: usize,
+    pub cases: usize,
+    pub metrics: Vec<MetricSummary>,
+}
+
+/// The Table III-style summary, one row per configuration in plan order.
+pub fn summary(r: &RunResults) -> Vec<SummaryRow> {
+    let base = r.baseline();
+    r.groups
+        .iter()
+        .enumerate()
+        .map(|(gi, g)| {
+            let metrics = (0..r.metrics.len())
+                .map(|m| {
+                    let v = r.values(g, m);
+                    let vs_baseline = base.filter(|&b| b != gi).map(|b| {
+                        let mine = r.per_case(g, m);
+                        let theirs = r.per_case(&r.groups[b], m);
+                        let d: Vec<f64> = mine
+                            .iter()
+                            .filter_map(|(c, x)| {
+                                theirs.iter().find(|(c2, _)| c2 == c).map(|(_, y)| x - y)
+                            })
+                            .filter(|d| d.is_finite())
+                            .collect();
+                        (mean(&d), wilcoxon(&d).map(|w| w.p_value), d.len())
+                    });
+                    MetricSummary {
+                        mean: mean(&v),
+                        std: std(&v),
+                        median: median(&v),
+                        n: v.iter().filter(|x| x.is_finite()).count(),
+                        vs_baseline,
+                    }
+                })
+                .collect();
+            SummaryRow {
+                label: g.label.clone(),
+                seeds: g.cells.len(),
+                cases: g.cells.iter().map(|&i| r.cells[i].rows.len()).sum(),
+                metrics,
+            }
+        })
+        .collect()
+}
+
+/// The summary as a Polars table: config, seeds, cases, then per metric mean, std, median,
+/// n, diff (vs the baseline), p (Wilcoxon), pairs.
+pub fn summary_frame(r: &RunResults, rows: &[SummaryRow]) -> Result<DataFrame> {
+    let mut cols = vec![
+        Column::new(
+            "config".into(),
+            rows.iter().map(|s| s.label.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "seeds".into(),
+            rows.iter().map(|s| s.seeds as u64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "cases".into(),
+            rows.iter().map(|s| s.cases as u64).collect::<Vec<_>>(),
+        ),
+    ];
+    for (m, name) in r.metrics.iter().enumerate() {
+        let get = |f: &dyn Fn(&MetricSummary) -> f64| -> Vec<f64> {
+            rows.iter().map(|s| f(&s.metrics[m])).collect()
+        };
+        cols.push(Column::new(format!("{name}_mean").into(), get(&|x| x.mean)));
+        cols.push(Column::new(format!("{name}_std").into(), get(&|x| x.std)));
+        cols.push(Column::new(
+            format!("{name}_median").into(),
+            get(&|x| x.median),
+        ));
+        cols.push(Column::new(
+            format!("{name}_n").into(),
+            rows.iter()
+                .map(|s| s.metrics[m].n as u64)
+                .collect::<Vec<_>>(),
+        ));
+        let vs: Vec<Option<(f64, Option<f64>, usize)>> =
+            rows.iter().map(|s| s.metrics[m].vs_baseline).collect();
+        cols.push(Column::new(
+            format!("{name}_diff").into(),
+            vs.iter().map(|v| v.map(|x| x.0)).collect::<Vec<_>>(),
+        ));
+        cols.push(Column::new(
+            format!("{name}_p").into(),
+            vs.iter().map(|v| v.and_then(|x| x.1)).collect::<Vec<_>>(),
+        ));
+        cols.push(Column::new(
+            format!("{name}_pairs").into(),
+            vs.iter().map(|v| v.map(|x| x.2 as u64)).collect::<Vec<_>>(),
+        ));
+    }
+    DataFrame::new(rows.len(), cols)
+        .map_err(|e| ReportError::Invalid(format!("summary table: {e}")))
+}
+
+fn digits(name: &str) -> usize {
+    if crate::collect::metric_unit(name).is_empty() {
+        3
+    } else {
+        2
+    }
+}
+
+/// A p-value as papers print it.
+pub fn p_text(p: Option<f64>) -> String {
+    match p {
+        None => "-".into(),
+        Some(p) if p < 0.001 => "< 0.001".into(),
+        Some(p) => format!("{p:.3}"),
+    }
+}
+
+/// The summary as a Markdown table: `mean ± std (median)` per metric, then the difference to
+/// the baseline and its p-value for the first two metrics (DSC and ASD in the paper).
+pub fn summary_markdown(r: &RunResults, rows: &[SummaryRow]) -> (Vec<String>, Vec<Vec<String>>) {
+    let base = r
+        .baseline()
+        .map(|b| r.groups[b].label.clone())
+        .unwrap_or_default();
+    let mut header = vec!["Configuration".to_string(), "n".to_string()];
+    header.extend(r.metrics.iter().map(|m| {
+        format!(
+            "{} {}",
+            metric_title(m),
+            if lower_is_better(m) { "↓" } else { "↑" }
+        )
+    }));
+    let compared: Vec<usize> = (0..r.metrics.len().min(2)).collect();
+    for &m in &compared {
+        header.push(format!("Δ{} vs baseline (p)", r.metrics[m].to_uppercase()));
+    }
+    let body = rows
+        .iter()
+        .map(|s| {
+            let mut line = vec![
+                if s.label == base {
+                    format!("{} (baseline)", s.label)
+                } else {
+                    s.label.clone()
+                },
+                format!("{}", s.cases),
+            ];
+            for (m, x) in s.metrics.iter().enumerate() {
+                let d = digits(&r.metrics[m]);
+                line.push(if x.n == 0 {
+                    "-".into()
+                } else {
+                    format!(
+                        "{:.d$}{} ({:.d$}){}",
+                        x.mean,
+                        if x.std.is_finite() {
+                            format!(" ± {:.d$}", x.std)
+                        } else {
+                            String::new()
+                        },
+                        x.median,
+                        if x.n < s.cases {
+                            format!(" [{} undefined]", s.cases - x.n)
+                        } else {
+                            String::new()
+                        }
+                    )
+                });
+            }
+            for &m in &compared {
+                let d = digits(&r.metrics[m]);
+                line.push(match s.metrics[m].vs_baseline {
+                    None => "-".into(),
+                    Some((diff, p, _)) => format!("{diff:+.d$} ({})", p_text(p)),
+                });
+            }
+            line
+        })
+        .collect();
+    (header, body)
+}

@@ -1,0 +1,611 @@
+//! `metricunet run`: every cell of an experiment, resumable and shardable.
+//!
+//! A cell is finished when its `cell.yaml` says so; that record is written last and
+//! atomically, after the predictions and `metrics.csv`, so a kill at any moment leaves either
+//! a finished cell or one that the next run resumes (training from its last checkpoint).
+//! Stage 1 depends only on the data, the stage-1 settings and the seed; it is trained once
+//! under `stage1/<hash>/` (locked, so concurrent shards wait for each other) and copied into
+//! each cell.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use metricunet_core::config::{Cell, DeviceChoice, StageName};
+use metricunet_core::{config::stable_hash, ExperimentPlan};
+use metricunet_data::dataset::load_case;
+use metricunet_data::io::write_nifti;
+use metricunet_data::Volume;
+use metricunet_eval::evaluate::{all_metrics, metrics_frame, write_csv};
+use metricunet_eval::{evaluate_masks, CaseMetrics, Pipeline, PredictError};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{work_dir, PreparedData};
+use crate::error::{Result, RunError};
+use crate::fsutil::{copy_atomic, read_yaml, remove_temporaries, write_atomic, write_yaml};
+use crate::lock::{host_name, DirLock};
+use crate::record::{cell_dir, git_revision, stage1_dir, CellRecord, CellState, TestCase, METRICS};
+use crate::stage::{train_cell_stage, StageRun};
+
+/// `--shard I/N`: this process runs the cells whose index is I modulo N (I in 0..N).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("--shard {s}: expected I/N with 0 <= I < N, e.g. 0/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+}
+
+impl Shard {
+    /// Whether this shard runs the cell with `index`.
+    pub fn owns(&self, index: usize) -> bool {
+        index % self.count == self.index
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The run root (cells, shared stage 1, plan).
+    pub root: PathBuf,
+    /// The experiment file's folder (relative data paths start there).
+    pub experiment_dir: PathBuf,
+    /// Overrides the experiment's `device`.
+    pub device: Option<DeviceChoice>,
+    pub shard: Option<Shard>,
+    /// Run cells recorded as failed again (otherwise they are left as they are).
+    pub retry_failed: bool,
+    /// Draw progress bars (on a terminal).
+    pub progress: bool,
+}
+
+/// What happened to one cell in this run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellOutcome {
+    /// Trained and evaluated now.
+    Finished,
+    /// Found finished; nothing recomputed.
+    AlreadyFinished,
+    /// Failed now (the error is recorded in its `cell.yaml`).
+    Failed(String),
+    /// Recorded as failed by an earlier run and not retried.
+    FailedBefore(String),
+    /// Another process holds the cell's lock.
+    Busy(String),
+    /// Another shard's cell.
+    OtherShard,
+}
+
+/// One cell's line of the run summary.
+#[derive(Debug, Clone)]
+pub struct CellSummary {
+    pub index: usize,
+    pub label: String,
+    pub seed: u64,
+    pub hash: String,
+    pub outcome: CellOutcome,
+    pub seconds: f64,
+    /// Mean DSC over the test cases, when finished.
+    pub mean_dsc: Option<f64>,
+}
+
+/// What `run_plan` did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub root: PathBuf,
+    pub device: String,
+    pub cells: Vec<CellSummary>,
+}
+
+impl RunSummary {
+    /// Cells that failed now or before.
+    pub fn failed(&self) -> usize {
+        self.cells
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.outcome,
+                    CellOutcome::Failed(_) | CellOutcome::FailedBefore(_)
+                )
+            })
+            .count()
+    }
+}
+
+impl fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "run folder: {} (device {})",
+            self.root.display(),
+            self.device
+        )?;
+        writeln!(
+            f,
+            "{:>4}  {:<16}  {:>5}  {:<14}  {:>8}  {:>6}  label",
+            "cell", "hash", "seed", "state", "time", "DSC"
+        )?;
+        for c in &self.cells {
+            let state = match &c.outcome {
+                CellOutcome::Finished => "finished",
+                CellOutcome::AlreadyFinished => "was finished",
+                CellOutcome::Failed(_) => "FAILED",
+                CellOutcome::FailedBefore(_) => "failed before",
+                CellOutcome::Busy(_) => "busy elsewhere",
+                CellOutcome::OtherShard => "other shard",
+            };
+            writeln!(
+                f,
+                "{:>4}  {:<16}  {:>5}  {:<14}  {:>7.0}s  {:>6}  {}",
+                c.index,
+                c.hash,
+                c.seed,
+                state,
+                c.seconds,
+                c.mean_dsc
+                    .map(|d| format!("{d:.3}"))
+                    .unwrap_or_else(|| "-".into()),
+                c.label
+            )?;
+            match &c.outcome {
+                CellOutcome::Failed(e) | CellOutcome::FailedBefore(e) => {
+                    writeln!(f, "      error: {e}")?
+                }
+                CellOutcome::Busy(h) => writeln!(f, "      held by {h}")?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `RUN_ROOT/plan.yaml`: the cells of the experiment as last run, for `report`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanRecord {
+    pub experiment: String,
+    pub description: String,
+    /// The experiment file and the `--set` overrides it was run with.
+    pub source: String,
+    pub sets: Vec<String>,
+    /// Grid axes (dotted paths) in grid order.
+    pub axes: Vec<String>,
+    pub cells: Vec<PlanCell>,
+}
+
+/// One cell of [`PlanRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanCell {
+    pub index: usize,
+    pub label: String,
+    pub seed: u64,
+    pub hash: String,
+}
+
+impl PlanRecord {
+    /// The plan of `plan` as run from `source` with `sets`.
+    pub fn of(plan: &ExperimentPlan, source: &str, sets: &[String]) -> Result<Self> {
+        let cells = plan
+            .cells
+            .iter()
+            .map(|c| {
+                Ok(PlanCell {
+                    index: c.index,
+                    label: c.label(),
+                    seed: c.seed,
+                    hash: c.run_hash()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            experiment: plan.base.name.clone(),
+            description: plan.base.description.clone(),
+            source: source.to_string(),
+            sets: sets.to_vec(),
+            axes: plan
+                .base
+                .grid
+                .keys()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect(),
+            cells,
+        })
+    }
+
+    /// Read `root/plan.yaml`.
+    pub fn read(root: &Path) -> Result<Self> {
+        let p = root.join(PLAN);
+        if !p.exists() {
+            return Err(RunError::file(
+                &p,
+                "missing: is this a run folder of `metricunet run`?",
+            ));
+        }
+        read_yaml(&p)
+    }
+}
+
+pub const PLAN: &str = "plan.yaml";
+
+/// Run (or resume) every cell of `plan` that belongs to this shard. Errors of single cells
+/// are recorded in their folders and do not stop the others.
+pub fn run_plan(
+    plan: &ExperimentPlan,
+    plan_record: &PlanRecord,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
+    let base = &plan.base;
+    for s in [StageName::Stage1, StageName::Stage2] {
+        if !base.stages.contains(&s) {
+            return Err(RunError::Invalid(format!(
+                "stages: `run` trains and evaluates both stages, this experiment lists {:?}; use `metricunet train` for a single stage",
+                base.stages
+            )));
+        }
+    }
+    std::fs::create_dir_all(&opts.root).map_err(|e| RunError::io(&opts.root, e))?;
+    write_yaml(&opts.root.join(PLAN), plan_record)?;
+    let device = metricunet_train::select_device(opts.device.unwrap_or(base.device))?;
+    let device_name = metricunet_train::device::device_name(&device);
+
+    let multi = MultiProgress::with_draw_target(if opts.progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let mine: Vec<&Cell> = plan
+        .cells
+        .iter()
+        .filter(|c| opts.shard.is_none_or(|s| s.owns(c.index)))
+        .collect();
+    let overall = multi.add(ProgressBar::new(mine.len() as u64));
+    overall.set_style(
+        ProgressStyle::with_template("cells [{bar:25}] {pos}/{len} {msg} (run eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut data_sets: HashMap<String, PreparedData> = HashMap::new();
+    let mut summaries = Vec::new();
+    for cell in &plan.cells {
+        let hash = cell.run_hash()?;
+        let mut summary = CellSummary {
+            index: cell.index,
+            label: cell.label(),
+            seed: cell.seed,
+            hash: hash.clone(),
+            outcome: CellOutcome::OtherShard,
+            seconds: 0.0,
+            mean_dsc: None,
+        };
+        if !opts.shard.is_none_or(|s| s.owns(cell.index)) {
+            summaries.push(summary);
+            continue;
+        }
+        overall.set_message(format!(
+            "cell {} ({}, seed {})",
+            cell.index, summary.label, cell.seed
+        ));
+        let dir = cell_dir(&opts.root, &hash);
+        let previous = match CellRecord::read(&dir) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e}; the cell is run again");
+                None
+            }
+        };
+        let t = Instant::now();
+        summary.outcome = match previous {
+            Some(r) if r.state == CellState::Finished && dir.join(METRICS).exists() => {
+                summary.seconds = r.timings.total_s;
+                summary.mean_dsc = mean_dsc(&dir);
+                CellOutcome::AlreadyFinished
+            }
+            Some(r) if r.state == CellState::Failed && !opts.retry_failed => {
+                CellOutcome::FailedBefore(r.error.unwrap_or_default())
+            }
+            previous => match DirLock::try_acquire(&dir)? {
+                Err(holder) => CellOutcome::Busy(holder.to_string()),
+                Ok(_lock) => {
+                    let mut record = new_record(cell, &hash, &device_name, previous)?;
+                    let ctx = CellContext {
+                        cell,
+                        dir: &dir,
+                        device: &device,
+                        opts,
+                        progress: &multi,
+                    };
+                    match run_cell(&ctx, &mut record, &mut data_sets) {
+                        Ok(()) => {
+                            summary.mean_dsc = mean_dsc(&dir);
+                            CellOutcome::Finished
+                        }
+                        Err(e) => {
+                            let message = e.to_string();
+                            tracing::error!("cell {} ({}): {message}", cell.index, summary.label);
+                            record.state = CellState::Failed;
+                            record.error = Some(message.clone());
+                            record.write(&dir)?;
+                            CellOutcome::Failed(message)
+                        }
+                    }
+                }
+            },
+        };
+        if summary.seconds == 0.0 {
+            summary.seconds = t.elapsed().as_secs_f64();
+        }
+        overall.inc(1);
+        summaries.push(summary);
+    }
+    overall.finish_and_clear();
+    Ok(RunSummary {
+        root: opts.root.clone(),
+        device: device_name,
+        cells: summaries,
+    })
+}
+
+fn mean_dsc(dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join(METRICS)).ok()?;
+    let mut lines = text.lines();
+    let col = lines.next()?.split(',').position(|h| h == "dsc")?;
+    let v: Vec<f64> = lines
+        .filter_map(|l| l.split(',').nth(col)?.parse().ok())
+        .filter(|x: &f64| x.is_finite())
+        .collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+fn new_record(
+    cell: &Cell,
+    hash: &str,
+    device: &str,
+    previous: Option<CellRecord>,
+) -> Result<CellRecord> {
+    Ok(CellRecord {
+        experiment: cell.config.name.clone(),
+        index: cell.index,
+        label: cell.label(),
+        overrides: cell
+            .overrides
+            .iter()
+            .map(|(k, v)| (k.clone(), metricunet_core::config::inline_yaml(v)))
+            .collect(),
+        seed: cell.seed,
+        hash: hash.to_string(),
+        stage1_hash: cell.stage1_hash()?,
+        state: CellState::Running,
+        error: None,
+        device: device.to_string(),
+        host: host_name(),
+        metricunet_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_revision: git_revision(),
+        // resumed attempts add to the time already spent
+        timings: previous.map(|p| p.timings).unwrap_or_default(),
+        updated: 0,
+        test_cases: Vec::new(),
+    })
+}
+
+struct CellContext<'a> {
+    cell: &'a Cell,
+    dir: &'a Path,
+    device: &'a candle_core::Device,
+    opts: &'a RunOptions,
+    progress: &'a MultiProgress,
+}
+
+fn run_cell(
+    ctx: &CellContext,
+    record: &mut CellRecord,
+    data_sets: &mut HashMap<String, PreparedData>,
+) -> Result<()> {
+    let (cell, dir) = (ctx.cell, ctx.dir);
+    let cfg = &cell.config;
+    let t0 = Instant::now();
+    remove_temporaries(dir);
+    record.write(dir)?;
+    write_atomic(&dir.join("config.yaml"), cell.to_yaml()?.as_bytes())?;
+    write_atomic(
+        &dir.join("run.yaml"),
+        format!(
+            "metricunet_version: {}\ngit_revision: {}\nconfig_hash: {}\nstage1_hash: {}\nseed: {}\ndevice: {}\nhost: {}\n",
+            record.metricunet_version,
+            record.git_revision,
+            record.hash,
+            record.stage1_hash,
+            cell.seed,
+            record.device,
+            record.host
+        )
+        .as_bytes(),
+    )?;
+    let data_key = stable_hash(
+        &serde_norway::to_string(&cfg.data).map_err(|e| RunError::Invalid(e.to_string()))?,
+    );
+    if !data_sets.contains_key(&data_key) {
+        let pb = ctx.progress.add(ProgressBar::new_spinner());
+        pb.set_message("finding and preprocessing the cases");
+        pb.enable_steady_tick(Duration::from_millis(200));
+        let loaded = PreparedData::load(&cfg.data, &ctx.opts.experiment_dir, &work_dir(&cfg.data));
+        pb.finish_and_clear();
+        ctx.progress.remove(&pb);
+        let loaded = loaded?;
+        tracing::info!("data: {}", loaded.summary());
+        data_sets.insert(data_key.clone(), loaded);
+    }
+    let data = &data_sets[&data_key];
+    if data.split.test.is_empty() {
+        return Err(RunError::Invalid(format!(
+            "data.split: no test case among {} cases; raise data.split.test",
+            data.cases.len()
+        )));
+    }
+    metricunet_data::split::write_split(&dir.join("split.yaml"), &data.split)?;
+    let prefix = format!("cell {} ", cell.index);
+
+    // Stage 1, shared.
+    let s1 = stage1_dir(&ctx.opts.root, &record.stage1_hash);
+    let s1_model = s1.join("model.safetensors");
+    if !s1_model.exists() {
+        let _lock = DirLock::acquire_waiting(&s1, Duration::from_secs(5))?;
+        if !s1_model.exists() {
+            let out = train_cell_stage(
+                cell,
+                StageName::Stage1,
+                &StageRun {
+                    data,
+                    device: ctx.device,
+                    dir: &s1,
+                    resume: true,
+                    config_hash: record.stage1_hash.clone(),
+                    progress: Some(ctx.progress),
+                    prefix: prefix.clone(),
+                },
+            )
+            .map_err(|e| RunError::Invalid(format!("stage 1 ({}): {e}", s1.display())))?;
+            record.timings.stage1_s += out.seconds;
+        }
+    }
+    copy_atomic(&s1_model, &dir.join("stage1").join("model.safetensors"))?;
+    let s1_log = s1.join("train_log.csv");
+    if s1_log.exists() {
+        copy_atomic(&s1_log, &dir.join("stage1").join("train_log.csv"))?;
+    }
+
+    // Stage 2.
+    let s2 = dir.join("stage2");
+    if !s2.join("model.safetensors").exists() {
+        let out = train_cell_stage(
+            cell,
+            StageName::Stage2,
+            &StageRun {
+                data,
+                device: ctx.device,
+                dir: &s2,
+                resume: true,
+                config_hash: record.hash.clone(),
+                progress: Some(ctx.progress),
+                prefix,
+            },
+        )
+        .map_err(|e| RunError::Invalid(format!("stage 2: {e}")))?;
+        record.timings.stage2_s += out.seconds;
+        record.write(dir)?;
+    }
+
+    // Prediction and evaluation of the test cases.
+    let t = Instant::now();
+    let rows = predict_and_evaluate(ctx, data)?;
+    let mut table =
+        metrics_frame(&rows).map_err(|e| RunError::file(dir.join(METRICS), e.to_string()))?;
+    write_csv(&mut table, &dir.join(METRICS))?;
+    record.timings.predict_s += t.elapsed().as_secs_f64();
+    record.timings.total_s += t0.elapsed().as_secs_f64();
+    record.test_cases = data
+        .split
+        .test
+        .iter()
+        .filter_map(|id| data.case(id))
+        .map(|(c, _)| TestCase {
+            id: c.id.clone(),
+            image: std::path::absolute(&c.image).unwrap_or_else(|_| c.image.clone()),
+            label: c
+                .label
+                .as_ref()
+                .map(|l| std::path::absolute(l).unwrap_or_else(|_| l.clone())),
+        })
+        .collect();
+    record.state = CellState::Finished;
+    record.write(dir)
+}
+
+/// Predict every test case with the cell's two stages, write the masks (and the
+/// probabilities of the report's figure cases) and evaluate them against the references.
+fn predict_and_evaluate(ctx: &CellContext, data: &PreparedData) -> Result<Vec<CaseMetrics>> {
+    let (cell, dir) = (ctx.cell, ctx.dir);
+    let cfg = &cell.config;
+    let pipeline = Pipeline::load(dir, ctx.device.clone())?;
+    let metrics = cfg.evaluation.metrics.clone().unwrap_or_else(all_metrics);
+    let pb = ctx
+        .progress
+        .add(ProgressBar::new(data.split.test.len() as u64));
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:25}] {pos}/{len} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(format!("cell {} predict", cell.index));
+    let mut rows = Vec::new();
+    for (k, id) in data.split.test.iter().enumerate() {
+        let (case, pre) = data.case(id).ok_or_else(|| {
+            RunError::Invalid(format!("test case {id} is not among the loaded cases"))
+        })?;
+        let loaded = load_case(case, &cfg.data.label_map)?;
+        let reference = loaded
+            .label
+            .as_ref()
+            .ok_or_else(|| {
+                RunError::file(&case.image, "a test case needs a label to be evaluated")
+            })?
+            .map(|v| v != 0);
+        let (mask, probabilities, note) = match pipeline.predict_preprocessed(pre, &case.image) {
+            Ok(p) => (p.mask, Some(p.probabilities), None),
+            Err(PredictError::NotFound(_)) => (
+                Volume::filled(0u8, reference.geometry.clone()),
+                None,
+                Some("stage 1 found no prostate: empty prediction".to_string()),
+            ),
+            Err(e) => return Err(e.into()),
+        };
+        write_nifti(
+            &dir.join("predictions").join(format!("{id}.nii.gz")),
+            &mask,
+            Some(&loaded.image.header),
+        )?;
+        if k < cfg.report.figure_cases.max(FIGURE_CASES_KEPT) {
+            if let Some(p) = &probabilities {
+                write_nifti(
+                    &dir.join("probabilities").join(format!("{id}.nii.gz")),
+                    p,
+                    Some(&loaded.image.header),
+                )?;
+            }
+        }
+        let pred = mask.map(|v| v != 0);
+        let mut row = evaluate_masks(id, &pred, &reference, &metrics)?;
+        if let Some(n) = note {
+            for e in &mut row.values {
+                e.flag = Some(match &e.flag {
+                    Some(f) => format!("{n}; {f}"),
+                    None => n.clone(),
+                });
+            }
+        }
+        rows.push(row);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    ctx.progress.remove(&pb);
+    Ok(rows)
+}
+
+/// Probability maps are kept for at least this many test cases per cell, so a report asking
+/// for a few more figure cases later needs no rerun.
+pub const FIGURE_CASES_KEPT: usize = 3;

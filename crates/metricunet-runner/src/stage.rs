@@ -1,0 +1,143 @@
+//! Training one stage of one cell, with a progress bar.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use metricunet_core::config::{Cell, MetricConfig, StageName};
+use metricunet_train::pool::stage_pool;
+use metricunet_train::{train_stage, StageSpec, TrainOutcome};
+
+use crate::data::PreparedData;
+use crate::error::{Result, RunError};
+
+/// `stage1` or `stage2`.
+pub fn stage_dir(stage: StageName) -> &'static str {
+    match stage {
+        StageName::Stage1 => "stage1",
+        StageName::Stage2 => "stage2",
+    }
+}
+
+/// What a stage run needs besides the cell.
+pub struct StageRun<'a> {
+    pub data: &'a PreparedData,
+    pub device: &'a candle_core::Device,
+    /// The stage's folder (checkpoint, log, model).
+    pub dir: &'a Path,
+    /// Continue a checkpoint found in `dir` (else one there is an error).
+    pub resume: bool,
+    /// The checkpoint's configuration key (refuses a checkpoint of another configuration).
+    pub config_hash: String,
+    /// Where the progress bar goes (None: a bar of its own).
+    pub progress: Option<&'a MultiProgress>,
+    /// Words before the bar, e.g. the cell's label.
+    pub prefix: String,
+}
+
+/// Train `stage` of `cell` on the training split, validating on the validation split.
+pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result<TrainOutcome> {
+    let cfg = &cell.config;
+    let (backbone, patches, training, metric) = match stage {
+        StageName::Stage1 => (
+            &cfg.stage1.backbone,
+            &cfg.stage1.patches,
+            &cfg.stage1.training,
+            MetricConfig {
+                samplers: Vec::new(),
+                ..cfg.metric.clone()
+            },
+        ),
+        StageName::Stage2 => (
+            &cfg.model.backbone,
+            &cfg.model.patches,
+            &cfg.training,
+            cfg.metric.clone(),
+        ),
+    };
+    let (train_cases, val_cases) = (
+        run.data.pick(&run.data.split.train),
+        run.data.pick(&run.data.split.val),
+    );
+    if train_cases.is_empty() {
+        return Err(RunError::Invalid(
+            "no training case after the split; add cases or raise data.split.train".into(),
+        ));
+    }
+    let t = Instant::now();
+    let seed = cell.seed;
+    let pool = |cases: &[&metricunet_data::preprocess::Preprocessed], seed| {
+        stage_pool(
+            cases,
+            stage,
+            patches,
+            cfg.stage1.downsample,
+            cfg.model.crop,
+            seed,
+        )
+    };
+    let train = pool(&train_cases, seed)?;
+    let val = if val_cases.is_empty() {
+        None
+    } else {
+        Some(pool(&val_cases, seed ^ 0xA11)?)
+    };
+    tracing::debug!(
+        "{}: {} training patches ({:.1} s)",
+        stage_dir(stage),
+        train.n,
+        t.elapsed().as_secs_f64()
+    );
+    let mut training = training.clone();
+    if let Some(epochs) = training.epochs {
+        training.iterations = (epochs * train.n).div_ceil(training.batch_size).max(1);
+    }
+    let spec = StageSpec {
+        name: stage_dir(stage).into(),
+        backbone: backbone.clone(),
+        in_channels: patches.slices,
+        training: training.clone(),
+        metric,
+        seed: seed
+            ^ if stage == StageName::Stage1 {
+                0x51
+            } else {
+                0x52
+            },
+        config_hash: run.config_hash.clone(),
+    };
+    let pb = ProgressBar::new(training.iterations as u64);
+    let pb = match run.progress {
+        Some(m) => m.add(pb),
+        None => pb,
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:25}] {pos}/{len} {msg} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(format!("{}{}", run.prefix, stage_dir(stage)));
+    let outcome = train_stage(
+        &spec,
+        &train,
+        val.as_ref(),
+        run.device,
+        run.dir,
+        run.resume,
+        &mut |row| {
+            pb.set_position(row.iteration as u64);
+            let total = row.term("total").unwrap_or(f64::NAN);
+            pb.set_message(format!(
+                "loss {total:.4} {:.1} samples/s",
+                row.samples_per_s
+            ));
+            ControlFlow::Continue(())
+        },
+    );
+    pb.finish_and_clear();
+    if let Some(m) = run.progress {
+        m.remove(&pb);
+    }
+    Ok(outcome?)
+}

@@ -1,0 +1,355 @@
+//! `metricunet run` and `metricunet report` as a user runs them, on the seconds-long
+//! `tests/fixtures/tiny-sweep.yaml` (UNet versus MetricUNet-HCP).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+fn run_args(root: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "run".into(),
+        "tests/fixtures/tiny-sweep.yaml".into(),
+        "--root".into(),
+        root.display().to_string(),
+        "--report-dir".into(),
+        root.join("report").display().to_string(),
+        "--set".into(),
+        format!(
+            "data.cache_dir={}",
+            root.parent().expect("parent").join("cache").display()
+        ),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run(root: &Path, extra: &[&str]) -> (bool, String, String) {
+    let args = run_args(root, extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::cli(&refs)
+}
+
+fn cell_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root.join("cells"))
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn state(cell: &Path) -> String {
+    std::fs::read_to_string(cell.join("cell.yaml"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("state: ").map(String::from))
+        .unwrap_or_default()
+}
+
+fn mtime(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .expect("mtime")
+}
+
+#[test]
+fn sweep_writes_cells_and_a_complete_report() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("run");
+    let (ok, stdout, stderr) = run(&root, &[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("preset=unet") && stdout.contains("preset=metricunet-hcp"),
+        "{stdout}"
+    );
+    // one shared stage 1, two cells with everything a cell keeps
+    assert_eq!(
+        std::fs::read_dir(root.join("stage1"))
+            .expect("stage1")
+            .count(),
+        1
+    );
+    let cells = cell_dirs(&root);
+    assert_eq!(cells.len(), 2);
+    for c in &cells {
+        assert_eq!(state(c), "finished");
+        for f in [
+            "config.yaml",
+            "run.yaml",
+            "split.yaml",
+            "metrics.csv",
+            "stage1/model.safetensors",
+            "stage2/model.safetensors",
+            "stage2/train_log.csv",
+            "predictions/phantom_002.nii.gz",
+            "probabilities/phantom_002.nii.gz",
+        ] {
+            assert!(c.join(f).exists(), "{}: {f} missing", c.display());
+        }
+        let run_yaml = std::fs::read_to_string(c.join("run.yaml")).expect("run.yaml");
+        assert!(run_yaml.contains("git_revision:") && run_yaml.contains("device: cpu"));
+    }
+    // the copied localisers are the shared one
+    let shared = std::fs::read_dir(root.join("stage1"))
+        .expect("ls")
+        .next()
+        .expect("one")
+        .expect("entry")
+        .path()
+        .join("model.safetensors");
+    for c in &cells {
+        assert_eq!(
+            std::fs::read(&shared).expect("shared"),
+            std::fs::read(c.join("stage1/model.safetensors")).expect("copy")
+        );
+    }
+    // the report: tables, figures, documents
+    let rep = root.join("report");
+    for f in [
+        "per_case.csv",
+        "per_case.parquet",
+        "summary.csv",
+        "summary.md",
+        "report.md",
+        "report.html",
+        "figures/fig6_preset.png",
+        "figures/fig6_preset.svg",
+        "figures/fig7_curves.png",
+        "figures/fig7_curves.svg",
+        "figures/fig8_phantom_002.png",
+        "figures/fig8_phantom_002.svg",
+    ] {
+        assert!(rep.join(f).exists(), "report: {f} missing");
+    }
+    let per_case = std::fs::read_to_string(rep.join("per_case.csv")).expect("csv");
+    let header = per_case.lines().next().expect("header");
+    assert!(
+        header.starts_with("experiment,cell,config,preset,seed,case,dsc,asd,sen,ppv"),
+        "{header}"
+    );
+    assert_eq!(per_case.lines().count(), 3, "{per_case}");
+    let md = std::fs::read_to_string(rep.join("report.md")).expect("md");
+    assert!(
+        md.contains("preset=unet (baseline)") && md.contains("Δ"),
+        "{md}"
+    );
+    assert!(md.contains("![Fig. 6"), "{md}");
+    let html = std::fs::read_to_string(rep.join("report.html")).expect("html");
+    assert!(
+        html.contains("data:image/png;base64,iVBOR"),
+        "figures not embedded"
+    );
+    assert!(
+        !html.contains("src=\"figures/"),
+        "the HTML must not depend on files beside it"
+    );
+    // PNGs are real images of the intended size
+    let png = std::fs::read(rep.join("figures/fig6_preset.png")).expect("png");
+    assert_eq!(&png[1..4], b"PNG");
+
+    // a second run recomputes nothing
+    let before: Vec<_> = cells
+        .iter()
+        .map(|c| mtime(&c.join("metrics.csv")))
+        .collect();
+    let (ok, stdout, stderr) = run(&root, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.matches("was finished").count(), 2, "{stdout}");
+    let after: Vec<_> = cells
+        .iter()
+        .map(|c| mtime(&c.join("metrics.csv")))
+        .collect();
+    assert_eq!(before, after);
+    // `report` alone gives the same tables
+    let (ok, stdout, stderr) = common::cli(&[
+        "report",
+        root.to_str().expect("utf8"),
+        "--out",
+        dir.path().join("rep2").to_str().expect("utf8"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("2 of 2 cells finished"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("rep2/per_case.csv")).expect("csv"),
+        per_case
+    );
+}
+
+/// `kill -9` while the second cell trains: the finished cell survives untouched, the rerun
+/// resumes the other from its checkpoint, and no temporary file is left.
+#[test]
+fn kill_9_mid_sweep_then_rerun_resumes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("run");
+    let slow = [
+        "--set",
+        "training.iterations=400",
+        "--set",
+        "training.checkpoint_every=20",
+        "--set",
+        "training.validate_every=0",
+    ];
+    let args = run_args(&root, &slow);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_metricunet"))
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // wait for one finished cell and a checkpoint of the other
+    let t = Instant::now();
+    let (done, killed_cell) = loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the sweep did not get far enough"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the sweep ended ({status}) before it could be killed");
+        }
+        let cells = cell_dirs(&root);
+        let finished: Vec<&PathBuf> = cells.iter().filter(|c| state(c) == "finished").collect();
+        let training: Vec<&PathBuf> = cells
+            .iter()
+            .filter(|c| state(c) != "finished" && c.join("stage2/checkpoint.safetensors").exists())
+            .collect();
+        if let (Some(f), Some(k)) = (finished.first(), training.first()) {
+            break ((*f).clone(), (*k).clone());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    assert!(
+        !killed_cell.join("metrics.csv").exists(),
+        "it finished before the kill"
+    );
+    let kept = mtime(&done.join("metrics.csv"));
+    let weights = std::fs::read(done.join("stage2/model.safetensors")).expect("w");
+
+    let (ok, stdout, stderr) = run(&root, &slow);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("was finished") && stdout.contains(" finished "),
+        "{stdout}"
+    );
+    assert_eq!(
+        mtime(&done.join("metrics.csv")),
+        kept,
+        "a finished cell was recomputed"
+    );
+    assert_eq!(
+        std::fs::read(done.join("stage2/model.safetensors")).expect("w"),
+        weights
+    );
+    assert_eq!(state(&killed_cell), "finished");
+    let log = std::fs::read_to_string(killed_cell.join("stage2/train_log.csv")).expect("log");
+    assert_eq!(
+        log.lines().count(),
+        401,
+        "one log row per iteration after the resume"
+    );
+    let temporaries: Vec<String> = walk(&root)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("tmp"))
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(temporaries.is_empty(), "{temporaries:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A cell whose loss diverges is recorded as failed; the other finishes and is reported;
+/// `--retry-failed` runs it again.
+#[test]
+fn a_failed_cell_is_recorded_and_the_others_go_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("run");
+    let grid = [
+        "--set",
+        "grid={preset: [unet], training.learning_rate: [0.01, 1.0e30]}",
+    ];
+    let (ok, stdout, stderr) = run(&root, &grid);
+    assert!(!ok, "a failed cell must make the run fail: {stdout}");
+    assert!(
+        stderr.contains("1 of 2 cells failed") && stderr.contains("--retry-failed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("FAILED") && stderr.contains("loss term"),
+        "{stderr}"
+    );
+    let states: Vec<String> = cell_dirs(&root).iter().map(|c| state(c)).collect();
+    assert!(
+        states.contains(&"finished".into()) && states.contains(&"failed".into()),
+        "{states:?}"
+    );
+    let md = std::fs::read_to_string(root.join("report/report.md")).expect("report");
+    assert!(
+        md.contains("Cells not in this report") && md.contains("failed"),
+        "{md}"
+    );
+    // without --retry-failed the failure is reported, not rerun
+    let (ok, _, stderr) = run(&root, &grid);
+    assert!(!ok && stderr.contains("failed before"), "{stderr}");
+    let (ok, _, stderr) = run(&root, &[grid[0], grid[1], "--retry-failed"]);
+    assert!(!ok && stderr.contains("FAILED"), "{stderr}");
+}
+
+/// Two shards of one sweep in one root, then `report` merges them.
+#[test]
+fn shards_split_the_cells_and_report_merges_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("run");
+    let (ok, stdout, stderr) = run(&root, &["--shard", "1/2"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("other shard") && stdout.contains("metricunet report"),
+        "{stdout}"
+    );
+    assert_eq!(cell_dirs(&root).len(), 1);
+    // the report of a partial sweep says what is missing
+    let out = dir.path().join("rep");
+    let report = || {
+        common::cli(&[
+            "report",
+            root.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ])
+    };
+    let (ok, stdout, stderr) = report();
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("1 of 2 cells finished"), "{stdout}");
+    let md = std::fs::read_to_string(out.join("report.md")).expect("md");
+    assert!(md.contains("not started"), "{md}");
+    let (ok, _, stderr) = run(&root, &["--shard", "0/2"]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = report();
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("2 of 2 cells finished"), "{stdout}");
+    // bad shard specs are clear errors
+    for bad in ["2/2", "x", "1/0"] {
+        let (ok, _, stderr) = run(&root, &["--shard", bad]);
+        assert!(!ok && stderr.contains("expected I/N"), "{bad}: {stderr}");
+    }
+    let (ok, _, stderr) = common::cli(&["report", dir.path().to_str().expect("utf8")]);
+    assert!(!ok && stderr.contains("plan.yaml"), "{stderr}");
+}
