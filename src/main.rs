@@ -9,6 +9,7 @@ use metricunet_core::config::DeviceChoice;
 use metricunet_core::ExperimentPlan;
 use metricunet_data::phantom::PhantomSize;
 
+mod bench_cmds;
 mod data_cmds;
 mod eval_cmds;
 mod run_cmd;
@@ -174,6 +175,51 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Training steps (forward, backward, optimizer; peak memory) of the paper network and
+    /// the quickstart network, with the metric module off and with each sampler.
+    Train {
+        /// Networks: paper (Table I) and/or quickstart (encoder 8/16/32/64).
+        #[arg(long, value_delimiter = ',', default_value = "paper,quickstart")]
+        models: Vec<String>,
+        /// Batch sizes of the paper network (the quickstart network uses 8).
+        #[arg(long, value_delimiter = ',', default_value = "1,8,30")]
+        batches: Vec<usize>,
+        /// unet (cross-entropy only), random, hard-negative, contour-aware, hcp.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "unet,random,hard-negative,contour-aware,hcp"
+        )]
+        variants: Vec<String>,
+        /// Patch side (the paper: 64).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Also write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// One phantom CT through both stages of an experiment's networks, and its stage-2 crop alone.
+    Infer {
+        /// Experiment whose network sizes are used (cell 0).
+        #[arg(long, default_value = "experiments/table3.yaml")]
+        experiment: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        in_plane: usize,
+        #[arg(long, default_value_t = 150)]
+        slices: usize,
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Every evaluation metric on a 512 x 512 x 200 mask pair.
     Metrics {
         #[arg(long, default_value_t = 3)]
@@ -312,6 +358,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             cases,
         } => print!("{}", data_cmds::realism(&real, &out, seed, cases)?),
+        Command::Bench {
+            what:
+                BenchCommand::Train {
+                    models,
+                    batches,
+                    variants,
+                    size,
+                    steps,
+                    warmup,
+                    device,
+                    json,
+                },
+        } => {
+            let args = bench_cmds::TrainBenchArgs {
+                models,
+                batches,
+                variants,
+                size,
+                steps,
+                warmup,
+                device: parse_device(&device)?,
+                json,
+            };
+            print!("{}", bench_cmds::train(&args)?);
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Infer {
+                    experiment,
+                    in_plane,
+                    slices,
+                    repeats,
+                    device,
+                    json,
+                },
+        } => print!(
+            "{}",
+            bench_cmds::infer(
+                &experiment,
+                in_plane,
+                slices,
+                repeats,
+                parse_device(&device)?,
+                json.as_deref()
+            )?
+        ),
         Command::Bench {
             what: BenchCommand::Metrics { repeats },
         } => print!("{}", eval_cmds::bench_metrics(repeats)?),

@@ -125,6 +125,40 @@ impl Pipeline {
         })
     }
 
+    /// Both stages of `config` with seeded, untrained weights (for benchmarks: the time of
+    /// a forward pass does not depend on the weights).
+    pub fn untrained(config: Experiment, device: Device, seed: u64) -> Result<Self, PredictError> {
+        let build = |stage: StageName| -> Result<(VarMap, Box<dyn Backbone>), PredictError> {
+            let vars = VarMap::new();
+            let net = metricunet_train::trainer::build_backbone(
+                &spec_for(&config, stage),
+                &vars,
+                &device,
+            )?;
+            metricunet_train::trainer::seeded_init(&vars, seed)?;
+            Ok((vars, net))
+        };
+        let stage1 = build(StageName::Stage1)?;
+        let stage2 = build(StageName::Stage2)?;
+        Ok(Self {
+            config,
+            stage1,
+            stage2,
+            device,
+            batch: 8,
+        })
+    }
+
+    /// Stage 2 alone on a crop (values in [0, 255]): the foreground probability.
+    pub fn segment_stage2(&self, crop: &Volume<f32>) -> Result<Volume<f32>, PredictError> {
+        self.segment(
+            self.stage2.1.as_ref(),
+            crop,
+            self.config.model.patches.slices,
+            self.multiple(StageName::Stage2),
+        )
+    }
+
     /// Foreground probability of every axial slice of `image` (values in [0, 255]) with
     /// `slices` of context, slices padded to a multiple of `multiple` in-plane.
     fn segment(

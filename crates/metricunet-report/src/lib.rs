@@ -192,7 +192,7 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
         blocks.push(Block::Image {
             path: format!("figures/{}.png", f.stem),
             alt: f.title.clone(),
-            caption: format!("{} {} (SVG: `figures/{}.svg`)", f.title, f.caption, f.stem),
+            caption: format!("{}. {} (SVG: `figures/{}.svg`)", f.title, f.caption, f.stem),
         });
     }
     blocks.push(Block::Heading("Cells".into()));

@@ -3,6 +3,7 @@
 //! (PyTorch semantics), poly learning-rate decay, Eq. 4 through the voxel-metric module,
 //! validation DSC, atomic checkpoints with optimizer and RNG state, exact resume.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod device;
 pub mod error;

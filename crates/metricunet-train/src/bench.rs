@@ -1,0 +1,165 @@
+//! Timing of training steps (forward, backward, optimizer separately) and peak memory, for
+//! `metricunet bench train`. Numbers are printed, never asserted.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use metricunet_core::config::{MetricConfig, PluginSpec, TrainingConfig};
+use metricunet_core::VoxelMetricModule;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::checkpoint::named_vars;
+use crate::error::Result;
+use crate::optim::Sgd;
+use crate::trainer::{build_backbone, seeded_init, StageSpec};
+
+/// One configuration to time.
+#[derive(Debug, Clone)]
+pub struct StepCase {
+    /// e.g. `paper unet` or `paper metricunet + hard-negative`.
+    pub label: String,
+    pub backbone: PluginSpec,
+    pub in_channels: usize,
+    /// Square patch side.
+    pub size: usize,
+    pub batch: usize,
+    pub metric: MetricConfig,
+}
+
+/// Medians over the timed steps, in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepTiming {
+    pub label: String,
+    pub batch: usize,
+    pub size: usize,
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optimizer_s: f64,
+    pub step_s: f64,
+    pub steps: usize,
+    /// Peak resident memory of the process during this case (MB), where the OS tells.
+    pub peak_rss_mb: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Reset the kernel's peak-RSS counter of this process (Linux), so the next reading is
+/// this case's peak.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size since the last reset, in MB (Linux `VmHWM`).
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// A batch like a real one: smooth random intensities and a disc of foreground in each
+/// image (so every sampler finds anchors, positives and negatives).
+fn synthetic_batch(case: &StepCase, device: &Device, seed: u64) -> Result<(Tensor, Vec<u8>)> {
+    use rand::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (b, c, s) = (case.batch, case.in_channels, case.size);
+    let x: Vec<f32> = (0..b * c * s * s).map(|_| rng.random::<f32>()).collect();
+    let mut y = vec![0u8; b * s * s];
+    let r2 = (s as f64 / 5.0).powi(2);
+    for i in 0..b {
+        let (cx, cy) = (
+            s as f64 / 2.0 + rng.random_range(-3.0..3.0),
+            s as f64 / 2.0 + rng.random_range(-3.0..3.0),
+        );
+        for yy in 0..s {
+            for xx in 0..s {
+                if (xx as f64 - cx).powi(2) + (yy as f64 - cy).powi(2) <= r2 {
+                    y[i * s * s + yy * s + xx] = 1;
+                }
+            }
+        }
+    }
+    Ok((Tensor::from_vec(x, (b, c, s, s), device)?, y))
+}
+
+/// Time `steps` training steps of `case` after `warmup` untimed ones.
+pub fn time_steps(
+    case: &StepCase,
+    device: &Device,
+    warmup: usize,
+    steps: usize,
+) -> Result<StepTiming> {
+    let spec = StageSpec {
+        name: "bench".into(),
+        backbone: case.backbone.clone(),
+        in_channels: case.in_channels,
+        training: TrainingConfig::default(),
+        metric: case.metric.clone(),
+        seed: 0,
+        config_hash: String::new(),
+    };
+    reset_peak_rss();
+    let vars = VarMap::new();
+    let net = build_backbone(&spec, &vars, device)?;
+    seeded_init(&vars, 0)?;
+    let module = VoxelMetricModule::from_config(&case.metric)?;
+    let named = named_vars(&vars)?;
+    let mut opt = Sgd::new(0.9, 1e-4);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (x, labels) = synthetic_batch(case, device, 2)?;
+    let (mut fw, mut bw, mut op) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        let out = net.forward_t(&x, true)?;
+        let step = module.step_loss(&out.logits, &out.embedding, &labels, &mut rng)?;
+        let _ = step.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        device.synchronize()?;
+        let t1 = t.elapsed().as_secs_f64();
+        let grads = step.total.backward()?;
+        device.synchronize()?;
+        let t2 = t.elapsed().as_secs_f64();
+        opt.step(&named, &grads, 0.01)?;
+        device.synchronize()?;
+        let t3 = t.elapsed().as_secs_f64();
+        if i >= warmup {
+            fw.push(t1);
+            bw.push(t2 - t1);
+            op.push(t3 - t2);
+        }
+    }
+    let step: Vec<f64> = fw
+        .iter()
+        .zip(&bw)
+        .zip(&op)
+        .map(|((a, b), c)| a + b + c)
+        .collect();
+    Ok(StepTiming {
+        label: case.label.clone(),
+        batch: case.batch,
+        size: case.size,
+        forward_s: median(fw),
+        backward_s: median(bw),
+        optimizer_s: median(op),
+        step_s: median(step),
+        steps,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

@@ -1,0 +1,245 @@
+//! `metricunet bench train` and `metricunet bench infer`: timings printed as a table and
+//! written as JSON. Nothing is asserted.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use metricunet_core::config::{DeviceChoice, MetricConfig, PluginSpec};
+use metricunet_train::bench::{peak_rss_mb, reset_peak_rss, time_steps, StepCase, StepTiming};
+use metricunet_train::select_device;
+use serde_norway::{Mapping, Value};
+
+/// The networks `bench train` knows: (name, encoder, decoder).
+const MODELS: [(&str, &[i64], &[i64]); 2] = [
+    ("paper", &[32, 64, 128, 256], &[128, 64, 256]),
+    ("quickstart", &[8, 16, 32, 64], &[32, 16, 32]),
+];
+/// Metric-module variants: CE only (UNet), one sampler each, and MetricUNet-HCP.
+pub const VARIANTS: [&str; 5] = ["unet", "random", "hard-negative", "contour-aware", "hcp"];
+
+fn backbone(name: &str, encoder: &[i64], decoder: &[i64]) -> PluginSpec {
+    let mut params = Mapping::new();
+    let list = |v: &[i64]| Value::Sequence(v.iter().map(|&x| Value::from(x)).collect());
+    params.insert("encoder".into(), list(encoder));
+    params.insert("decoder".into(), list(decoder));
+    PluginSpec {
+        name: name.into(),
+        params,
+    }
+}
+
+fn metric(variant: &str) -> Result<(&'static str, MetricConfig)> {
+    let mut m = MetricConfig::default();
+    let mut loss = Mapping::new();
+    loss.insert("sigma".into(), Value::from(1.0));
+    match variant {
+        "unet" => return Ok(("unet", m)),
+        "hcp" => {
+            m.samplers = vec![
+                PluginSpec::named("hard-negative"),
+                PluginSpec::named("contour-aware"),
+            ];
+            loss.insert("beta".into(), Value::from(0.1));
+        }
+        s @ ("random" | "hard-negative" | "contour-aware") => {
+            m.samplers = vec![PluginSpec::named(s)]
+        }
+        other => bail!(
+            "--variants {other}: expected some of {}",
+            VARIANTS.join(", ")
+        ),
+    }
+    m.loss = PluginSpec {
+        name: "triplet-pair".into(),
+        params: loss,
+    };
+    Ok(("metricunet", m))
+}
+
+/// Options of `bench train`.
+pub struct TrainBenchArgs {
+    pub models: Vec<String>,
+    pub batches: Vec<usize>,
+    pub variants: Vec<String>,
+    pub size: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub device: DeviceChoice,
+    pub json: Option<std::path::PathBuf>,
+}
+
+fn timing_json(t: &StepTiming) -> serde_json::Value {
+    serde_json::json!({
+        "label": t.label, "batch": t.batch, "size": t.size, "steps": t.steps,
+        "forward_s": t.forward_s, "backward_s": t.backward_s, "optimizer_s": t.optimizer_s,
+        "step_s": t.step_s, "peak_rss_mb": t.peak_rss_mb,
+    })
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    metricunet_runner::fsutil::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `metricunet bench train`.
+pub fn train(args: &TrainBenchArgs) -> Result<String> {
+    let device = select_device(args.device)?;
+    let device_name = metricunet_train::device::device_name(&device);
+    let mut cases = Vec::new();
+    for model in &args.models {
+        let Some((name, enc, dec)) = MODELS.iter().find(|(n, _, _)| n == model) else {
+            bail!("--models {model}: expected paper or quickstart");
+        };
+        let batches = if *name == "quickstart" {
+            vec![8]
+        } else {
+            args.batches.clone()
+        };
+        for &batch in &batches {
+            for v in &args.variants {
+                let (net, m) = metric(v)?;
+                cases.push(StepCase {
+                    label: format!("{name} {v}"),
+                    backbone: backbone(net, enc, dec),
+                    in_channels: 3,
+                    size: args.size,
+                    batch,
+                    metric: m,
+                });
+            }
+        }
+    }
+    let mut out = format!(
+        "bench train: {} x {} x 3 patches, f32, {device_name}; median of {} steps after {} warm-up\n\n",
+        args.size, args.size, args.steps, args.warmup
+    );
+    let _ = writeln!(
+        out,
+        "| model | variant | batch | forward (s) | backward (s) | optimizer (s) | step (s) | samples/s | peak RSS (MB) |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    let mut results = Vec::new();
+    for case in &cases {
+        eprintln!("timing {} at batch {} ...", case.label, case.batch);
+        let t = time_steps(case, &device, args.warmup, args.steps)?;
+        let (model, variant) = t.label.split_once(' ').unwrap_or((&t.label, ""));
+        let _ = writeln!(
+            out,
+            "| {model} | {variant} | {} | {:.3} | {:.3} | {:.4} | {:.3} | {:.2} | {} |",
+            t.batch,
+            t.forward_s,
+            t.backward_s,
+            t.optimizer_s,
+            t.step_s,
+            t.batch as f64 / t.step_s,
+            t.peak_rss_mb
+                .map(|m| format!("{m:.0}"))
+                .unwrap_or_else(|| "-".into())
+        );
+        results.push(t);
+    }
+    // metric-module overhead: each variant's step over the UNet step of the same model/batch
+    let mut overhead = String::new();
+    for t in &results {
+        let (model, variant) = t.label.split_once(' ').unwrap_or((&t.label, ""));
+        if variant == "unet" {
+            continue;
+        }
+        if let Some(base) = results
+            .iter()
+            .find(|b| b.label == format!("{model} unet") && b.batch == t.batch)
+        {
+            let _ = writeln!(
+                overhead,
+                "  {model} batch {}: {variant} / unet = {:.3}",
+                t.batch,
+                t.step_s / base.step_s
+            );
+        }
+    }
+    if !overhead.is_empty() {
+        let _ = write!(
+            out,
+            "\nmetric-module overhead (step time ratio):\n{overhead}"
+        );
+    }
+    if let Some(path) = &args.json {
+        write_json(
+            path,
+            &serde_json::json!({
+                "benchmark": "train", "device": device_name,
+                "threads": rayon::current_num_threads(),
+                "results": results.iter().map(timing_json).collect::<Vec<_>>(),
+            }),
+        )?;
+        let _ = writeln!(out, "\nwritten: {}", path.display());
+    }
+    Ok(out)
+}
+
+/// `metricunet bench infer`: a phantom CT through both stages of a (seeded, untrained)
+/// network of the given experiment's sizes, and the stage-2 crop alone.
+pub fn infer(
+    experiment: &Path,
+    in_plane: usize,
+    slices: usize,
+    repeats: usize,
+    device: DeviceChoice,
+    json: Option<&Path>,
+) -> Result<String> {
+    use metricunet_data::phantom::{generate, PhantomSize};
+    use metricunet_data::preprocess::{crop_around, preprocess, PreprocessParams};
+    let plan = metricunet_core::ExperimentPlan::from_file(experiment)?;
+    let config = plan.cells[0].config.clone();
+    let device = select_device(device)?;
+    let device_name = metricunet_train::device::device_name(&device);
+    let pipeline = metricunet_eval::Pipeline::untrained(config.clone(), device, 0)?;
+    let case = generate(0, 0, &PhantomSize { in_plane, slices });
+    let t = Instant::now();
+    let pre = preprocess(&case.image, None, &PreprocessParams::from(&config.data))?;
+    let t_pre = t.elapsed().as_secs_f64();
+    let mut whole = Vec::new();
+    let mut crop_t = Vec::new();
+    reset_peak_rss();
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        // untrained weights may find no prostate: the time to the end of stage 1 still counts
+        match pipeline.predict_preprocessed(&pre, Path::new("phantom")) {
+            Ok(_) | Err(metricunet_eval::PredictError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        whole.push(t.elapsed().as_secs_f64());
+        let centre = [0, 1, 2].map(|a| pre.image.geometry.dims[a] as f64 / 2.0);
+        let (crop, _) = crop_around(&pre.image, centre, config.model.crop, 0.0);
+        let t = Instant::now();
+        pipeline.segment_stage2(&crop)?;
+        crop_t.push(t.elapsed().as_secs_f64());
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (w, c) = (med(whole), med(crop_t));
+    let [nx, ny, nz] = case.image.geometry.dims;
+    let c3 = config.model.crop;
+    let out = format!(
+        "bench infer ({}, {device_name}, median of {}):\n  preprocessing of a {nx} x {ny} x {nz} phantom CT: {t_pre:.2} s\n  whole case, both stages (stage 1 on every slice of the downsampled body crop, stage 2 on the {} x {} x {} crop, back to the CT grid): {w:.2} s\n  stage-2 crop alone ({} slices of {} x {}): {c:.2} s\n  peak RSS: {}\n",
+        experiment.display(),
+        repeats.max(1),
+        c3[0], c3[1], c3[2], c3[2], c3[0], c3[1],
+        peak_rss_mb().map(|m| format!("{m:.0} MB")).unwrap_or_else(|| "-".into())
+    );
+    if let Some(path) = json {
+        write_json(
+            path,
+            &serde_json::json!({
+                "benchmark": "infer", "device": device_name, "experiment": experiment.display().to_string(),
+                "ct_dims": [nx, ny, nz], "preprocess_s": t_pre, "whole_case_s": w, "stage2_crop_s": c,
+                "crop": c3, "peak_rss_mb": peak_rss_mb(),
+            }),
+        )?;
+    }
+    Ok(out)
+}
