@@ -126,40 +126,98 @@ impl Draw for BoxPlots {
             } else {
                 axis_range(&all, Some(0.0), Some(1.0))
             };
+            let n = self.names.len();
             let mut chart = ChartBuilder::on(part)
                 .caption(title, (FONT, 22))
                 .margin(12)
                 .x_label_area_size(48)
                 .y_label_area_size(64)
-                .build_cartesian_2d(self.names[..].into_segmented(), lo as f32..hi as f32)
+                .build_cartesian_2d(-0.5..n as f64 - 0.5, lo..hi)
                 .map_err(&e)?;
+            let names = &self.names;
             chart
                 .configure_mesh()
                 .disable_x_mesh()
                 .light_line_style(RGBColor(235, 235, 235))
+                // n labels on [-0.5, n - 0.5] fall on the integers, one per group
+                .x_labels(n)
+                .x_label_formatter(&|x: &f64| {
+                    let i = x.round();
+                    if (x - i).abs() < 1e-6 && i >= 0.0 {
+                        names.get(i as usize).cloned().unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                })
                 .x_desc(self.axis.as_str())
                 .y_desc(title.as_str())
-                .x_label_formatter(&|v| match v {
-                    SegmentValue::CenterOf(s) => (*s).clone(),
-                    _ => String::new(),
-                })
                 .label_style((FONT, 15))
                 .axis_desc_style((FONT, 17))
                 .draw()
                 .map_err(&e)?;
-            for (i, (name, v)) in self.names.iter().zip(groups).enumerate() {
-                let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+            for (i, v) in groups.iter().enumerate() {
+                let mut f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
                 if f.is_empty() {
                     continue;
                 }
-                let q = Quartiles::new(&f);
+                f.sort_by(f64::total_cmp);
                 let c = SERIES[i % SERIES.len()];
+                let x = i as f64;
+                let (q1, med, q3) = (
+                    crate::stats::quantile(&f, 0.25),
+                    crate::stats::quantile(&f, 0.5),
+                    crate::stats::quantile(&f, 0.75),
+                );
+                let iqr = q3 - q1;
+                // Tukey whiskers: the most extreme values within 1.5 IQR of the box
+                let low = f
+                    .iter()
+                    .copied()
+                    .find(|&y| y >= q1 - 1.5 * iqr)
+                    .unwrap_or(q1)
+                    .min(q1);
+                let high = f
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|&y| y <= q3 + 1.5 * iqr)
+                    .unwrap_or(q3)
+                    .max(q3);
+                let (w, cap) = (0.22, 0.1);
                 chart
-                    .draw_series(std::iter::once(
-                        Boxplot::new_vertical(SegmentValue::CenterOf(name), &q)
-                            .width(28)
-                            .whisker_width(0.6)
-                            .style(c.stroke_width(2)),
+                    .draw_series([
+                        Rectangle::new([(x - w, q1), (x + w, q3)], c.mix(0.12).filled()),
+                        Rectangle::new([(x - w, q1), (x + w, q3)], c.stroke_width(2)),
+                    ])
+                    .map_err(&e)?;
+                chart
+                    .draw_series(
+                        [
+                            vec![(x - w, med), (x + w, med)],
+                            vec![(x, q3), (x, high)],
+                            vec![(x, q1), (x, low)],
+                            vec![(x - cap, high), (x + cap, high)],
+                            vec![(x - cap, low), (x + cap, low)],
+                        ]
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, pts)| {
+                            PathElement::new(pts, c.stroke_width(if k == 0 { 3 } else { 2 }))
+                        }),
+                    )
+                    .map_err(&e)?;
+                // every value, spread sideways by rank so equal values stay visible
+                let m = v.len().max(1) as f64;
+                chart
+                    .draw_series(v.iter().enumerate().filter(|(_, y)| y.is_finite()).map(
+                        |(k, &y)| {
+                            let dx = if m > 1.0 {
+                                (k as f64 / (m - 1.0) - 0.5) * 0.3
+                            } else {
+                                0.0
+                            };
+                            Circle::new((x + dx, y), 4, BLACK.mix(0.6).filled())
+                        },
                     ))
                     .map_err(&e)?;
             }
@@ -231,7 +289,7 @@ pub fn fig6(r: &RunResults, dir: &Path) -> Result<Vec<Figure>> {
             stem,
             title: format!("Fig. 6: DSC and ASD per {axis_name}"),
             caption: format!(
-                "Box plots (median, quartiles, whiskers at the extremes) of the test cases' {} for each value of `{axis_name}`, pooled over seeds{}.",
+                "Box plots of the test cases' {} for each value of `{axis_name}`, pooled over seeds{} (box: quartiles and median; whiskers: the most extreme values within 1.5 IQR of the box; dots: every test case).",
                 metrics.iter().map(|&m| metric_title(&r.metrics[m])).collect::<Vec<_>>().join(" and "),
                 if r.plan.axes.len() > 1 { " and the other grid axes" } else { "" }
             ),
