@@ -7,8 +7,9 @@ use thiserror::Error;
 /// What can stop a report.
 #[derive(Debug, Error)]
 pub enum ReportError {
+    /// Boxed: run errors are large and rare.
     #[error(transparent)]
-    Run(#[from] metricunet_runner::RunError),
+    Run(Box<metricunet_runner::RunError>),
     #[error(transparent)]
     Data(#[from] metricunet_data::DataError),
     #[error("{}: {source}", path.display())]
@@ -23,6 +24,12 @@ pub enum ReportError {
     Plot { name: String, message: String },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<metricunet_runner::RunError> for ReportError {
+    fn from(e: metricunet_runner::RunError) -> Self {
+        Self::Run(Box::new(e))
+    }
 }
 
 impl ReportError {

@@ -300,8 +300,11 @@ pub fn fig6(r: &RunResults, dir: &Path) -> Result<Vec<Figure>> {
     Ok(out)
 }
 
+/// Points (iteration, value) of a curve.
+pub type Curve = Vec<(f64, f64)>;
+
 /// (iteration, cross-entropy) and (iteration, validation DSC) of a training log.
-pub fn read_log(path: &Path) -> Result<(Vec<(f64, f64)>, Vec<(f64, f64)>)> {
+pub fn read_log(path: &Path) -> Result<(Curve, Curve)> {
     let text = std::fs::read_to_string(path).map_err(|e| ReportError::io(path, e))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
@@ -338,7 +341,7 @@ fn smooth(v: &[(f64, f64)], w: usize) -> Vec<(f64, f64)> {
 
 struct Curves {
     /// Per configuration: name, loss curve, validation DSC points.
-    series: Vec<(String, Vec<(f64, f64)>, Vec<(f64, f64)>)>,
+    series: Vec<(String, Curve, Curve)>,
     window: usize,
 }
 
@@ -480,7 +483,10 @@ impl CaseSlice {
 
 struct Overlay<'a>(&'a CaseSlice);
 
-fn edges(s: &CaseSlice, mask: &[bool]) -> Vec<[(f64, f64); 2]> {
+/// A line segment in display coordinates.
+type Segment = [(f64, f64); 2];
+
+fn edges(s: &CaseSlice, mask: &[bool]) -> Vec<Segment> {
     let (w, h) = (s.cols.len(), s.rows.len());
     let mut out = Vec::new();
     for r in 0..h {
@@ -551,7 +557,7 @@ impl Draw for Overlay<'_> {
                 }
             }
             chart.draw_series(pixels).map_err(&e)?;
-            let mut outlines: Vec<(String, RGBColor, Vec<[(f64, f64); 2]>)> = Vec::new();
+            let mut outlines: Vec<(String, RGBColor, Vec<Segment>)> = Vec::new();
             if k == 0 {
                 outlines.push(("reference".into(), REFERENCE, edges(s, &s.reference)));
                 for (i, (name, m, _)) in s.configs.iter().enumerate() {

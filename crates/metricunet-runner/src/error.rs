@@ -13,8 +13,9 @@ pub enum RunError {
     Data(#[from] metricunet_data::DataError),
     #[error(transparent)]
     Train(#[from] metricunet_train::TrainError),
+    /// Boxed: prediction errors are large and rare.
     #[error(transparent)]
-    Predict(#[from] metricunet_eval::PredictError),
+    Predict(Box<metricunet_eval::PredictError>),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -25,6 +26,12 @@ pub enum RunError {
     File { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<metricunet_eval::PredictError> for RunError {
+    fn from(e: metricunet_eval::PredictError) -> Self {
+        Self::Predict(Box::new(e))
+    }
 }
 
 impl RunError {

@@ -9,6 +9,7 @@
 //!   from cross-entropy.
 //! - `unet-light`: the light stage-1 UNet on 5-slice inputs (fewer, narrower levels).
 
+pub mod conv;
 mod unet;
 mod unet_light;
 

@@ -113,7 +113,17 @@ impl ConvBnRelu {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)?.relu()
+        self.bn.forward_t(&conv_same(&self.conv, x)?, train)?.relu()
+    }
+}
+
+/// `conv` (stride 1, padding k / 2) through [`crate::conv::conv2d_same`], whose backward is
+/// faster on the CPU than candle's.
+fn conv_same(conv: &Conv2d, x: &Tensor) -> candle_core::Result<Tensor> {
+    let y = crate::conv::conv2d_same(x, conv.weight())?;
+    match conv.bias() {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+        None => Ok(y),
     }
 }
 
@@ -221,7 +231,7 @@ impl Backbone for UNet {
         } else {
             cur.clone()
         };
-        let logits = self.segb.forward(&self.sega.forward_t(&head_in, train)?)?;
+        let logits = conv_same(&self.segb, &self.sega.forward_t(&head_in, train)?)?;
         Ok(BackboneOutput {
             logits,
             embedding: cur,

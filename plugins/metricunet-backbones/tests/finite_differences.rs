@@ -108,6 +108,60 @@ fn conv2d_3x3_and_1x1() {
     }
 }
 
+/// The custom "same" convolution (own backward): input and weight gradients against finite
+/// differences, and equal to candle's own conv2d backward.
+#[test]
+fn conv2d_same_custom_backward() {
+    use metricunet_backbones::conv::conv2d_same;
+    for k in [3usize, 1] {
+        let (xs, ws) = ([2usize, 3, 5, 6], [4usize, 3, k, k]);
+        let x = random(xs.iter().product(), 11);
+        let w = random(ws.iter().product(), 12);
+        let wt = Tensor::from_vec(w.clone(), &ws[..], &Device::Cpu).expect("w");
+        let xt = Tensor::from_vec(x.clone(), &xs[..], &Device::Cpu).expect("x");
+        check(&format!("conv2d_same {k}x{k} input"), &x, &xs, 60, &|t| {
+            weighted_sum(&conv2d_same(t, &wt).expect("conv"), 13)
+        });
+        check(&format!("conv2d_same {k}x{k} weight"), &w, &ws, 60, &|t| {
+            weighted_sum(&conv2d_same(&xt, t).expect("conv"), 13)
+        });
+        // the same gradients as candle's conv2d backward
+        let (xv, wv) = (
+            Var::from_vec(x.clone(), &xs[..], &Device::Cpu).expect("x"),
+            Var::from_vec(w.clone(), &ws[..], &Device::Cpu).expect("w"),
+        );
+        let ours = weighted_sum(&conv2d_same(&xv, &wv).expect("ours"), 14)
+            .backward()
+            .expect("bwd");
+        let theirs = weighted_sum(&xv.conv2d(&wv, k / 2, 1, 1, 1).expect("candle"), 14)
+            .backward()
+            .expect("bwd");
+        for v in [&xv, &wv] {
+            let a = ours
+                .get(v)
+                .expect("g")
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f64>())
+                .expect("a");
+            let b = theirs
+                .get(v)
+                .expect("g")
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f64>())
+                .expect("b");
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst < 1e-10,
+                "{k}x{k}: differs from candle's backward by {worst}"
+            );
+        }
+    }
+}
+
 #[test]
 fn conv_transpose_2x2_stride_2() {
     let vars = VarMap::new();

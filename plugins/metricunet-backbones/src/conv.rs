@@ -1,0 +1,122 @@
+//! A "same" 2-D convolution (stride 1, padding k / 2, odd k) with its own backward.
+//!
+//! The forward pass is candle's conv2d. candle's backward computes the input gradient with
+//! `conv_transpose2d`, which on the CPU is several times slower than a conv2d of the same size;
+//! here the input gradient is a conv2d of the output gradient with the flipped, transposed
+//! kernel (the same numbers: for stride 1 and padding p = k / 2 a transposed convolution is a
+//! convolution with the flipped kernel and padding k - 1 - p = p), and the weight gradient is
+//! a matrix product of the output gradient with each shifted copy of the input. Checked against
+//! candle's own gradients and against finite differences in
+//! `tests/finite_differences.rs`. On CUDA the plain candle op is used.
+
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor};
+
+struct SameConv {
+    padding: usize,
+}
+
+fn cpu_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("conv2d-same: non-contiguous input {:?}", l.shape())
+    };
+    match s {
+        CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu),
+        CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu),
+        _ => candle_core::bail!("conv2d-same: f32 or f64 only"),
+    }
+}
+
+impl CustomOp2 for SameConv {
+    fn name(&self) -> &'static str {
+        "conv2d-same"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (cpu_tensor(s1, l1)?, cpu_tensor(s2, l2)?);
+        let y = x.conv2d(&w, self.padding, 1, 1, 1)?;
+        let shape = y.shape().clone();
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(c) if layout.is_contiguous() && layout.start_offset() == 0 => {
+                Ok((c.clone(), shape))
+            }
+            _ => candle_core::bail!("conv2d-same: unexpected output layout"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, cin, h, wd) = x.dims4()?;
+        let (cout, _, k, _) = w.dims4()?;
+        let p = self.padding;
+        let grad = grad.contiguous()?;
+        // input gradient: correlation of the output gradient with the flipped kernel, its
+        // in- and out-channels swapped
+        let wt = if k == 1 {
+            w.transpose(0, 1)?.contiguous()?
+        } else {
+            w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?
+        };
+        let gx = grad.conv2d(&wt, p, 1, 1, 1)?;
+        // weight gradient: per kernel tap, (cout, N*H*W) x (N*H*W, cin) with the shifted input
+        let gt = grad.transpose(0, 1)?.reshape((cout, n * h * wd))?;
+        let xt = x.transpose(0, 1)?; // (cin, N, H, W)
+        let gw = if k == 1 {
+            let cols = xt.contiguous()?.reshape((cin, n * h * wd))?;
+            gt.matmul(&cols.t()?)?.reshape((cout, cin, 1, 1))?
+        } else {
+            let xp = xt.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+            // one shifted copy at a time (stacking all k*k would hold k*k copies of the input)
+            let mut taps = Vec::with_capacity(k * k);
+            for ky in 0..k {
+                for kx in 0..k {
+                    let cols = xp
+                        .narrow(2, ky, h)?
+                        .narrow(3, kx, wd)?
+                        .contiguous()?
+                        .reshape((cin, n * h * wd))?;
+                    taps.push(gt.matmul(&cols.t()?)?); // (cout, cin)
+                }
+            }
+            Tensor::stack(&taps, 2)?.reshape((cout, cin, k, k))?
+        };
+        Ok((Some(gx), Some(gw)))
+    }
+}
+
+/// Whether `METRICUNET_CANDLE_CONV=1` asks for candle's own convolution backward (for
+/// side-by-side benchmarks).
+fn candle_backward() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| std::env::var("METRICUNET_CANDLE_CONV").is_ok_and(|v| v == "1"))
+}
+
+/// `x` (N, C, H, W) convolved with `w` (Cout, C, k, k), stride 1, padding k / 2, no bias.
+pub fn conv2d_same(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let k = w.dim(2)?;
+    if k % 2 == 0 || w.dim(3)? != k {
+        candle_core::bail!(
+            "conv2d-same: needs an odd square kernel, got {:?}",
+            w.dims()
+        );
+    }
+    if candle_backward()
+        || !x.device().is_cpu()
+        || !matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+    {
+        return x.conv2d(w, k / 2, 1, 1, 1);
+    }
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, SameConv { padding: k / 2 })
+}
