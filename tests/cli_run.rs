@@ -353,3 +353,29 @@ fn shards_split_the_cells_and_report_merges_them() {
     let (ok, _, stderr) = common::cli(&["report", dir.path().to_str().expect("utf8")]);
     assert!(!ok && stderr.contains("plan.yaml"), "{stderr}");
 }
+
+/// A grid given with `--set`, a baseline named by grid settings: one Fig. 6 per varying axis.
+#[test]
+fn figures_follow_the_grid_axes_and_the_named_baseline() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("run");
+    let (ok, stdout, stderr) = run(
+        &root,
+        &[
+            "--set",
+            "grid={preset: [metricunet-r], metric.lambda: [0.1, 0.01]}",
+            "--set",
+            "report.baseline=metric.lambda=0.01",
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    let figs = root.join("report/figures");
+    assert!(figs.join("fig6_metric.lambda.png").exists());
+    // the preset does not vary: no box plot over it
+    assert!(!figs.join("fig6_preset.png").exists());
+    let summary = std::fs::read_to_string(root.join("report/summary.md")).expect("summary");
+    assert!(
+        summary.contains("metric.lambda=0.01 (baseline)"),
+        "{summary}"
+    );
+}

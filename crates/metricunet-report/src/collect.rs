@@ -211,22 +211,25 @@ impl RunResults {
             .collect()
     }
 
-    /// The baseline configuration: `report.baseline` (a label, or a grid value such as
-    /// `unet`) when it names one, else the first.
+    /// The baseline configuration: the one `report.baseline` names, else the first. The
+    /// name is a configuration label, a bare grid value (`unet`) or grid settings
+    /// (`metric.lambda=0.01 metric.loss.sigma=1.0`; the configuration must have all of them).
     pub fn baseline(&self) -> Option<usize> {
         let wanted = self
             .cells
             .first()
             .and_then(|c| c.config.report.baseline.clone());
         if let Some(w) = wanted {
-            if let Some(i) = self.groups.iter().position(|g| {
+            let matches = |g: &ConfigGroup| {
+                let o = &self.cells[g.cells[0]].record.overrides;
                 g.label == w
-                    || self.cells[g.cells[0]]
-                        .record
-                        .overrides
-                        .iter()
-                        .any(|(_, v)| *v == w)
-            }) {
+                    || o.iter().any(|(_, v)| *v == w)
+                    || w.split_whitespace().all(|kv| {
+                        kv.split_once('=')
+                            .is_some_and(|(k, v)| o.iter().any(|(ok, ov)| ok == k && ov == v))
+                    })
+            };
+            if let Some(i) = self.groups.iter().position(matches) {
                 return Some(i);
             }
             tracing::warn!(

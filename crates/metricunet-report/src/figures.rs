@@ -233,7 +233,20 @@ pub fn fig6(r: &RunResults, dir: &Path) -> Result<Vec<Figure>> {
     if metrics.is_empty() || r.groups.is_empty() {
         return Ok(Vec::new());
     }
-    let mut axes: Vec<Option<String>> = r.plan.axes.iter().cloned().map(Some).collect();
+    // axes along which something varies (a one-value axis makes a one-box plot)
+    let mut axes: Vec<Option<String>> = r
+        .plan
+        .axes
+        .iter()
+        .filter(|a| {
+            let mut v: Vec<Option<String>> = r.groups.iter().map(|g| r.axis_value(g, a)).collect();
+            v.sort();
+            v.dedup();
+            v.len() > 1
+        })
+        .cloned()
+        .map(Some)
+        .collect();
     if axes.is_empty() {
         axes.push(None);
     }

@@ -218,12 +218,12 @@ impl PlanRecord {
             description: plan.base.description.clone(),
             source: source.to_string(),
             sets: sets.to_vec(),
+            // from the cells, so that a grid given with --set counts too
             axes: plan
-                .base
-                .grid
-                .keys()
-                .filter_map(|k| k.as_str().map(String::from))
-                .collect(),
+                .cells
+                .first()
+                .map(|c| c.overrides.iter().map(|(k, _)| k.clone()).collect())
+                .unwrap_or_default(),
             cells,
         })
     }
