@@ -9,6 +9,11 @@ use metricunet_core::config::DeviceChoice;
 use metricunet_core::ExperimentPlan;
 use metricunet_data::phantom::PhantomSize;
 
+/// mimalloc keeps freed pages for reuse; with the system allocator every large tensor was
+/// fresh pages the kernel had to zero (about 15 % of a training step, see bench/NOTES.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench_cmds;
 mod data_cmds;
 mod eval_cmds;

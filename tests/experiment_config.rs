@@ -98,8 +98,20 @@ fn plugin_names_and_parameters_are_checked() {
             && e.contains("unet"),
         "{e}"
     );
-    let e = plan_err("metric:\n  loss: {sigma: 1}\n");
-    assert!(e.contains("metric.loss") && e.contains("name"), "{e}");
+    // a plugin without `name` keeps the default plugin (or the preset's) and sets its
+    // parameters; they are still checked against that plugin
+    let p = plan("metric:\n  loss: {sigma: 0.7}\n").expect("default loss, sigma set");
+    let loss = &p.cells[0].config.metric.loss;
+    assert_eq!(loss.name, "triplet-pair");
+    assert_eq!(
+        loss.params.get("sigma"),
+        Some(&serde_norway::Value::from(0.7))
+    );
+    let e = plan_err("metric:\n  loss: {sigmaa: 1}\n");
+    assert!(
+        e.contains("metric.loss.sigmaa") && e.contains("did you mean `sigma`"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -114,8 +114,17 @@ impl Pipeline {
             }
             Ok(load_model(&spec_for(&config, stage), &weights, &device)?)
         };
-        let stage1 = load(StageName::Stage1)?;
-        let stage2 = load(StageName::Stage2)?;
+        Self::with_stages(config.clone(), device.clone(), load)
+    }
+
+    /// Build both stages with `make` (stage 1 first).
+    fn with_stages(
+        config: Experiment,
+        device: Device,
+        make: impl Fn(StageName) -> Result<(VarMap, Box<dyn Backbone>), PredictError>,
+    ) -> Result<Self, PredictError> {
+        let stage1 = make(StageName::Stage1)?;
+        let stage2 = make(StageName::Stage2)?;
         Ok(Self {
             config,
             stage1,
@@ -138,15 +147,7 @@ impl Pipeline {
             metricunet_train::trainer::seeded_init(&vars, seed)?;
             Ok((vars, net))
         };
-        let stage1 = build(StageName::Stage1)?;
-        let stage2 = build(StageName::Stage2)?;
-        Ok(Self {
-            config,
-            stage1,
-            stage2,
-            device,
-            batch: 8,
-        })
+        Self::with_stages(config.clone(), device.clone(), build)
     }
 
     /// Stage 2 alone on a crop (values in [0, 255]): the foreground probability.
