@@ -161,6 +161,24 @@ fn sweep_writes_cells_and_a_complete_report() {
         .map(|c| mtime(&c.join("metrics.csv")))
         .collect();
     assert_eq!(before, after);
+    // other metrics: evaluated again from the saved predictions, nothing retrained
+    let weights = std::fs::read(cells[0].join("stage2/model.safetensors")).expect("w");
+    let (ok, stdout, stderr) = run(
+        &root,
+        &["--set", "evaluation.metrics=[dsc, hd95]", "--no-report"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.matches("re-evaluated").count(), 2, "{stdout}");
+    let m = std::fs::read_to_string(cells[0].join("metrics.csv")).expect("metrics");
+    assert!(m.starts_with("case,dsc,hd95,dsc_flag,hd95_flag"), "{m}");
+    assert_eq!(
+        std::fs::read(cells[0].join("stage2/model.safetensors")).expect("w"),
+        weights
+    );
+    // and back to every metric
+    let (ok, stdout, stderr) = run(&root, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.matches("re-evaluated").count(), 2, "{stdout}");
     // `report` alone gives the same tables
     let (ok, stdout, stderr) = common::cli(&[
         "report",

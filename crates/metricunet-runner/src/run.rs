@@ -83,6 +83,9 @@ pub enum CellOutcome {
     Finished,
     /// Found finished; nothing recomputed.
     AlreadyFinished,
+    /// Found finished with other metrics than configured: evaluated again from its saved
+    /// predictions (no training).
+    Reevaluated,
     /// Failed now (the error is recorded in its `cell.yaml`).
     Failed(String),
     /// Recorded as failed by an earlier run and not retried.
@@ -146,6 +149,7 @@ impl fmt::Display for RunSummary {
             let state = match &c.outcome {
                 CellOutcome::Finished => "finished",
                 CellOutcome::AlreadyFinished => "was finished",
+                CellOutcome::Reevaluated => "re-evaluated",
                 CellOutcome::Failed(_) => "FAILED",
                 CellOutcome::FailedBefore(_) => "failed before",
                 CellOutcome::Busy(_) => "busy elsewhere",
@@ -313,8 +317,15 @@ pub fn run_plan(
         summary.outcome = match previous {
             Some(r) if r.state == CellState::Finished && dir.join(METRICS).exists() => {
                 summary.seconds = r.timings.total_s;
+                // `evaluation` is not part of the cell hash: other metrics are computed
+                // again from the saved predictions, never by training again
+                let outcome = match reevaluate_if_needed(cell, &dir, &r) {
+                    Ok(false) => CellOutcome::AlreadyFinished,
+                    Ok(true) => CellOutcome::Reevaluated,
+                    Err(e) => CellOutcome::Failed(format!("re-evaluation: {e}")),
+                };
                 summary.mean_dsc = mean_dsc(&dir);
-                CellOutcome::AlreadyFinished
+                outcome
             }
             Some(r) if r.state == CellState::Failed && !opts.retry_failed => {
                 CellOutcome::FailedBefore(r.error.unwrap_or_default())
@@ -359,6 +370,48 @@ pub fn run_plan(
         device: device_name,
         cells: summaries,
     })
+}
+
+/// Evaluate a finished cell again from its saved predictions when its `metrics.csv` holds
+/// other metrics than the configuration asks for. True when it did.
+fn reevaluate_if_needed(cell: &Cell, dir: &Path, record: &CellRecord) -> Result<bool> {
+    let cfg = &cell.config;
+    let metrics = cfg.evaluation.metrics.clone().unwrap_or_else(all_metrics);
+    let path = dir.join(METRICS);
+    let text = std::fs::read_to_string(&path).map_err(|e| RunError::io(&path, e))?;
+    let have: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|c| *c != "case" && !c.ends_with("_flag"))
+        .collect();
+    let want: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+    if have == want {
+        return Ok(false);
+    }
+    tracing::info!(
+        "cell {}: metrics {have:?} -> {want:?}, evaluated again from its predictions",
+        cell.index
+    );
+    let mut rows = Vec::with_capacity(record.test_cases.len());
+    for tc in &record.test_cases {
+        let case = metricunet_data::Case {
+            id: tc.id.clone(),
+            image: tc.image.clone(),
+            label: tc.label.clone(),
+        };
+        let reference = load_case(&case, &cfg.data.label_map)?
+            .label
+            .ok_or_else(|| RunError::file(&tc.image, "a test case needs a label to be evaluated"))?
+            .map(|v| v != 0);
+        let pred_path = dir.join("predictions").join(format!("{}.nii.gz", tc.id));
+        let pred = metricunet_eval::evaluate::read_mask(&pred_path, None)?;
+        rows.push(evaluate_masks(&tc.id, &pred, &reference, &metrics)?);
+    }
+    let mut table = metrics_frame(&rows).map_err(|e| RunError::file(&path, e.to_string()))?;
+    write_csv(&mut table, &path)?;
+    Ok(true)
 }
 
 fn mean_dsc(dir: &Path) -> Option<f64> {
