@@ -1128,7 +1128,10 @@ mod tests {
         assert_eq!(v[1].params.get("tau"), Some(&Value::from(0.2)));
         let back = serde_norway::to_string(&v[1]).expect("ser");
         assert_eq!(back.trim(), "name: hard-negative\ntau: 0.2");
-        assert!(serde_norway::from_str::<PluginSpec>("{tau: 1}").is_err());
+        // no name: left empty for the default plugin or a preset to fill in
+        let unnamed: PluginSpec = serde_norway::from_str("{tau: 1}").expect("unnamed");
+        assert_eq!(unnamed.name, "");
+        assert_eq!(unnamed.params.get("tau"), Some(&Value::from(1)));
         assert!(serde_norway::from_str::<PluginSpec>("{name: 3}").is_err());
     }
 }
