@@ -250,25 +250,19 @@ impl RunResults {
     }
 }
 
-/// Units and direction of the metrics the report knows by name (others: unitless, higher
-/// is better).
+/// The unit a registered metric declares (`""` or `"mm"`); `""` for a name not registered.
 pub fn metric_unit(name: &str) -> &'static str {
     use metricunet_core::registry;
-    if let Ok(p) = registry::metric(name, "evaluation.metrics") {
-        if let Ok(m) = p
-            .params(&Default::default(), "")
-            .and_then(|ps| (p.build)(&ps))
-        {
-            return m.unit();
-        }
-    }
-    match name {
-        "asd" | "assd" | "hd95" | "hd" => "mm",
-        _ => "",
-    }
+    registry::metric(name, "evaluation.metrics")
+        .and_then(|p| {
+            p.params(&Default::default(), "")
+                .and_then(|ps| (p.build)(&ps))
+        })
+        .map(|m| m.unit())
+        .unwrap_or("")
 }
 
-/// Whether a lower value is better.
+/// Whether a lower value is better: distances (a length unit) are, overlaps are not.
 pub fn lower_is_better(name: &str) -> bool {
     metric_unit(name) == "mm"
 }

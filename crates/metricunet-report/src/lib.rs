@@ -45,13 +45,10 @@ impl fmt::Display for ReportOutcome {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).map_err(|e| ReportError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ReportError::io(path, e))
+    Ok(metricunet_runner::fsutil::write_atomic(
+        path,
+        text.as_bytes(),
+    )?)
 }
 
 /// `YYYY-MM-DD HH:MM UTC` of Unix seconds.

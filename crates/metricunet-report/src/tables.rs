@@ -5,6 +5,8 @@ use std::path::Path;
 use polars::prelude::{Column, CsvWriter, DataFrame, ParquetWriter, SerWriter};
 
 use crate::collect::{lower_is_better, metric_title, RunResults};
+use metricunet_runner::fsutil::write_atomic_with;
+
 use crate::error::{ReportError, Result};
 use crate::stats::{mean, median, std, wilcoxon};
 
@@ -70,32 +72,21 @@ pub fn per_case_frame(r: &RunResults) -> Result<DataFrame> {
         .map_err(|e| ReportError::Invalid(format!("per-case table: {e}")))
 }
 
-fn tmp_of(path: &Path) -> std::path::PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
-}
-
 /// Write `df` as CSV, atomically.
 pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<()> {
-    let tmp = tmp_of(path);
-    let f = std::fs::File::create(&tmp).map_err(|e| ReportError::io(&tmp, e))?;
-    CsvWriter::new(f)
-        .finish(df)
-        .map_err(|e| ReportError::file(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ReportError::io(path, e))
+    Ok(write_atomic_with(path, |f| {
+        CsvWriter::new(f).finish(df).map_err(|e| e.to_string())
+    })?)
 }
 
 /// Write `df` as Parquet, atomically.
 pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
-    let tmp = tmp_of(path);
-    let f = std::fs::File::create(&tmp).map_err(|e| ReportError::io(&tmp, e))?;
-    ParquetWriter::new(f)
-        .finish(df)
-        .map_err(|e| ReportError::file(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ReportError::io(path, e))
+    Ok(write_atomic_with(path, |f| {
+        ParquetWriter::new(f)
+            .finish(df)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })?)
 }
 
 /// One metric of one configuration.

@@ -14,17 +14,30 @@ fn temporary(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
-/// Write `bytes` to `path` atomically (fsync before the rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
+/// Write `path` atomically: `write` fills a temporary file in the same folder (named with this
+/// process's id, so concurrent writers never share one), which is synced and then renamed.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::result::Result<(), String>,
+) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| RunError::io(dir, e))?;
     }
     let tmp = temporary(path);
     let mut f = std::fs::File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| RunError::io(&tmp, e))?;
+    if let Err(message) = write(&mut f) {
+        drop(f);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(RunError::file(path, message));
+    }
     f.sync_all().map_err(|e| RunError::io(&tmp, e))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))
+}
+
+/// Write `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes).map_err(|e| e.to_string()))
 }
 
 /// Copy `from` to `to` atomically.

@@ -372,6 +372,20 @@ pub fn run_plan(
     })
 }
 
+/// A test case read from disk and its foreground (any mapped label) as the reference mask.
+fn load_with_reference(
+    case: &metricunet_data::Case,
+    label_map: &std::collections::BTreeMap<i64, u8>,
+) -> Result<(metricunet_data::LoadedCase, Volume<bool>)> {
+    let loaded = load_case(case, label_map)?;
+    let reference = loaded
+        .label
+        .as_ref()
+        .ok_or_else(|| RunError::file(&case.image, "a test case needs a label to be evaluated"))?
+        .map(|v| v != 0);
+    Ok((loaded, reference))
+}
+
 /// Evaluate a finished cell again from its saved predictions when its `metrics.csv` holds
 /// other metrics than the configuration asks for. True when it did.
 fn reevaluate_if_needed(cell: &Cell, dir: &Path, record: &CellRecord) -> Result<bool> {
@@ -401,10 +415,7 @@ fn reevaluate_if_needed(cell: &Cell, dir: &Path, record: &CellRecord) -> Result<
             image: tc.image.clone(),
             label: tc.label.clone(),
         };
-        let reference = load_case(&case, &cfg.data.label_map)?
-            .label
-            .ok_or_else(|| RunError::file(&tc.image, "a test case needs a label to be evaluated"))?
-            .map(|v| v != 0);
+        let (_, reference) = load_with_reference(&case, &cfg.data.label_map)?;
         let pred_path = dir.join("predictions").join(format!("{}.nii.gz", tc.id));
         let pred = metricunet_eval::evaluate::read_mask(&pred_path, None)?;
         rows.push(evaluate_masks(&tc.id, &pred, &reference, &metrics)?);
@@ -610,14 +621,7 @@ fn predict_and_evaluate(ctx: &CellContext, data: &PreparedData) -> Result<Vec<Ca
         let (case, pre) = data.case(id).ok_or_else(|| {
             RunError::Invalid(format!("test case {id} is not among the loaded cases"))
         })?;
-        let loaded = load_case(case, &cfg.data.label_map)?;
-        let reference = loaded
-            .label
-            .as_ref()
-            .ok_or_else(|| {
-                RunError::file(&case.image, "a test case needs a label to be evaluated")
-            })?
-            .map(|v| v != 0);
+        let (loaded, reference) = load_with_reference(case, &cfg.data.label_map)?;
         let (mask, probabilities, note) = match pipeline.predict_preprocessed(pre, &case.image) {
             Ok(p) => (p.mask, Some(p.probabilities), None),
             Err(PredictError::NotFound(_)) => (
