@@ -243,3 +243,59 @@ pub fn infer(
     }
     Ok(out)
 }
+
+/// `metricunet bench parity`: one training step on `device` against the same step on the CPU
+/// (same seeded weights, batch and sampler seed); fails where a relative difference exceeds
+/// `tolerance`.
+pub fn parity(
+    model: &str,
+    batch: usize,
+    size: usize,
+    variants: &[String],
+    device: DeviceChoice,
+    tolerance: f64,
+) -> Result<String> {
+    use metricunet_train::bench::{compare_steps, one_step};
+    let device = select_device(device)?;
+    let device_name = metricunet_train::device::device_name(&device);
+    let Some((name, enc, dec)) = MODELS.iter().find(|(n, _, _)| *n == model) else {
+        bail!("--model {model}: expected paper or quickstart");
+    };
+    let mut out = format!(
+        "bench parity: one training step of the {name} network, batch {batch} x 3 x {size} x {size}, f32, {device_name} against cpu\n\n| variant | loss | logits | worst gradient | worst variable after the step |\n|---|---|---|---|---|\n"
+    );
+    let mut worst = 0.0f64;
+    for v in variants {
+        let (net, m) = metric(v)?;
+        let case = StepCase {
+            label: format!("{name} {v}"),
+            backbone: backbone(net, enc, dec),
+            in_channels: 3,
+            size,
+            batch,
+            metric: m,
+        };
+        eprintln!("one step of {} on cpu and {device_name} ...", case.label);
+        let reference = one_step(&case, &candle_core::Device::Cpu)?;
+        let got = one_step(&case, &device)?;
+        let d = compare_steps(&got, &reference)?;
+        let _ = writeln!(
+            out,
+            "| {v} | {:.2e} | {:.2e} | {:.2e} ({}) | {:.2e} ({}) |",
+            d.loss, d.logits, d.grad.1, d.grad.0, d.after.1, d.after.0
+        );
+        worst = worst.max(d.max());
+        if d.max().is_nan() {
+            worst = f64::NAN;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nrelative differences ||{device_name} - cpu|| / ||cpu||; largest {worst:.2e}, tolerance {tolerance:.0e}"
+    );
+    if worst.is_nan() || worst > tolerance {
+        print!("{out}");
+        bail!("bench parity: a relative difference of {worst:.2e} exceeds the tolerance {tolerance:.0e}");
+    }
+    Ok(out)
+}

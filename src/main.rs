@@ -225,6 +225,24 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// One training step on a device (cuda) against the same step on the CPU: relative
+    /// differences of loss, logits, gradients and stepped weights; fails above --tolerance.
+    Parity {
+        /// paper (Table I) or quickstart.
+        #[arg(long, default_value = "paper")]
+        model: String,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// unet (cross-entropy only), random, hard-negative, contour-aware, hcp.
+        #[arg(long, value_delimiter = ',', default_value = "unet,random,hcp")]
+        variants: Vec<String>,
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f64,
+    },
     /// Every evaluation metric on a 512 x 512 x 200 mask pair.
     Metrics {
         #[arg(long, default_value_t = 3)]
@@ -407,6 +425,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 repeats,
                 parse_device(&device)?,
                 json.as_deref()
+            )?
+        ),
+        Command::Bench {
+            what:
+                BenchCommand::Parity {
+                    model,
+                    batch,
+                    size,
+                    variants,
+                    device,
+                    tolerance,
+                },
+        } => print!(
+            "{}",
+            bench_cmds::parity(
+                &model,
+                batch,
+                size,
+                &variants,
+                parse_device(&device)?,
+                tolerance
             )?
         ),
         Command::Bench {

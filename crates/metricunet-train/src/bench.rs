@@ -163,3 +163,142 @@ pub fn time_steps(
         peak_rss_mb: peak_rss_mb(),
     })
 }
+
+/// The numbers of one training step from a seeded start, for comparing devices.
+#[derive(Debug, Clone)]
+pub struct StepSnapshot {
+    /// Total loss of the step.
+    pub loss: f64,
+    /// Logits of the forward pass, flattened.
+    pub logits: Vec<f32>,
+    /// Gradient of every trainable variable, by name.
+    pub grads: Vec<(String, Vec<f32>)>,
+    /// Every variable before the step, by name.
+    pub before: Vec<(String, Vec<f32>)>,
+    /// Every variable after the SGD step (BatchNorm running statistics included), by name.
+    pub after: Vec<(String, Vec<f32>)>,
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .to_vec1::<f32>()?)
+}
+
+/// One training step of `case` on `device` from the same seeded weights, batch and sampler
+/// seed as on any other device: forward, loss, backward, one SGD step (lr 0.01, momentum 0.9,
+/// weight decay 1e-4).
+pub fn one_step(case: &StepCase, device: &Device) -> Result<StepSnapshot> {
+    let spec = StageSpec {
+        name: "parity".into(),
+        backbone: case.backbone.clone(),
+        in_channels: case.in_channels,
+        training: TrainingConfig::default(),
+        metric: case.metric.clone(),
+        seed: 0,
+        config_hash: String::new(),
+    };
+    let vars = VarMap::new();
+    let net = build_backbone(&spec, &vars, device)?;
+    seeded_init(&vars, 0)?;
+    let module = VoxelMetricModule::from_config(&case.metric)?;
+    let named = named_vars(&vars)?;
+    let mut opt = Sgd::new(0.9, 1e-4);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (x, labels) = synthetic_batch(case, device, 2)?;
+    let mut before = Vec::new();
+    for (name, var) in &named {
+        before.push((name.clone(), flat(var.as_tensor())?));
+    }
+    let out = net.forward_t(&x, true)?;
+    let step = module.step_loss(&out.logits, &out.embedding, &labels, &mut rng)?;
+    let loss = f64::from(step.total.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+    let grads = step.total.backward()?;
+    let mut grad_values = Vec::new();
+    for (name, var) in &named {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            grad_values.push((name.clone(), flat(g)?));
+        }
+    }
+    opt.step(&named, &grads, 0.01)?;
+    let mut after = Vec::new();
+    for (name, var) in &named {
+        after.push((name.clone(), flat(var.as_tensor())?));
+    }
+    Ok(StepSnapshot {
+        loss,
+        logits: flat(&out.logits)?,
+        grads: grad_values,
+        before,
+        after,
+    })
+}
+
+/// `||a - b|| / ||b||` (Euclidean norms; `||a - b||` where `b` is zero).
+pub fn relative_difference(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    let (mut d, mut n) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        d += (f64::from(*x) - f64::from(*y)).powi(2);
+        n += f64::from(*y).powi(2);
+    }
+    if n > 0.0 {
+        (d / n).sqrt()
+    } else {
+        d.sqrt()
+    }
+}
+
+/// How far one step on a device is from the reference: relative differences of the loss, the
+/// logits, and the largest over the gradients and over the stepped variables (with its name).
+#[derive(Debug, Clone)]
+pub struct StepDifference {
+    pub loss: f64,
+    pub logits: f64,
+    pub grad: (String, f64),
+    pub after: (String, f64),
+}
+
+impl StepDifference {
+    pub fn max(&self) -> f64 {
+        self.loss
+            .max(self.logits)
+            .max(self.grad.1)
+            .max(self.after.1)
+    }
+}
+
+/// Compare `got` with `reference` (both from [`one_step`]).
+pub fn compare_steps(got: &StepSnapshot, reference: &StepSnapshot) -> Result<StepDifference> {
+    let worst = |a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]| -> Result<(String, f64)> {
+        if a.len() != b.len() {
+            return Err(crate::error::TrainError::Invalid(format!(
+                "{} tensors against {} in the reference",
+                a.len(),
+                b.len()
+            )));
+        }
+        let mut worst = (String::from("-"), 0.0f64);
+        for ((na, va), (nb, vb)) in a.iter().zip(b) {
+            if na != nb {
+                return Err(crate::error::TrainError::Invalid(format!(
+                    "tensor {na} against {nb} in the reference"
+                )));
+            }
+            let r = relative_difference(va, vb);
+            if r > worst.1 || r.is_nan() {
+                worst = (na.clone(), r);
+            }
+        }
+        Ok(worst)
+    };
+    Ok(StepDifference {
+        loss: (got.loss - reference.loss).abs() / reference.loss.abs().max(f64::MIN_POSITIVE),
+        logits: relative_difference(&got.logits, &reference.logits),
+        grad: worst(&got.grads, &reference.grads)?,
+        after: worst(&got.after, &reference.after)?,
+    })
+}

@@ -7,7 +7,9 @@
 //! convolution with the flipped kernel and padding k - 1 - p = p), and the weight gradient is
 //! a matrix product of the output gradient with each shifted copy of the input. Checked against
 //! candle's own gradients and against finite differences in
-//! `tests/finite_differences.rs`. On CUDA the plain candle op is used.
+//! `tests/finite_differences.rs`. On CUDA (feature `cuda`) the forward is candle's CUDA conv2d
+//! and the backward the same tensor-level code, so candle's CUDA `conv_transpose2d` kernel (a
+//! direct loop per output element) is not used for the input gradient there either.
 
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor};
 
@@ -45,6 +47,39 @@ impl CustomOp2 for SameConv {
         match &*storage {
             Storage::Cpu(c) if layout.is_contiguous() && layout.start_offset() == 0 => {
                 Ok((c.clone(), shape))
+            }
+            _ => candle_core::bail!("conv2d-same: unexpected output layout"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        // a tensor over a copy of the storage (device-to-device; `conv2d_same` hands in
+        // contiguous operands that start at offset 0), without a backward graph
+        let wrap = |s: &candle_core::CudaStorage, l: &Layout| -> Result<Tensor> {
+            if !l.is_contiguous() || l.start_offset() != 0 {
+                candle_core::bail!("conv2d-same: non-contiguous input {:?}", l.shape())
+            }
+            Ok(Tensor::from_storage(
+                Storage::Cuda(s.try_clone(l)?),
+                l.shape().clone(),
+                candle_core::op::BackpropOp::none(),
+                false,
+            ))
+        };
+        let y = wrap(s1, l1)?.conv2d(&wrap(s2, l2)?, self.padding, 1, 1, 1)?;
+        let shape = y.shape().clone();
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(c) if layout.is_contiguous() && layout.start_offset() == 0 => {
+                Ok((c.try_clone(layout)?, shape))
             }
             _ => candle_core::bail!("conv2d-same: unexpected output layout"),
         }
@@ -111,12 +146,22 @@ pub fn conv2d_same(x: &Tensor, w: &Tensor) -> Result<Tensor> {
             w.dims()
         );
     }
-    if candle_backward()
-        || !x.device().is_cpu()
-        || !matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
-    {
+    let supported = match x.device() {
+        Device::Cpu => matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64),
+        Device::Cuda(_) => cfg!(feature = "cuda"),
+        _ => false,
+    };
+    if candle_backward() || !supported {
         return x.conv2d(w, k / 2, 1, 1, 1);
     }
-    x.contiguous()?
-        .apply_op2(&w.contiguous()?, SameConv { padding: k / 2 })
+    dense(x)?.apply_op2(&dense(w)?, SameConv { padding: k / 2 })
+}
+
+/// `t` itself where it is contiguous from offset 0, else a contiguous copy.
+fn dense(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() && t.layout().start_offset() == 0 {
+        Ok(t.clone())
+    } else {
+        t.force_contiguous()
+    }
 }
