@@ -1,31 +1,81 @@
-//! A "same" 2-D convolution (stride 1, padding k / 2, odd k) with its own backward.
+//! A "same" 2-D convolution (stride 1, padding k / 2, odd k, no bias) with its own backward.
 //!
-//! The forward pass is candle's conv2d. candle's backward computes the input gradient with
-//! `conv_transpose2d`, which on the CPU is several times slower than a conv2d of the same size;
-//! here the input gradient is a conv2d of the output gradient with the flipped, transposed
-//! kernel (the same numbers: for stride 1 and padding p = k / 2 a transposed convolution is a
-//! convolution with the flipped kernel and padding k - 1 - p = p), and the weight gradient is
-//! a matrix product of the output gradient with each shifted copy of the input. Checked against
-//! candle's own gradients and against finite differences in
-//! `tests/finite_differences.rs`. On CUDA (feature `cuda`) the forward is candle's CUDA conv2d
-//! and the backward the same tensor-level code, so candle's CUDA `conv_transpose2d` kernel (a
-//! direct loop per output element) is not used for the input gradient there either.
+//! On the CPU (f32 and f64) forward, input gradient and weight gradient are the im2col-free
+//! kernels of [`crate::conv_cpu`] (k * k matrix products per image over a zero-padded copy;
+//! checked there against the definition by direct loops, and here against candle's own
+//! convolution and finite differences in `tests/finite_differences.rs`). candle's CPU conv2d
+//! forms the column matrix of the whole batch, and its backward computes the input gradient
+//! with `conv_transpose2d`, several times slower than a conv2d of the same size.
+//!
+//! On CUDA (feature `cuda`) the forward is candle's CUDA conv2d and the backward is
+//! tensor-level: the input gradient a conv2d of the output gradient with the flipped,
+//! transposed kernel (for stride 1 and padding p = k / 2 a transposed convolution is a
+//! convolution with the flipped kernel and padding k - 1 - p = p), the weight gradient a matrix
+//! product per kernel tap; candle's CUDA `conv_transpose2d` kernel (a direct loop per output
+//! element) is not used.
 
-use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor, WithDType,
+};
+
+use crate::conv_cpu::{self, Elem, Geometry};
 
 struct SameConv {
     padding: usize,
 }
 
-fn cpu_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
+/// The values of a contiguous CPU storage in `layout`.
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     let Some((a, b)) = l.contiguous_offsets() else {
         candle_core::bail!("conv2d-same: non-contiguous input {:?}", l.shape())
     };
-    match s {
-        CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu),
-        CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu),
-        _ => candle_core::bail!("conv2d-same: f32 or f64 only"),
+    Ok(&s.as_slice::<T>()?[a..b])
+}
+
+fn geometry(x: &[usize], w: &[usize]) -> Result<Geometry> {
+    match (x, w) {
+        (&[batch, cin, h, wd], &[cout, wcin, k, k2]) if wcin == cin && k == k2 && k % 2 == 1 => {
+            Ok(Geometry {
+                batch,
+                cin,
+                cout,
+                h,
+                w: wd,
+                k,
+            })
+        }
+        _ => candle_core::bail!("conv2d-same: input {x:?} and kernel {w:?} do not fit"),
     }
+}
+
+/// `f` on the values of CPU tensors (contiguous copies where needed).
+fn with_values<T: WithDType, R>(
+    tensors: [&Tensor; 2],
+    f: impl FnOnce(&[T], &[T]) -> R,
+) -> Result<R> {
+    let [a, b] = tensors.map(dense);
+    let (a, b) = (a?, b?);
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    match (&*sa, &*sb) {
+        (Storage::Cpu(ca), Storage::Cpu(cb)) => Ok(f(slice(ca, la)?, slice(cb, lb)?)),
+        _ => candle_core::bail!("conv2d-same: CPU tensors expected"),
+    }
+}
+
+/// Input and weight gradient on the CPU.
+fn cpu_backward<T: WithDType + Elem>(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let g = geometry(x.dims(), w.dims())?;
+    let gx = with_values::<T, _>([grad, w], |gy, wv| conv_cpu::input_grad(gy, wv, &g))?;
+    let gw = with_values::<T, _>([x, grad], |xv, gy| conv_cpu::weight_grad(xv, gy, &g))?;
+    Ok((
+        Tensor::from_vec(gx, x.shape(), &Device::Cpu)?,
+        Tensor::from_vec(gw, w.shape(), &Device::Cpu)?,
+    ))
 }
 
 impl CustomOp2 for SameConv {
@@ -40,16 +90,18 @@ impl CustomOp2 for SameConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (cpu_tensor(s1, l1)?, cpu_tensor(s2, l2)?);
-        let y = x.conv2d(&w, self.padding, 1, 1, 1)?;
-        let shape = y.shape().clone();
-        let (storage, layout) = y.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(c) if layout.is_contiguous() && layout.start_offset() == 0 => {
-                Ok((c.clone(), shape))
+        let g = geometry(l1.dims(), l2.dims())?;
+        let shape = Shape::from((g.batch, g.cout, g.h, g.w));
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(conv_cpu::forward(slice(s1, l1)?, slice(s2, l2)?, &g))
             }
-            _ => candle_core::bail!("conv2d-same: unexpected output layout"),
-        }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(conv_cpu::forward(slice(s1, l1)?, slice(s2, l2)?, &g))
+            }
+            _ => candle_core::bail!("conv2d-same: f32 or f64 only"),
+        };
+        Ok((out, shape))
     }
 
     #[cfg(feature = "cuda")]
@@ -92,6 +144,14 @@ impl CustomOp2 for SameConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if x.device().is_cpu() {
+            let (gx, gw) = match x.dtype() {
+                DType::F32 => cpu_backward::<f32>(x, w, grad)?,
+                DType::F64 => cpu_backward::<f64>(x, w, grad)?,
+                other => candle_core::bail!("conv2d-same: f32 or f64 only, got {other:?}"),
+            };
+            return Ok((Some(gx), Some(gw)));
+        }
         let (n, cin, h, wd) = x.dims4()?;
         let (cout, _, k, _) = w.dims4()?;
         let p = self.padding;
@@ -147,7 +207,7 @@ pub fn conv2d_same(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         );
     }
     let supported = match x.device() {
-        Device::Cpu => matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64),
+        Device::Cpu => matches!(x.dtype(), DType::F32 | DType::F64),
         Device::Cuda(_) => cfg!(feature = "cuda"),
         _ => false,
     };

@@ -10,6 +10,7 @@
 //! - `unet-light`: the light stage-1 UNet on 5-slice inputs (fewer, narrower levels).
 
 pub mod conv;
+pub mod conv_cpu;
 mod unet;
 mod unet_light;
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 7 in one script, for a lent GPU machine (no crates registry there:
+# the CUDA binaries are built elsewhere with ../shared/cuda/build_cuda.sh and carried).
+#
+#   bench/device_check.sh OUT_DIR BINARY [BINARY_CUDNN]
+#
+# 1. `bench parity`: one training step on CUDA against the CPU (tolerance 1e-3), each binary;
+# 2. `bench train` on CUDA (paper network batch 1 / 8 / 30, quickstart network; UNet and
+#    MetricUNet-HCP), once with the project's conv2d-same op and once with candle's own
+#    convolution backward (METRICUNET_CANDLE_CONV=1);
+# 3. bench/pytorch_reference.py on the same GPU (eager mode, same network, loss, SGD, shapes);
+# 4. `bench infer` on CUDA (a 512 x 512 x 150 phantom CT through both stages);
+# 5. the runner end to end on CUDA (tests/fixtures/tiny.yaml).
+# GPU memory is sampled by nvidia-smi every 100 ms into OUT_DIR/gpumem.csv; each phase's start
+# time is printed, so the peak of a phase can be read off.
+set -u
+OUT=${1:?OUT_DIR}
+BIN=${2:?BINARY}
+BIN_CUDNN=${3:-}
+mkdir -p "$OUT"
+LIBS=$(python3 -c "import nvidia,os,glob; print(':'.join(glob.glob(os.path.join(list(nvidia.__path__)[0],'**','lib'),recursive=True)))")
+export LD_LIBRARY_PATH="$LIBS:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), 'cudnn', torch.backends.cudnn.version())"
+nproc
+nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader -lms 100 > "$OUT/gpumem.csv" &
+SMI=$!
+phase() { echo; echo "=== $(date +%H:%M:%S.%N) $*"; }
+
+phase "parity (cuda)"
+timeout 150 "$BIN" bench parity --device cuda --batch 4 --variants unet,random,hcp
+phase "parity (cuda, candle's conv backward)"
+METRICUNET_CANDLE_CONV=1 timeout 60 "$BIN" bench parity --device cuda --batch 4 --variants unet
+if [ -n "$BIN_CUDNN" ]; then
+  phase "parity (cudnn)"
+  timeout 90 "$BIN_CUDNN" bench parity --device cuda --batch 4 --variants unet,hcp
+fi
+
+phase "bench train (cuda)"
+timeout 150 "$BIN" bench train --device cuda --models paper,quickstart --batches 1,8,30 \
+  --variants unet,hcp --steps 10 --warmup 3 --json "$OUT/candle_cuda.json"
+if [ -n "$BIN_CUDNN" ]; then
+  phase "bench train (cudnn)"
+  timeout 120 "$BIN_CUDNN" bench train --device cuda --models paper --batches 1,8,30 \
+    --variants unet,hcp --steps 10 --warmup 3 --json "$OUT/candle_cudnn.json"
+fi
+phase "bench train (cuda, candle's conv backward)"
+METRICUNET_CANDLE_CONV=1 timeout 90 "$BIN" bench train --device cuda --models paper \
+  --batches 8,30 --variants unet --steps 10 --warmup 3
+
+phase "pytorch reference (cuda)"
+PYTHONUNBUFFERED=1 timeout 180 python3 bench/pytorch_reference.py --device cuda --threads "$(nproc)" \
+  --batches 1,8,30 --variants unet,hcp --steps 10 --warmup 3 --json "$OUT/pytorch_cuda.json"
+
+phase "bench infer (cuda)"
+timeout 120 "$BIN" bench infer --device cuda --json "$OUT/candle_infer_cuda.json"
+if [ -n "$BIN_CUDNN" ]; then
+  phase "bench infer (cudnn)"
+  timeout 90 "$BIN_CUDNN" bench infer --device cuda
+fi
+
+phase "runner on cuda (tests/fixtures/tiny.yaml)"
+timeout 120 "$BIN" run tests/fixtures/tiny.yaml --device cuda --root /tmp/cuda-run \
+  --report-dir /tmp/cuda-run/report && cp /tmp/cuda-run/report/summary.md "$OUT/tiny_summary.md"
+phase "end"
+kill "$SMI" 2>/dev/null
+true
