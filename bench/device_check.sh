@@ -2,24 +2,42 @@
 # The GPU checks of issue 7 in one script, for a lent GPU machine (no crates registry there:
 # the CUDA binaries are built elsewhere with ../shared/cuda/build_cuda.sh and carried).
 #
-#   bench/device_check.sh OUT_DIR BINARY [BINARY_CUDNN]
+#   bench/device_check.sh OUT_DIR BINARY [BINARY_CUDNN] [EXTRA_LIB_DIR]
 #
-# 1. `bench parity`: one training step on CUDA against the CPU (tolerance 1e-3), each binary;
+# A BINARY ending in .xz is unpacked first (a CUDA build is ~80 MB stripped, ~12 MB as xz).
+# EXTRA_LIB_DIR: shared libraries the binary links that the GPU machine may lack (fontconfig,
+# freetype, png, brotli, expat: the report's text rendering); searched after the system's.
+#
+# In order of importance (each step has its own time limit):
+# 1. `bench parity`: one training step on CUDA against the CPU (tolerance 1e-3);
 # 2. `bench train` on CUDA (paper network batch 1 / 8 / 30, quickstart network; UNet and
-#    MetricUNet-HCP), once with the project's conv2d-same op and once with candle's own
-#    convolution backward (METRICUNET_CANDLE_CONV=1);
+#    MetricUNet-HCP);
 # 3. bench/pytorch_reference.py on the same GPU (eager mode, same network, loss, SGD, shapes);
-# 4. `bench infer` on CUDA (a 512 x 512 x 150 phantom CT through both stages);
-# 5. the runner end to end on CUDA (tests/fixtures/tiny.yaml).
+# 4. the same parity and train checks with the cuDNN build, when given;
+# 5. `bench infer` on CUDA (a 512 x 512 x 150 phantom CT through both stages);
+# 6. the runner end to end on CUDA (tests/fixtures/tiny.yaml);
+# 7. A/B: candle's own convolution backward (METRICUNET_CANDLE_CONV=1).
 # GPU memory is sampled by nvidia-smi every 100 ms into OUT_DIR/gpumem.csv; each phase's start
 # time is printed, so the peak of a phase can be read off.
 set -u
 OUT=${1:?OUT_DIR}
 BIN=${2:?BINARY}
 BIN_CUDNN=${3:-}
+EXTRA=${4:-}
 mkdir -p "$OUT"
+unpack() {
+  case "$1" in
+    *.xz) local to="/tmp/$(basename "$1" .xz)"
+          python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" "$1" "$to"
+          chmod +x "$to"; echo "$to" ;;
+    *) echo "$1" ;;
+  esac
+}
+BIN=$(unpack "$BIN")
+[ -n "$BIN_CUDNN" ] && BIN_CUDNN=$(unpack "$BIN_CUDNN")
 LIBS=$(python3 -c "import nvidia,os,glob; print(':'.join(glob.glob(os.path.join(list(nvidia.__path__)[0],'**','lib'),recursive=True)))")
-export LD_LIBRARY_PATH="$LIBS:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$LIBS:${LD_LIBRARY_PATH:-}${EXTRA:+:$(cd "$EXTRA" && pwd)}"
+ldd "$BIN" | grep -i "not found"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(), 'cudnn', torch.backends.cudnn.version())"
 nproc
@@ -28,40 +46,33 @@ SMI=$!
 phase() { echo; echo "=== $(date +%H:%M:%S.%N) $*"; }
 
 phase "parity (cuda)"
-timeout 150 "$BIN" bench parity --device cuda --batch 4 --variants unet,random,hcp
-phase "parity (cuda, candle's conv backward)"
-METRICUNET_CANDLE_CONV=1 timeout 60 "$BIN" bench parity --device cuda --batch 4 --variants unet
+timeout 120 "$BIN" bench parity --device cuda --batch 4 --variants unet,random,hcp
+phase "bench train (cuda)"
+timeout 120 "$BIN" bench train --device cuda --models paper,quickstart --batches 1,8,30 \
+  --variants unet,hcp --steps 10 --warmup 3 --json "$OUT/candle_cuda.json"
+phase "pytorch reference (cuda)"
+PYTHONUNBUFFERED=1 timeout 150 python3 bench/pytorch_reference.py --device cuda --threads "$(nproc)" \
+  --batches 1,8,30 --variants unet,hcp --steps 10 --warmup 3 --json "$OUT/pytorch_cuda.json"
 if [ -n "$BIN_CUDNN" ]; then
   phase "parity (cudnn)"
-  timeout 90 "$BIN_CUDNN" bench parity --device cuda --batch 4 --variants unet,hcp
-fi
-
-phase "bench train (cuda)"
-timeout 150 "$BIN" bench train --device cuda --models paper,quickstart --batches 1,8,30 \
-  --variants unet,hcp --steps 10 --warmup 3 --json "$OUT/candle_cuda.json"
-if [ -n "$BIN_CUDNN" ]; then
+  timeout 60 "$BIN_CUDNN" bench parity --device cuda --batch 4 --variants unet,hcp
   phase "bench train (cudnn)"
-  timeout 120 "$BIN_CUDNN" bench train --device cuda --models paper --batches 1,8,30 \
+  timeout 90 "$BIN_CUDNN" bench train --device cuda --models paper --batches 1,8,30 \
     --variants unet,hcp --steps 10 --warmup 3 --json "$OUT/candle_cudnn.json"
 fi
-phase "bench train (cuda, candle's conv backward)"
-METRICUNET_CANDLE_CONV=1 timeout 90 "$BIN" bench train --device cuda --models paper \
-  --batches 8,30 --variants unet --steps 10 --warmup 3
-
-phase "pytorch reference (cuda)"
-PYTHONUNBUFFERED=1 timeout 180 python3 bench/pytorch_reference.py --device cuda --threads "$(nproc)" \
-  --batches 1,8,30 --variants unet,hcp --steps 10 --warmup 3 --json "$OUT/pytorch_cuda.json"
-
 phase "bench infer (cuda)"
-timeout 120 "$BIN" bench infer --device cuda --json "$OUT/candle_infer_cuda.json"
+timeout 90 "$BIN" bench infer --device cuda --json "$OUT/candle_infer_cuda.json"
+phase "runner on cuda (tests/fixtures/tiny.yaml)"
+timeout 90 "$BIN" run tests/fixtures/tiny.yaml --device cuda --root /tmp/cuda-run \
+  --report-dir /tmp/cuda-run/report && cp /tmp/cuda-run/report/summary.md "$OUT/tiny_summary.md"
+phase "parity and bench train (cuda, candle's conv backward)"
+METRICUNET_CANDLE_CONV=1 timeout 45 "$BIN" bench parity --device cuda --batch 4 --variants unet
+METRICUNET_CANDLE_CONV=1 timeout 60 "$BIN" bench train --device cuda --models paper \
+  --batches 8,30 --variants unet --steps 10 --warmup 3
 if [ -n "$BIN_CUDNN" ]; then
   phase "bench infer (cudnn)"
-  timeout 90 "$BIN_CUDNN" bench infer --device cuda
+  timeout 60 "$BIN_CUDNN" bench infer --device cuda
 fi
-
-phase "runner on cuda (tests/fixtures/tiny.yaml)"
-timeout 120 "$BIN" run tests/fixtures/tiny.yaml --device cuda --root /tmp/cuda-run \
-  --report-dir /tmp/cuda-run/report && cp /tmp/cuda-run/report/summary.md "$OUT/tiny_summary.md"
 phase "end"
 kill "$SMI" 2>/dev/null
 true
