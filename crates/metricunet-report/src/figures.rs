@@ -25,6 +25,25 @@ pub struct Figure {
 }
 
 const FONT: &str = "sans-serif";
+/// DejaVu Sans (Bitstream Vera licence, `assets/DejaVuSans-LICENSE.txt`), embedded so that
+/// figures render the same on machines without system fonts (GPU nodes, containers).
+static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// Register the embedded font as `FONT` (once).
+fn ensure_font() -> Result<()> {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *DONE.get_or_init(|| {
+        plotters::style::register_font(FONT, plotters::style::FontStyle::Normal, FONT_BYTES).is_ok()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ReportError::Plot {
+            name: "font".into(),
+            message: "the embedded DejaVu Sans font could not be read".into(),
+        })
+    }
+}
 /// Curve and box colours; contour colours on the CT are `CONTOUR`.
 const SERIES: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
@@ -60,6 +79,7 @@ trait Draw {
 
 /// Render `d` to `<dir>/<stem>.png` and `.svg`, each through a temporary file and a rename.
 fn render<D: Draw>(dir: &Path, stem: &str, size: (u32, u32), d: &D) -> Result<(PathBuf, PathBuf)> {
+    ensure_font()?;
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
     let tmp_png = dir.join(format!(".{stem}.tmp.png"));

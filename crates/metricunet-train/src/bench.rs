@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::checkpoint::named_vars;
 use crate::error::Result;
 use crate::optim::Sgd;
-use crate::trainer::{build_backbone, seeded_init, StageSpec};
+use crate::trainer::{build_backbone, build_backbone_as, seeded_init, StageSpec};
 
 /// One configuration to time.
 #[derive(Debug, Clone)]
@@ -170,26 +170,26 @@ pub struct StepSnapshot {
     /// Total loss of the step.
     pub loss: f64,
     /// Logits of the forward pass, flattened.
-    pub logits: Vec<f32>,
+    pub logits: Vec<f64>,
     /// Gradient of every trainable variable, by name.
-    pub grads: Vec<(String, Vec<f32>)>,
+    pub grads: Vec<(String, Vec<f64>)>,
     /// Every variable before the step, by name.
-    pub before: Vec<(String, Vec<f32>)>,
+    pub before: Vec<(String, Vec<f64>)>,
     /// Every variable after the SGD step (BatchNorm running statistics included), by name.
-    pub after: Vec<(String, Vec<f32>)>,
+    pub after: Vec<(String, Vec<f64>)>,
 }
 
-fn flat(t: &Tensor) -> Result<Vec<f32>> {
+fn flat(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.flatten_all()?
-        .to_dtype(DType::F32)?
+        .to_dtype(DType::F64)?
         .to_device(&Device::Cpu)?
-        .to_vec1::<f32>()?)
+        .to_vec1::<f64>()?)
 }
 
-/// One training step of `case` on `device` from the same seeded weights, batch and sampler
-/// seed as on any other device: forward, loss, backward, one SGD step (lr 0.01, momentum 0.9,
-/// weight decay 1e-4).
-pub fn one_step(case: &StepCase, device: &Device) -> Result<StepSnapshot> {
+/// One training step of `case` on `device` in `dtype` (f32, or f64 for a reference) from the
+/// same seeded weights, batch and sampler seed as on any other device: forward, loss,
+/// backward, one SGD step (lr 0.01, momentum 0.9, weight decay 1e-4).
+pub fn one_step(case: &StepCase, device: &Device, dtype: DType) -> Result<StepSnapshot> {
     let spec = StageSpec {
         name: "parity".into(),
         backbone: case.backbone.clone(),
@@ -200,20 +200,21 @@ pub fn one_step(case: &StepCase, device: &Device) -> Result<StepSnapshot> {
         config_hash: String::new(),
     };
     let vars = VarMap::new();
-    let net = build_backbone(&spec, &vars, device)?;
+    let net = build_backbone_as(&spec, &vars, device, dtype)?;
     seeded_init(&vars, 0)?;
     let module = VoxelMetricModule::from_config(&case.metric)?;
     let named = named_vars(&vars)?;
     let mut opt = Sgd::new(0.9, 1e-4);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let (x, labels) = synthetic_batch(case, device, 2)?;
+    let x = x.to_dtype(dtype)?;
     let mut before = Vec::new();
     for (name, var) in &named {
         before.push((name.clone(), flat(var.as_tensor())?));
     }
     let out = net.forward_t(&x, true)?;
     let step = module.step_loss(&out.logits, &out.embedding, &labels, &mut rng)?;
-    let loss = f64::from(step.total.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+    let loss = step.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let grads = step.total.backward()?;
     let mut grad_values = Vec::new();
     for (name, var) in &named {
@@ -236,14 +237,14 @@ pub fn one_step(case: &StepCase, device: &Device) -> Result<StepSnapshot> {
 }
 
 /// `||a - b|| / ||b||` (Euclidean norms; `||a - b||` where `b` is zero).
-pub fn relative_difference(a: &[f32], b: &[f32]) -> f64 {
+pub fn relative_difference(a: &[f64], b: &[f64]) -> f64 {
     if a.len() != b.len() {
         return f64::INFINITY;
     }
     let (mut d, mut n) = (0.0f64, 0.0f64);
     for (x, y) in a.iter().zip(b) {
-        d += (f64::from(*x) - f64::from(*y)).powi(2);
-        n += f64::from(*y).powi(2);
+        d += (x - y).powi(2);
+        n += y.powi(2);
     }
     if n > 0.0 {
         (d / n).sqrt()
@@ -252,53 +253,89 @@ pub fn relative_difference(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
-/// How far one step on a device is from the reference: relative differences of the loss, the
-/// logits, and the largest over the gradients and over the stepped variables (with its name).
+/// How far one step on a device is from the reference. `grads` and `after` are over all
+/// variables together (`||a - b|| / ||b||` of the concatenated vectors); `worst_grad` and
+/// `worst_after` are the largest per-tensor differences, each tensor's difference divided by
+/// `max(||b_tensor||, 1e-4 ||b_all||)`: a gradient that is zero up to rounding (the bias of a
+/// convolution followed by BatchNorm: the normalisation removes any constant, so its exact
+/// gradient is 0) is compared on the scale of the whole gradient, not on its own noise.
 #[derive(Debug, Clone)]
 pub struct StepDifference {
     pub loss: f64,
     pub logits: f64,
-    pub grad: (String, f64),
-    pub after: (String, f64),
+    pub grads: f64,
+    pub after: f64,
+    pub worst_grad: (String, f64),
+    pub worst_after: (String, f64),
 }
 
 impl StepDifference {
+    /// The largest of loss, logits, all gradients and all stepped variables (NaN if any is).
     pub fn max(&self) -> f64 {
-        self.loss
-            .max(self.logits)
-            .max(self.grad.1)
-            .max(self.after.1)
+        let v = [self.loss, self.logits, self.grads, self.after];
+        if v.iter().any(|x| x.is_nan()) {
+            return f64::NAN;
+        }
+        v.into_iter().fold(0.0, f64::max)
     }
+}
+
+fn norm2(v: &[f64]) -> f64 {
+    v.iter().map(|x| x.powi(2)).sum()
+}
+
+fn diff2(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum()
 }
 
 /// Compare `got` with `reference` (both from [`one_step`]).
 pub fn compare_steps(got: &StepSnapshot, reference: &StepSnapshot) -> Result<StepDifference> {
-    let worst = |a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]| -> Result<(String, f64)> {
-        if a.len() != b.len() {
-            return Err(crate::error::TrainError::Invalid(format!(
-                "{} tensors against {} in the reference",
-                a.len(),
-                b.len()
-            )));
-        }
-        let mut worst = (String::from("-"), 0.0f64);
-        for ((na, va), (nb, vb)) in a.iter().zip(b) {
-            if na != nb {
+    // (all together, worst tensor)
+    let compare =
+        |a: &[(String, Vec<f64>)], b: &[(String, Vec<f64>)]| -> Result<(f64, (String, f64))> {
+            if a.len() != b.len() {
                 return Err(crate::error::TrainError::Invalid(format!(
-                    "tensor {na} against {nb} in the reference"
+                    "{} tensors against {} in the reference",
+                    a.len(),
+                    b.len()
                 )));
             }
-            let r = relative_difference(va, vb);
-            if r > worst.1 || r.is_nan() {
-                worst = (na.clone(), r);
+            let (mut diff, mut total) = (0.0f64, 0.0f64);
+            for ((na, va), (nb, vb)) in a.iter().zip(b) {
+                if na != nb || va.len() != vb.len() {
+                    return Err(crate::error::TrainError::Invalid(format!(
+                        "tensor {na} ({} values) against {nb} ({} values) in the reference",
+                        va.len(),
+                        vb.len()
+                    )));
+                }
+                diff += diff2(va, vb);
+                total += norm2(vb);
             }
-        }
-        Ok(worst)
-    };
+            let floor = 1e-4 * total.sqrt();
+            let mut worst = (String::from("-"), 0.0f64);
+            for ((na, va), (_, vb)) in a.iter().zip(b) {
+                let d = diff2(va, vb).sqrt();
+                let r = d / norm2(vb).sqrt().max(floor).max(f64::MIN_POSITIVE);
+                if r > worst.1 || r.is_nan() {
+                    worst = (na.clone(), r);
+                }
+            }
+            let all = if total > 0.0 {
+                (diff / total).sqrt()
+            } else {
+                diff.sqrt()
+            };
+            Ok((all, worst))
+        };
+    let (grads, worst_grad) = compare(&got.grads, &reference.grads)?;
+    let (after, worst_after) = compare(&got.after, &reference.after)?;
     Ok(StepDifference {
         loss: (got.loss - reference.loss).abs() / reference.loss.abs().max(f64::MIN_POSITIVE),
         logits: relative_difference(&got.logits, &reference.logits),
-        grad: worst(&got.grads, &reference.grads)?,
-        after: worst(&got.after, &reference.after)?,
+        grads,
+        after,
+        worst_grad,
+        worst_after,
     })
 }

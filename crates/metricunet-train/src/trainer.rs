@@ -80,10 +80,20 @@ pub fn build_backbone(
     vars: &VarMap,
     device: &Device,
 ) -> Result<Box<dyn Backbone>> {
+    build_backbone_as(spec, vars, device, DType::F32)
+}
+
+/// [`build_backbone`] with variables of another float type (f64 for reference computations).
+pub fn build_backbone_as(
+    spec: &StageSpec,
+    vars: &VarMap,
+    device: &Device,
+    dtype: DType,
+) -> Result<Box<dyn Backbone>> {
     let path = format!("{}.backbone", spec.name);
     let plugin = registry::backbone(&spec.backbone.name, &path)?;
     let params = plugin.params(&spec.backbone.params, &path)?;
-    let vb = VarBuilder::from_varmap(vars, DType::F32, device);
+    let vb = VarBuilder::from_varmap(vars, dtype, device);
     Ok((plugin.build)(
         &params,
         &BackboneContext {
