@@ -102,7 +102,16 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def set_tf32(args):
+    """--tf32 default: PyTorch's defaults (cuDNN convolutions may use TF32, matmuls not);
+    off: strict f32 everywhere."""
+    if args.tf32 == "off":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def time_train(args, variant, n, out):
+    set_tf32(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = args.device
@@ -144,6 +153,7 @@ def time_train(args, variant, n, out):
 
 
 def time_infer(args, n, size, out):
+    set_tf32(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     net = UNet().to(args.device).eval()
@@ -180,6 +190,8 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tf32", choices=["default", "off"], default="default",
+                    help="CUDA: PyTorch's default (TF32 in cuDNN convolutions) or strict f32")
     ap.add_argument("--json")
     args = ap.parse_args()
     results = []
@@ -194,6 +206,7 @@ def main():
         results.append(r)
         print(f"| {r['label']} | forward {r['forward_s']:.3f} s | peak {r['peak_rss_mb']:.0f} MB |", flush=True)
     meta = {"benchmark": "pytorch_reference", "torch": torch.__version__, "device": args.device,
+            "tf32": args.tf32 if args.device == "cuda" else None,
             "threads": args.threads, "results": results}
     if args.json:
         with open(args.json, "w") as f:

@@ -21,7 +21,10 @@ fn try_cuda() -> std::result::Result<Device, String> {
     let attempt = std::panic::catch_unwind(|| Device::new_cuda(0));
     std::panic::set_hook(previous);
     match attempt {
-        Ok(Ok(d)) => Ok(d),
+        Ok(Ok(d)) => {
+            set_tf32(tf32_requested());
+            Ok(d)
+        }
         Ok(Err(e)) => Err(format!("no usable CUDA device: {e}")),
         Err(p) => {
             let why = p
@@ -32,6 +35,22 @@ fn try_cuda() -> std::result::Result<Device, String> {
             Err(format!("no usable CUDA device: {why}"))
         }
     }
+}
+
+/// Whether `METRICUNET_TF32=1` asks for TF32 matrix products on CUDA.
+pub fn tf32_requested() -> bool {
+    std::env::var("METRICUNET_TF32").is_ok_and(|v| v == "1")
+}
+
+/// Let cuBLAS use TF32 tensor cores for f32 matrix products (candle's reduced-precision
+/// flag; the convolutions are im2col + matrix products). PyTorch allows TF32 in cuDNN
+/// convolutions by default. TF32 keeps 10 mantissa bits: relative errors ~1e-3 per product.
+/// Off unless `METRICUNET_TF32=1`. Without the `cuda` feature this does nothing.
+pub fn set_tf32(on: bool) {
+    #[cfg(feature = "cuda")]
+    candle_core::cuda_backend::set_gemm_reduced_precision_f32(on);
+    #[cfg(not(feature = "cuda"))]
+    let _ = on;
 }
 
 /// The device for `choice`: `cpu`, `cuda` (an error if unavailable) or `auto` (CUDA when
@@ -57,6 +76,7 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device> {
 pub fn device_name(d: &Device) -> String {
     match d {
         Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
+        Device::Cuda(_) if tf32_requested() => "cuda:0 (TF32)".into(),
         Device::Cuda(_) => "cuda:0".into(),
         _ => format!("{d:?}"),
     }
