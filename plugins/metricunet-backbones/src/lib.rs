@@ -9,6 +9,7 @@
 //!   from cross-entropy.
 //! - `unet-light`: the light stage-1 UNet on 5-slice inputs (fewer, narrower levels).
 
+pub mod bn_relu;
 pub mod conv;
 pub mod conv_cpu;
 mod unet;

@@ -21,7 +21,7 @@
 use candle_core::Tensor;
 use candle_nn::{
     BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
-    Module, ModuleT, VarBuilder,
+    Module, VarBuilder,
 };
 use metricunet_core::{
     inventory, Backbone, BackboneContext, BackboneOutput, BackbonePlugin, CoreError, ParamSpec,
@@ -113,7 +113,7 @@ impl ConvBnRelu {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.bn.forward_t(&conv_same(&self.conv, x)?, train)?.relu()
+        crate::bn_relu::batch_norm_relu(&conv_same(&self.conv, x)?, &self.bn, train)
     }
 }
 

@@ -1,0 +1,371 @@
+//! BatchNorm in training mode followed by ReLU, fused into one CPU op with its own backward.
+//!
+//! candle's `BatchNorm::forward_train` copies the input to channel-major order, builds the
+//! centred input, its square, the normalised and the scaled and shifted tensor (each a full
+//! copy, each kept by the autograd graph), and ReLU adds one more; the backward walks all of
+//! them. Here the forward is one pass over the input (after one pass for the statistics) and
+//! the graph keeps only the input and the output; the backward is the closed form of the
+//! BatchNorm gradient (two passes):
+//!
+//! ```text
+//! g      = dL/dy * [y > 0]
+//! dbeta  = sum g,   dgamma = sum g * xhat,   xhat = (x - mean) / sqrt(var + eps)
+//! dx     = gamma / sqrt(var + eps) * (g - dbeta / M - xhat * dgamma / M)
+//! ```
+//!
+//! over the `M = N H W` values of each channel. Statistics are accumulated in f64. The running
+//! statistics are updated as candle does (momentum, unbiased variance). Checked against
+//! candle's BatchNorm + ReLU (values and gradients) below and by finite differences in
+//! `tests/finite_differences.rs`. On other devices, and with `METRICUNET_CANDLE_BN=1`, candle's
+//! own ops are used.
+
+use candle_core::{
+    CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, Var, WithDType,
+};
+use candle_nn::{BatchNorm, ModuleT};
+use rayon::prelude::*;
+
+use crate::conv_cpu::Elem;
+
+/// Per-channel batch statistics, kept by the op for its backward.
+struct BnRelu {
+    mean: Vec<f64>,
+    invstd: Vec<f64>,
+    /// Values per (image, channel) block.
+    hw: usize,
+}
+
+/// Whether `METRICUNET_CANDLE_BN=1` asks for candle's BatchNorm (for side-by-side runs).
+fn candle_bn() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| std::env::var("METRICUNET_CANDLE_BN").is_ok_and(|v| v == "1"))
+}
+
+fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("bn-relu: non-contiguous input {:?}", l.shape())
+    };
+    Ok(&s.as_slice::<T>()?[a..b])
+}
+
+/// Per-channel mean and biased variance of `x` (N, C, H*W), in f64.
+fn statistics<T: Elem + Into<f64>>(x: &[T], c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = x.len() / (c * hw).max(1);
+    let m = (n * hw).max(1) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s, mut s2) = (0.0f64, 0.0f64);
+            for i in 0..n {
+                for &v in &x[(i * c + ch) * hw..][..hw] {
+                    let v: f64 = v.into();
+                    s += v;
+                    s2 += v * v;
+                }
+            }
+            let mean = s / m;
+            (mean, (s2 / m - mean * mean).max(0.0))
+        })
+        .unzip()
+}
+
+/// f32 or f64 (`WithDType::from_f64` converts back).
+trait Float: Elem + Into<f64> + WithDType {}
+impl Float for f32 {}
+impl Float for f64 {}
+
+impl BnRelu {
+    fn forward<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
+        let c = self.mean.len();
+        let mut y = vec![T::default(); x.len()];
+        y.par_chunks_mut(self.hw)
+            .zip(x.par_chunks(self.hw))
+            .enumerate()
+            .for_each(|(block, (yb, xb))| {
+                let ch = block % c;
+                let scale = gamma[ch].into() * self.invstd[ch];
+                let shift = beta[ch].into() - self.mean[ch] * scale;
+                for (o, &v) in yb.iter_mut().zip(xb) {
+                    *o = T::from_f64((v.into() * scale + shift).max(0.0));
+                }
+            });
+        y
+    }
+
+    /// (dx, dgamma, dbeta).
+    fn backward<T: Float>(&self, x: &[T], gamma: &[T], y: &[T], dy: &[T]) -> [Vec<T>; 3] {
+        let (c, hw) = (self.mean.len(), self.hw);
+        let n = x.len() / (c * hw).max(1);
+        let m = (n * hw).max(1) as f64;
+        // per channel: sum g, sum g * xhat (g = dy where y > 0)
+        let (dbeta, dgamma): (Vec<f64>, Vec<f64>) = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mu, is) = (self.mean[ch], self.invstd[ch]);
+                let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+                for i in 0..n {
+                    let at = (i * c + ch) * hw;
+                    for ((&xv, &yv), &gv) in x[at..][..hw]
+                        .iter()
+                        .zip(&y[at..][..hw])
+                        .zip(&dy[at..][..hw])
+                    {
+                        if yv.into() > 0.0 {
+                            let g: f64 = gv.into();
+                            sg += g;
+                            sgx += g * (xv.into() - mu) * is;
+                        }
+                    }
+                }
+                (sg, sgx)
+            })
+            .unzip();
+        let mut dx = vec![T::default(); x.len()];
+        dx.par_chunks_mut(hw).enumerate().for_each(|(block, out)| {
+            let ch = block % c;
+            let at = block * hw;
+            let (mu, is) = (self.mean[ch], self.invstd[ch]);
+            let k = gamma[ch].into() * is;
+            let (mb, mg) = (dbeta[ch] / m, dgamma[ch] / m);
+            for (j, o) in out.iter_mut().enumerate() {
+                let g = if y[at + j].into() > 0.0 {
+                    dy[at + j].into()
+                } else {
+                    0.0
+                };
+                let xhat = (x[at + j].into() - mu) * is;
+                *o = T::from_f64(k * (g - mb - xhat * mg));
+            }
+        });
+        let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect::<Vec<T>>();
+        [dx, cast(dgamma), cast(dbeta)]
+    }
+}
+
+impl CustomOp3 for BnRelu {
+    fn name(&self) -> &'static str {
+        "batch-norm-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(self.forward::<f32>(
+                contiguous(s1, l1)?,
+                contiguous(s2, l2)?,
+                contiguous(s3, l3)?,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(self.forward::<f64>(
+                contiguous(s1, l1)?,
+                contiguous(s2, l2)?,
+                contiguous(s3, l3)?,
+            )),
+            _ => candle_core::bail!("bn-relu: f32 or f64 only"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = dense(grad)?;
+        let run = |dtype: DType| -> Result<[Tensor; 3]> {
+            let (sx, lx) = x.storage_and_layout();
+            let (sg, lg) = gamma.storage_and_layout();
+            let (sy, ly) = res.storage_and_layout();
+            let (sd, ld) = grad.storage_and_layout();
+            let (Storage::Cpu(sx), Storage::Cpu(sg), Storage::Cpu(sy), Storage::Cpu(sd)) =
+                (&*sx, &*sg, &*sy, &*sd)
+            else {
+                candle_core::bail!("bn-relu: CPU tensors expected")
+            };
+            let parts = match dtype {
+                DType::F32 => self
+                    .backward::<f32>(
+                        contiguous(sx, lx)?,
+                        contiguous(sg, lg)?,
+                        contiguous(sy, ly)?,
+                        contiguous(sd, ld)?,
+                    )
+                    .map(|v| {
+                        let len = v.len();
+                        Tensor::from_vec(v, len, &candle_core::Device::Cpu)
+                    }),
+                DType::F64 => self
+                    .backward::<f64>(
+                        contiguous(sx, lx)?,
+                        contiguous(sg, lg)?,
+                        contiguous(sy, ly)?,
+                        contiguous(sd, ld)?,
+                    )
+                    .map(|v| {
+                        let len = v.len();
+                        Tensor::from_vec(v, len, &candle_core::Device::Cpu)
+                    }),
+                other => candle_core::bail!("bn-relu: f32 or f64 only, got {other:?}"),
+            };
+            let [a, b, c] = parts;
+            Ok([a?, b?, c?])
+        };
+        let [dx, dg, db] = run(x.dtype())?;
+        Ok((
+            Some(dx.reshape(x.shape())?),
+            Some(dg.reshape(gamma.shape())?),
+            Some(db.reshape(gamma.shape())?),
+        ))
+    }
+}
+
+/// `t` itself where it is contiguous from offset 0, else a contiguous copy.
+fn dense(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() && t.layout().start_offset() == 0 {
+        Ok(t.clone())
+    } else {
+        t.force_contiguous()
+    }
+}
+
+/// ReLU(BatchNorm(x)) for an `(N, C, H, W)` input; `train` uses (and updates) batch
+/// statistics as candle's `BatchNorm::forward_t` does.
+pub fn batch_norm_relu(x: &Tensor, bn: &BatchNorm, train: bool) -> Result<Tensor> {
+    let fused = train
+        && !candle_bn()
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.rank() == 4
+        && bn.weight_and_bias().is_some();
+    let Some((gamma, beta)) = bn.weight_and_bias().filter(|_| fused) else {
+        return bn.forward_t(x, train)?.relu();
+    };
+    let (n, c, h, w) = x.dims4()?;
+    if gamma.dims() != [c] || bn.running_mean().dims() != [c] {
+        candle_core::bail!(
+            "bn-relu: {c} channels in the input, {:?} in the BatchNorm",
+            gamma.dims()
+        )
+    }
+    let x = dense(x)?;
+    let (mean, var) = {
+        let (s, l) = x.storage_and_layout();
+        let Storage::Cpu(s) = &*s else {
+            candle_core::bail!("bn-relu: CPU tensor expected")
+        };
+        match x.dtype() {
+            DType::F32 => statistics(contiguous::<f32>(s, l)?, c, h * w),
+            _ => statistics(contiguous::<f64>(s, l)?, c, h * w),
+        }
+    };
+    // running statistics as candle updates them (unbiased variance, M = N H W)
+    let m = (n * h * w) as f64;
+    let momentum = bn.momentum();
+    let dev = x.device();
+    let rm = Var::from_tensor(bn.running_mean())?;
+    let rv = Var::from_tensor(bn.running_var())?;
+    let mean_t = Tensor::from_vec(mean.clone(), c, dev)?.to_dtype(rm.dtype())?;
+    let var_t = Tensor::from_vec(var.clone(), c, dev)?.to_dtype(rv.dtype())?;
+    rm.set(&((rm.as_tensor().detach() * (1.0 - momentum))? + (mean_t * momentum)?)?)?;
+    let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+    rv.set(&((rv.as_tensor().detach() * (1.0 - momentum))? + (var_t * (momentum * unbiased))?)?)?;
+    let eps = bn.eps();
+    let op = BnRelu {
+        invstd: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+        mean,
+        hw: h * w,
+    };
+    x.apply_op3(&dense(gamma)?, &dense(beta)?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::{BatchNormConfig, VarBuilder, VarMap};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Values, gradients (input, weight, bias) and running statistics against candle's
+    /// BatchNorm + ReLU, in f64.
+    #[test]
+    fn same_as_candle_batch_norm_and_relu() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (n, c, h, w) = (3, 4, 5, 6);
+        let make = |vars: &VarMap| {
+            let vb = VarBuilder::from_varmap(vars, DType::F64, &Device::Cpu);
+            candle_nn::batch_norm(c, BatchNormConfig::default(), vb).expect("bn")
+        };
+        let (va, vb) = (VarMap::new(), VarMap::new());
+        let (bn_a, bn_b) = (make(&va), make(&vb));
+        // the same non-trivial weight and bias in both
+        let gw: Vec<f64> = (0..c).map(|_| rng.random_range(0.5..1.5)).collect();
+        let gb: Vec<f64> = (0..c).map(|_| rng.random_range(-0.5..0.5)).collect();
+        for bn in [&bn_a, &bn_b] {
+            let (g, b) = bn.weight_and_bias().expect("affine");
+            Var::from_tensor(g)
+                .unwrap()
+                .set(&Tensor::new(gw.as_slice(), &Device::Cpu).unwrap())
+                .unwrap();
+            Var::from_tensor(b)
+                .unwrap()
+                .set(&Tensor::new(gb.as_slice(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        let xs: Vec<f64> = (0..n * c * h * w)
+            .map(|_| rng.random_range(-2.0..3.0))
+            .collect();
+        let up: Vec<f64> = (0..n * c * h * w)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let up = Tensor::from_vec(up, (n, c, h, w), &Device::Cpu).unwrap();
+        let mut results = Vec::new();
+        for (fused, bn) in [(true, &bn_a), (false, &bn_b)] {
+            let x = Var::from_vec(xs.clone(), (n, c, h, w), &Device::Cpu).unwrap();
+            let y = if fused {
+                batch_norm_relu(x.as_tensor(), bn, true).unwrap()
+            } else {
+                bn.forward_t(x.as_tensor(), true).unwrap().relu().unwrap()
+            };
+            let loss = (&y * &up).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let (g, b) = bn.weight_and_bias().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            results.push([
+                flat(&y),
+                flat(grads.get(x.as_tensor()).unwrap()),
+                flat(grads.get(g).unwrap()),
+                flat(grads.get(b).unwrap()),
+                flat(bn.running_mean()),
+                flat(bn.running_var()),
+            ]);
+        }
+        let names = [
+            "output",
+            "dx",
+            "dgamma",
+            "dbeta",
+            "running mean",
+            "running var",
+        ];
+        for (k, name) in names.iter().enumerate() {
+            for (a, b) in results[0][k].iter().zip(&results[1][k]) {
+                assert!(
+                    (a - b).abs() < 1e-10 * (1.0 + b.abs()),
+                    "{name}: {a} vs {b}"
+                );
+            }
+        }
+        // the running statistics moved
+        assert!(results[0][4].iter().any(|v| v.abs() > 1e-3));
+    }
+}
