@@ -13,7 +13,11 @@
 //! dx     = gamma / sqrt(var + eps) * (g - dbeta / M - xhat * dgamma / M)
 //! ```
 //!
-//! over the `M = N H W` values of each channel. Statistics are accumulated in f64. The running
+//! over the `M = N H W` values of each channel. Statistics are accumulated in f64. A bias of
+//! the convolution before the BatchNorm is folded in: in training mode a per-channel constant
+//! only moves the batch mean, so the output does not depend on it and its exact gradient is 0
+//! (candle computed that zero, up to rounding, as a strided reduction over the whole output
+//! gradient: 8 % of a training step); it still enters the running mean. The running
 //! statistics are updated as candle does (momentum, unbiased variance). Checked against
 //! candle's BatchNorm + ReLU (values and gradients) below and by finite differences in
 //! `tests/finite_differences.rs`. On other devices, and with `METRICUNET_CANDLE_BN=1`, candle's
@@ -75,8 +79,10 @@ impl Float for f32 {}
 impl Float for f64 {}
 
 impl BnRelu {
-    fn forward<T: Float>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
+    /// `gb`: the BatchNorm weight, then the convolution bias (`2 x C`).
+    fn forward<T: Float>(&self, x: &[T], gb: &[T], beta: &[T]) -> Vec<T> {
         let c = self.mean.len();
+        let gamma = &gb[..c];
         let mut y = vec![T::default(); x.len()];
         y.par_chunks_mut(self.hw)
             .zip(x.par_chunks(self.hw))
@@ -92,9 +98,10 @@ impl BnRelu {
         y
     }
 
-    /// (dx, dgamma, dbeta).
-    fn backward<T: Float>(&self, x: &[T], gamma: &[T], y: &[T], dy: &[T]) -> [Vec<T>; 3] {
+    /// (dx, [dgamma, dbias = 0], dbeta).
+    fn backward<T: Float>(&self, x: &[T], gb: &[T], y: &[T], dy: &[T]) -> [Vec<T>; 3] {
         let (c, hw) = (self.mean.len(), self.hw);
+        let gamma = &gb[..c];
         let n = x.len() / (c * hw).max(1);
         let m = (n * hw).max(1) as f64;
         // per channel: sum g, sum g * xhat (g = dy where y > 0)
@@ -138,7 +145,9 @@ impl BnRelu {
             }
         });
         let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect::<Vec<T>>();
-        [dx, cast(dgamma), cast(dbeta)]
+        let mut dgb = cast(dgamma);
+        dgb.resize(2 * c, T::default());
+        [dx, dgb, cast(dbeta)]
     }
 }
 
@@ -176,7 +185,7 @@ impl CustomOp3 for BnRelu {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
+        beta: &Tensor,
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -219,11 +228,11 @@ impl CustomOp3 for BnRelu {
             let [a, b, c] = parts;
             Ok([a?, b?, c?])
         };
-        let [dx, dg, db] = run(x.dtype())?;
+        let [dx, dgb, db] = run(x.dtype())?;
         Ok((
             Some(dx.reshape(x.shape())?),
-            Some(dg.reshape(gamma.shape())?),
-            Some(db.reshape(gamma.shape())?),
+            Some(dgb.reshape(gamma.shape())?),
+            Some(db.reshape(beta.shape())?),
         ))
     }
 }
@@ -240,6 +249,18 @@ fn dense(t: &Tensor) -> Result<Tensor> {
 /// ReLU(BatchNorm(x)) for an `(N, C, H, W)` input; `train` uses (and updates) batch
 /// statistics as candle's `BatchNorm::forward_t` does.
 pub fn batch_norm_relu(x: &Tensor, bn: &BatchNorm, train: bool) -> Result<Tensor> {
+    bias_batch_norm_relu(x, None, bn, train)
+}
+
+/// ReLU(BatchNorm(x + bias)) (`bias` per channel: a convolution's) for an `(N, C, H, W)`
+/// input; `train` uses (and updates) batch statistics as candle's `BatchNorm::forward_t`
+/// does.
+pub fn bias_batch_norm_relu(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    bn: &BatchNorm,
+    train: bool,
+) -> Result<Tensor> {
     let fused = train
         && !candle_bn()
         && x.device().is_cpu()
@@ -247,13 +268,21 @@ pub fn batch_norm_relu(x: &Tensor, bn: &BatchNorm, train: bool) -> Result<Tensor
         && x.rank() == 4
         && bn.weight_and_bias().is_some();
     let Some((gamma, beta)) = bn.weight_and_bias().filter(|_| fused) else {
-        return bn.forward_t(x, train)?.relu();
+        let x = match bias {
+            Some(b) => x.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
+            None => x.clone(),
+        };
+        return bn.forward_t(&x, train)?.relu();
     };
     let (n, c, h, w) = x.dims4()?;
-    if gamma.dims() != [c] || bn.running_mean().dims() != [c] {
+    if gamma.dims() != [c]
+        || bn.running_mean().dims() != [c]
+        || bias.is_some_and(|b| b.dims() != [c])
+    {
         candle_core::bail!(
-            "bn-relu: {c} channels in the input, {:?} in the BatchNorm",
-            gamma.dims()
+            "bn-relu: {c} channels in the input, {:?} in the BatchNorm, bias {:?}",
+            gamma.dims(),
+            bias.map(|b| b.dims().to_vec())
         )
     }
     let x = dense(x)?;
@@ -267,15 +296,19 @@ pub fn batch_norm_relu(x: &Tensor, bn: &BatchNorm, train: bool) -> Result<Tensor
             _ => statistics(contiguous::<f64>(s, l)?, c, h * w),
         }
     };
-    // running statistics as candle updates them (unbiased variance, M = N H W)
+    // running statistics as candle updates them (the bias moves the mean; unbiased variance
+    // with M = N H W)
     let m = (n * h * w) as f64;
     let momentum = bn.momentum();
     let dev = x.device();
     let rm = Var::from_tensor(bn.running_mean())?;
     let rv = Var::from_tensor(bn.running_var())?;
-    let mean_t = Tensor::from_vec(mean.clone(), c, dev)?.to_dtype(rm.dtype())?;
+    let mut batch_mean = Tensor::from_vec(mean.clone(), c, dev)?.to_dtype(rm.dtype())?;
+    if let Some(b) = bias {
+        batch_mean = (batch_mean + b.detach().to_dtype(rm.dtype())?)?;
+    }
     let var_t = Tensor::from_vec(var.clone(), c, dev)?.to_dtype(rv.dtype())?;
-    rm.set(&((rm.as_tensor().detach() * (1.0 - momentum))? + (mean_t * momentum)?)?)?;
+    rm.set(&((rm.as_tensor().detach() * (1.0 - momentum))? + (batch_mean * momentum)?)?)?;
     let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
     rv.set(&((rv.as_tensor().detach() * (1.0 - momentum))? + (var_t * (momentum * unbiased))?)?)?;
     let eps = bn.eps();
@@ -284,7 +317,13 @@ pub fn batch_norm_relu(x: &Tensor, bn: &BatchNorm, train: bool) -> Result<Tensor
         mean,
         hw: h * w,
     };
-    x.apply_op3(&dense(gamma)?, &dense(beta)?, op)
+    // the weight and the bias as one (2, C) operand (candle's custom ops take three)
+    let bias = match bias {
+        Some(b) => b.clone(),
+        None => gamma.zeros_like()?,
+    };
+    let gb = Tensor::stack(&[gamma, &bias], 0)?.contiguous()?;
+    x.apply_op3(&gb, &dense(beta)?, op)
 }
 
 #[cfg(test)]
@@ -366,6 +405,6 @@ mod tests {
             }
         }
         // the running statistics moved
-        assert!(results[0][4].iter().any(|v| v.abs() > 1e-3));
+        assert!(results[0][5].iter().any(|v| v.abs() > 1e-3));
     }
 }

@@ -113,7 +113,8 @@ impl ConvBnRelu {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        crate::bn_relu::batch_norm_relu(&conv_same(&self.conv, x)?, &self.bn, train)
+        let y = crate::conv::conv2d_same(x, self.conv.weight())?;
+        crate::bn_relu::bias_batch_norm_relu(&y, self.conv.bias(), &self.bn, train)
     }
 }
 
