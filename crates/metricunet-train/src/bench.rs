@@ -28,6 +28,21 @@ pub struct StepCase {
     pub metric: MetricConfig,
 }
 
+impl StepCase {
+    /// The stage of this case (seed 0, default training settings).
+    fn stage_spec(&self, name: &str) -> StageSpec {
+        StageSpec {
+            name: name.into(),
+            backbone: self.backbone.clone(),
+            in_channels: self.in_channels,
+            training: TrainingConfig::default(),
+            metric: self.metric.clone(),
+            seed: 0,
+            config_hash: String::new(),
+        }
+    }
+}
+
 /// Medians over the timed steps, in seconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepTiming {
@@ -107,15 +122,7 @@ pub fn time_steps(
     warmup: usize,
     steps: usize,
 ) -> Result<StepTiming> {
-    let spec = StageSpec {
-        name: "bench".into(),
-        backbone: case.backbone.clone(),
-        in_channels: case.in_channels,
-        training: TrainingConfig::default(),
-        metric: case.metric.clone(),
-        seed: 0,
-        config_hash: String::new(),
-    };
+    let spec = case.stage_spec("bench");
     reset_peak_rss();
     let vars = VarMap::new();
     let net = build_backbone(&spec, &vars, device)?;
@@ -190,15 +197,7 @@ fn flat(t: &Tensor) -> Result<Vec<f64>> {
 /// same seeded weights, batch and sampler seed as on any other device: forward, loss,
 /// backward, one SGD step (lr 0.01, momentum 0.9, weight decay 1e-4).
 pub fn one_step(case: &StepCase, device: &Device, dtype: DType) -> Result<StepSnapshot> {
-    let spec = StageSpec {
-        name: "parity".into(),
-        backbone: case.backbone.clone(),
-        in_channels: case.in_channels,
-        training: TrainingConfig::default(),
-        metric: case.metric.clone(),
-        seed: 0,
-        config_hash: String::new(),
-    };
+    let spec = case.stage_spec("parity");
     let vars = VarMap::new();
     let net = build_backbone_as(&spec, &vars, device, dtype)?;
     seeded_init(&vars, 0)?;

@@ -3,7 +3,9 @@
 
 use candle_core::{DType, Device};
 use metricunet_core::config::{MetricConfig, PluginSpec};
-use metricunet_train::bench::{compare_steps, one_step, relative_difference, StepCase};
+use metricunet_train::bench::{
+    compare_steps, one_step, relative_difference, StepCase, StepSnapshot,
+};
 use serde_norway::{Mapping, Value};
 
 fn case(samplers: &[&str]) -> StepCase {
@@ -35,6 +37,16 @@ fn case(samplers: &[&str]) -> StepCase {
         batch: 2,
         metric,
     }
+}
+
+/// Euclidean norm of all gradients together.
+fn grad_norm(s: &StepSnapshot) -> f64 {
+    s.grads
+        .iter()
+        .flat_map(|(_, g)| g)
+        .map(|v| v.powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 #[test]
@@ -85,13 +97,7 @@ fn comparison_reports_the_worst_tensor() {
     assert_eq!(d.worst_grad.0, name);
     assert!((d.worst_grad.1 - 0.01).abs() < 1e-4, "{d:?}");
     // over all gradients together: 1 % of that tensor's norm over the norm of all
-    let all = a
-        .grads
-        .iter()
-        .flat_map(|(_, g)| g)
-        .map(|v| v.powi(2))
-        .sum::<f64>()
-        .sqrt();
+    let all = grad_norm(&a);
     assert!(
         (d.grads - 0.01 * norm / all).abs() < 1e-4 * d.grads,
         "{d:?}"
@@ -109,13 +115,7 @@ fn numerically_zero_gradient_uses_the_whole_scale() {
     g.iter_mut().for_each(|v| *v = 0.0);
     g[0] = 1e-9;
     let name = name.clone();
-    let total = a
-        .grads
-        .iter()
-        .flat_map(|(_, g)| g)
-        .map(|v| v.powi(2))
-        .sum::<f64>()
-        .sqrt();
+    let total = grad_norm(&a);
     let mut b = a.clone();
     b.grads[0].1[0] = -1e-9;
     let d = compare_steps(&b, &a).unwrap();

@@ -151,6 +151,25 @@ impl BnRelu {
     }
 }
 
+impl BnRelu {
+    /// [`BnRelu::backward`] on CPU tensors `[x, gb, y, dy]`, as flat tensors.
+    fn backward_tensors<T: Float>(&self, t: [&Tensor; 4]) -> Result<[Tensor; 3]> {
+        let guards = t.map(|t| t.storage_and_layout());
+        let mut v: Vec<&[T]> = Vec::with_capacity(4);
+        for (s, l) in &guards {
+            let Storage::Cpu(s) = &**s else {
+                candle_core::bail!("bn-relu: CPU tensors expected")
+            };
+            v.push(contiguous(s, l)?);
+        }
+        let [a, b, c] = self.backward::<T>(v[0], v[1], v[2], v[3]).map(|v| {
+            let len = v.len();
+            Tensor::from_vec(v, len, &candle_core::Device::Cpu)
+        });
+        Ok([a?, b?, c?])
+    }
+}
+
 impl CustomOp3 for BnRelu {
     fn name(&self) -> &'static str {
         "batch-norm-relu"
@@ -190,45 +209,12 @@ impl CustomOp3 for BnRelu {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = dense(grad)?;
-        let run = |dtype: DType| -> Result<[Tensor; 3]> {
-            let (sx, lx) = x.storage_and_layout();
-            let (sg, lg) = gamma.storage_and_layout();
-            let (sy, ly) = res.storage_and_layout();
-            let (sd, ld) = grad.storage_and_layout();
-            let (Storage::Cpu(sx), Storage::Cpu(sg), Storage::Cpu(sy), Storage::Cpu(sd)) =
-                (&*sx, &*sg, &*sy, &*sd)
-            else {
-                candle_core::bail!("bn-relu: CPU tensors expected")
-            };
-            let parts = match dtype {
-                DType::F32 => self
-                    .backward::<f32>(
-                        contiguous(sx, lx)?,
-                        contiguous(sg, lg)?,
-                        contiguous(sy, ly)?,
-                        contiguous(sd, ld)?,
-                    )
-                    .map(|v| {
-                        let len = v.len();
-                        Tensor::from_vec(v, len, &candle_core::Device::Cpu)
-                    }),
-                DType::F64 => self
-                    .backward::<f64>(
-                        contiguous(sx, lx)?,
-                        contiguous(sg, lg)?,
-                        contiguous(sy, ly)?,
-                        contiguous(sd, ld)?,
-                    )
-                    .map(|v| {
-                        let len = v.len();
-                        Tensor::from_vec(v, len, &candle_core::Device::Cpu)
-                    }),
-                other => candle_core::bail!("bn-relu: f32 or f64 only, got {other:?}"),
-            };
-            let [a, b, c] = parts;
-            Ok([a?, b?, c?])
+        let parts = [x, gamma, res, &grad];
+        let [dx, dgb, db] = match x.dtype() {
+            DType::F32 => self.backward_tensors::<f32>(parts)?,
+            DType::F64 => self.backward_tensors::<f64>(parts)?,
+            other => candle_core::bail!("bn-relu: f32 or f64 only, got {other:?}"),
         };
-        let [dx, dgb, db] = run(x.dtype())?;
         Ok((
             Some(dx.reshape(x.shape())?),
             Some(dgb.reshape(gamma.shape())?),

@@ -77,6 +77,14 @@ fn pad<T: Elem>(src: &[T], c: usize, g: &Geometry, dst: &mut [T]) {
     }
 }
 
+/// Image `i` of a batch with `c` channels, zero-padded (`c * stride` values).
+fn padded_image<T: Elem>(batch: &[T], i: usize, c: usize, g: &Geometry) -> Vec<T> {
+    let hw = g.h * g.w;
+    let mut padded = vec![T::default(); c * g.stride()];
+    pad(&batch[i * c * hw..][..c * hw], c, g, &mut padded);
+    padded
+}
+
 /// The valid columns of a wide `c x h x wp` result into `c x h x w`.
 fn unwide<T: Elem>(wide: &[T], c: usize, g: &Geometry, dst: &mut [T]) {
     let (wp, n) = (g.wp(), g.wide());
@@ -237,8 +245,7 @@ pub fn weight_grad<T: Elem>(x: &[T], grad: &[T], g: &Geometry) -> Vec<T> {
     let (images, par) = split(g.batch);
     // one image's contribution, accumulated into `acc`
     let add_image = |i: usize, acc: &mut [T], par: Parallelism| {
-        let mut padded = vec![T::default(); g.cin * s];
-        pad(&x[i * g.cin * hw..][..g.cin * hw], g.cin, g, &mut padded);
+        let padded = padded_image(x, i, g.cin, g);
         // the output gradient on the wide grid, zero in the discarded columns
         let mut wide = vec![T::default(); g.cout * n];
         let gi = &grad[i * g.cout * hw..][..g.cout * hw];
