@@ -245,11 +245,10 @@ pub fn infer(
 }
 
 /// `metricunet bench parity`: one training step on `device` against the same step on the CPU
-/// (same seeded weights, batch and sampler seed); fails where a relative difference over the
-/// whole step (loss, logits, all gradients, all stepped variables) exceeds `tolerance`. Both
-/// f32 steps are also compared with the step on the CPU in f64: where the device's error
-/// against f64 is the CPU's, the difference between them is f32 rounding (another summation
-/// order), not a wrong kernel.
+/// (same seeded weights, batch and sampler seed), both in f32, and both against the step on the
+/// CPU in f64. Passes when, over the whole step (loss, logits, all gradients, all stepped
+/// variables), the device is within `tolerance` of the f64 step or no more than 3x as far
+/// from it as the CPU's f32 step (f32 rounding in another summation order, not a wrong kernel).
 pub fn parity(
     model: &str,
     batch: usize,
@@ -259,7 +258,7 @@ pub fn parity(
     tolerance: f64,
 ) -> Result<String> {
     use candle_core::{DType, Device};
-    use metricunet_train::bench::{compare_steps, one_step, StepDifference};
+    use metricunet_train::bench::{compare_steps, one_step, within_rounding, StepDifference};
     let device = select_device(device)?;
     let device_name = metricunet_train::device::device_name(&device);
     let Some((name, enc, dec)) = MODELS.iter().find(|(n, _, _)| *n == model) else {
@@ -283,6 +282,7 @@ pub fn parity(
         );
     };
     let mut worst = 0.0f64;
+    let mut failed = Vec::new();
     for v in variants {
         let (net, m) = metric(v)?;
         let case = StepCase {
@@ -302,21 +302,14 @@ pub fn parity(
         let got = one_step(&case, &device, DType::F32)?;
         let d = compare_steps(&got, &cpu)?;
         let dev32 = format!("{device_name} f32");
+        let dev_exact = compare_steps(&got, &exact)?;
+        let cpu_exact = compare_steps(&cpu, &exact)?;
         row(&mut out, v, &dev32, "cpu f32", &d);
-        row(
-            &mut out,
-            v,
-            &dev32,
-            "cpu f64",
-            &compare_steps(&got, &exact)?,
-        );
-        row(
-            &mut out,
-            v,
-            "cpu f32",
-            "cpu f64",
-            &compare_steps(&cpu, &exact)?,
-        );
+        row(&mut out, v, &dev32, "cpu f64", &dev_exact);
+        row(&mut out, v, "cpu f32", "cpu f64", &cpu_exact);
+        if !within_rounding(&dev_exact, &cpu_exact, tolerance, 3.0) {
+            failed.push(v.clone());
+        }
         worst = if d.max().is_nan() {
             f64::NAN
         } else {
@@ -325,11 +318,16 @@ pub fn parity(
     }
     let _ = writeln!(
         out,
-        "\nlargest difference {device_name} f32 vs cpu f32 over the whole step: {worst:.2e} (tolerance {tolerance:.0e}). Per tensor, a gradient that is zero up to rounding (a convolution bias before BatchNorm) is divided by 1e-4 x the whole gradient's norm."
+        "\nlargest difference {device_name} f32 vs cpu f32 over the whole step: {worst:.2e} ({}). Pass: {device_name} within {tolerance:.0e} of the f64 step, or no more than 3x as far from it as the cpu f32 step. Per tensor, a gradient that is zero up to rounding (a convolution bias before BatchNorm) is divided by 1e-4 x the whole gradient's norm.",
+        if worst <= tolerance { format!("within {tolerance:.0e}") } else { format!("above {tolerance:.0e}") }
     );
-    if worst.is_nan() || worst > tolerance {
+    if !failed.is_empty() {
         print!("{out}");
-        bail!("bench parity: a relative difference of {worst:.2e} exceeds the tolerance {tolerance:.0e}");
+        bail!(
+            "bench parity: {device_name} is further from the f64 step than f32 rounding explains for {}",
+            failed.join(", ")
+        );
     }
+    let _ = writeln!(out, "parity: passed");
     Ok(out)
 }

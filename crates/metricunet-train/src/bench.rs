@@ -279,6 +279,34 @@ impl StepDifference {
     }
 }
 
+/// The verdict of a device check: the device's step is as accurate as the CPU's f32 step when
+/// each whole-step difference of the device from the exact (f64) step is within
+/// `max(tolerance, factor x` the CPU f32 step's difference from it`)`. A wrong kernel is off by
+/// far more than rounding; f32 rounding itself is 1e-4..1e-3 for the gradients of this network
+/// (BatchNorm reductions over 16 k values per channel).
+pub fn within_rounding(
+    device_vs_exact: &StepDifference,
+    cpu_vs_exact: &StepDifference,
+    tolerance: f64,
+    factor: f64,
+) -> bool {
+    let d = [
+        device_vs_exact.loss,
+        device_vs_exact.logits,
+        device_vs_exact.grads,
+        device_vs_exact.after,
+    ];
+    let c = [
+        cpu_vs_exact.loss,
+        cpu_vs_exact.logits,
+        cpu_vs_exact.grads,
+        cpu_vs_exact.after,
+    ];
+    d.iter()
+        .zip(&c)
+        .all(|(d, c)| !d.is_nan() && *d <= tolerance.max(factor * c))
+}
+
 fn norm2(v: &[f64]) -> f64 {
     v.iter().map(|x| x.powi(2)).sum()
 }

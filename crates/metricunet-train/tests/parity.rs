@@ -4,7 +4,8 @@
 use candle_core::{DType, Device};
 use metricunet_core::config::{MetricConfig, PluginSpec};
 use metricunet_train::bench::{
-    compare_steps, one_step, relative_difference, StepCase, StepSnapshot,
+    compare_steps, one_step, relative_difference, within_rounding, StepCase, StepDifference,
+    StepSnapshot,
 };
 use serde_norway::{Mapping, Value};
 
@@ -136,4 +137,27 @@ fn f32_step_is_close_to_the_f64_step() {
     let b = one_step(&c, &Device::Cpu, DType::F64).unwrap();
     let d = compare_steps(&a, &b).unwrap();
     assert!(d.max() > 0.0 && d.max() < 1e-4, "{d:?}");
+}
+
+fn diff(all: f64) -> StepDifference {
+    StepDifference {
+        loss: all / 10.0,
+        logits: all / 10.0,
+        grads: all,
+        after: all / 100.0,
+        worst_grad: ("w".into(), all),
+        worst_after: ("w".into(), all),
+    }
+}
+
+/// The verdict: within the tolerance, or within 3x the CPU's own f32 error; NaN fails.
+#[test]
+fn verdict_of_a_device_check() {
+    // the H200's HCP step: 1.3e-3 from f64 where the CPU's f32 step is 7.6e-4 from it
+    assert!(within_rounding(&diff(1.3e-3), &diff(7.6e-4), 1e-3, 3.0));
+    // TF32: 2.3e-2 where f32 rounding is 2.7e-4
+    assert!(!within_rounding(&diff(2.3e-2), &diff(2.7e-4), 1e-3, 3.0));
+    // below the tolerance passes whatever the CPU's error
+    assert!(within_rounding(&diff(9e-4), &diff(0.0), 1e-3, 3.0));
+    assert!(!within_rounding(&diff(f64::NAN), &diff(1e-4), 1e-3, 3.0));
 }
