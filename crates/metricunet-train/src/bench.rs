@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::checkpoint::named_vars;
 use crate::error::Result;
 use crate::optim::Sgd;
-use crate::trainer::{build_backbone, build_backbone_as, seeded_init, StageSpec};
+use crate::trainer::{build_backbone_as, seeded_init, StageSpec};
 
 /// One configuration to time.
 #[derive(Debug, Clone)]
@@ -40,6 +40,39 @@ impl StepCase {
             seed: 0,
             config_hash: String::new(),
         }
+    }
+}
+
+/// What a timed or compared step starts from: the seeded network, the metric module, SGD
+/// (momentum 0.9, weight decay 1e-4), the sampler RNG and the synthetic batch.
+struct Setup {
+    _vars: VarMap,
+    net: Box<dyn metricunet_core::Backbone>,
+    module: VoxelMetricModule,
+    named: Vec<(String, candle_core::Var)>,
+    opt: Sgd,
+    rng: ChaCha8Rng,
+    x: Tensor,
+    labels: Vec<u8>,
+}
+
+impl Setup {
+    fn new(case: &StepCase, name: &str, device: &Device, dtype: DType) -> Result<Self> {
+        let spec = case.stage_spec(name);
+        let vars = VarMap::new();
+        let net = build_backbone_as(&spec, &vars, device, dtype)?;
+        seeded_init(&vars, 0)?;
+        let (x, labels) = synthetic_batch(case, device, 2)?;
+        Ok(Self {
+            module: VoxelMetricModule::from_config(&case.metric)?,
+            named: named_vars(&vars)?,
+            _vars: vars,
+            net,
+            opt: Sgd::new(0.9, 1e-4),
+            rng: ChaCha8Rng::seed_from_u64(1),
+            x: x.to_dtype(dtype)?,
+            labels,
+        })
     }
 }
 
@@ -122,16 +155,17 @@ pub fn time_steps(
     warmup: usize,
     steps: usize,
 ) -> Result<StepTiming> {
-    let spec = case.stage_spec("bench");
     reset_peak_rss();
-    let vars = VarMap::new();
-    let net = build_backbone(&spec, &vars, device)?;
-    seeded_init(&vars, 0)?;
-    let module = VoxelMetricModule::from_config(&case.metric)?;
-    let named = named_vars(&vars)?;
-    let mut opt = Sgd::new(0.9, 1e-4);
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let (x, labels) = synthetic_batch(case, device, 2)?;
+    let Setup {
+        net,
+        module,
+        named,
+        mut opt,
+        mut rng,
+        x,
+        labels,
+        ..
+    } = Setup::new(case, "bench", device, DType::F32)?;
     let (mut fw, mut bw, mut op) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..warmup + steps {
         let t = Instant::now();
@@ -197,16 +231,16 @@ fn flat(t: &Tensor) -> Result<Vec<f64>> {
 /// same seeded weights, batch and sampler seed as on any other device: forward, loss,
 /// backward, one SGD step (lr 0.01, momentum 0.9, weight decay 1e-4).
 pub fn one_step(case: &StepCase, device: &Device, dtype: DType) -> Result<StepSnapshot> {
-    let spec = case.stage_spec("parity");
-    let vars = VarMap::new();
-    let net = build_backbone_as(&spec, &vars, device, dtype)?;
-    seeded_init(&vars, 0)?;
-    let module = VoxelMetricModule::from_config(&case.metric)?;
-    let named = named_vars(&vars)?;
-    let mut opt = Sgd::new(0.9, 1e-4);
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let (x, labels) = synthetic_batch(case, device, 2)?;
-    let x = x.to_dtype(dtype)?;
+    let Setup {
+        net,
+        module,
+        named,
+        mut opt,
+        mut rng,
+        x,
+        labels,
+        ..
+    } = Setup::new(case, "parity", device, dtype)?;
     let mut before = Vec::new();
     for (name, var) in &named {
         before.push((name.clone(), flat(var.as_tensor())?));
