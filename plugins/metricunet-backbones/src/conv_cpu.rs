@@ -77,11 +77,22 @@ fn pad<T: Elem>(src: &[T], c: usize, g: &Geometry, dst: &mut [T]) {
     }
 }
 
-/// Image `i` of a batch with `c` channels, zero-padded (`c * stride` values).
-fn padded_image<T: Elem>(batch: &[T], i: usize, c: usize, g: &Geometry) -> Vec<T> {
+/// Image `i` of a batch given as channel groups `(values, channels)` (the channels of a
+/// concatenation, in order), zero-padded (`channels * stride` values).
+fn padded_image<T: Elem>(parts: &[(&[T], usize)], i: usize, g: &Geometry) -> Vec<T> {
     let hw = g.h * g.w;
-    let mut padded = vec![T::default(); c * g.stride()];
-    pad(&batch[i * c * hw..][..c * hw], c, g, &mut padded);
+    let total: usize = parts.iter().map(|p| p.1).sum();
+    let mut padded = vec![T::default(); total * g.stride()];
+    let mut at = 0;
+    for &(batch, c) in parts {
+        pad(
+            &batch[i * c * hw..][..c * hw],
+            c,
+            g,
+            &mut padded[at * g.stride()..],
+        );
+        at += c;
+    }
     padded
 }
 
@@ -186,24 +197,18 @@ impl<T> OutPtr<T> {
 /// One "same" convolution of a batch through per-tap matrices of `weights`; `c_from`
 /// channels in, `c_to` out (forward: cin -> cout; input gradient: cout -> cin).
 fn conv_batch<T: Elem>(
-    input: &[T],
+    input: &[(&[T], usize)],
     weights: &[T],
     view: TapView,
-    c_from: usize,
     c_to: usize,
     g: &Geometry,
 ) -> Vec<T> {
-    let (hw, s, n) = (g.h * g.w, g.stride(), g.wide());
+    let (hw, n) = (g.h * g.w, g.wide());
+    let c_from: usize = input.iter().map(|p| p.1).sum();
     let mut out = vec![T::default(); g.batch * c_to * hw];
     let ptr = OutPtr(out.as_mut_ptr());
     for_images(g.batch, |i, par| {
-        let mut padded = vec![T::default(); c_from * s];
-        pad(
-            &input[i * c_from * hw..][..c_from * hw],
-            c_from,
-            g,
-            &mut padded,
-        );
+        let padded = padded_image(input, i, g);
         let mut wide = vec![T::default(); c_to * n];
         conv_wide(weights, view, &padded, c_to, c_from, g, &mut wide, par);
         // SAFETY: image i owns out[i * c_to * hw .. (i + 1) * c_to * hw]
@@ -216,13 +221,19 @@ fn conv_batch<T: Elem>(
 
 /// Forward: `x (N, cin, H, W)`, `w (cout, cin, k, k)` -> `(N, cout, H, W)`.
 pub fn forward<T: Elem>(x: &[T], w: &[T], g: &Geometry) -> Vec<T> {
+    forward_parts(&[(x, g.cin)], w, g)
+}
+
+/// [`forward`] of the channel concatenation of `parts` (each `(N, c_i, H, W)`, `sum c_i =
+/// cin`), without forming it.
+pub fn forward_parts<T: Elem>(parts: &[(&[T], usize)], w: &[T], g: &Geometry) -> Vec<T> {
     let kk = g.taps() as isize;
     let view = TapView {
         rs: g.cin as isize * kk,
         cs: kk,
         flip: false,
     };
-    conv_batch(x, w, view, g.cin, g.cout, g)
+    conv_batch(parts, w, view, g.cout, g)
 }
 
 /// Input gradient: the output gradient `(N, cout, H, W)` convolved with the flipped kernel,
@@ -234,18 +245,23 @@ pub fn input_grad<T: Elem>(grad: &[T], w: &[T], g: &Geometry) -> Vec<T> {
         cs: g.cin as isize * kk,
         flip: true,
     };
-    conv_batch(grad, w, view, g.cout, g.cin, g)
+    conv_batch(&[(grad, g.cout)], w, view, g.cin, g)
 }
 
 /// Weight gradient: `gw[o][i][t] = sum over images and positions  grad[o][j] * x_padded[i][j + tap t]`
 /// -> `(cout, cin, k, k)`.
 pub fn weight_grad<T: Elem>(x: &[T], grad: &[T], g: &Geometry) -> Vec<T> {
+    weight_grad_parts(&[(x, g.cin)], grad, g)
+}
+
+/// [`weight_grad`] with the input given as channel groups (see [`forward_parts`]).
+pub fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry) -> Vec<T> {
     let (hw, s, n, kk) = (g.h * g.w, g.stride(), g.wide(), g.taps());
     let len = g.cout * g.cin * kk;
     let (images, par) = split(g.batch);
     // one image's contribution, accumulated into `acc`
     let add_image = |i: usize, acc: &mut [T], par: Parallelism| {
-        let padded = padded_image(x, i, g.cin, g);
+        let padded = padded_image(x, i, g);
         // the output gradient on the wide grid, zero in the discarded columns
         let mut wide = vec![T::default(); g.cout * n];
         let gi = &grad[i * g.cout * hw..][..g.cout * hw];

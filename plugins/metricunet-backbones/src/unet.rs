@@ -112,6 +112,12 @@ impl ConvBnRelu {
         Ok(Self { conv, bn })
     }
 
+    /// On the channel concatenation `[a, b]` (not formed on the CPU).
+    fn forward_cat(&self, a: &Tensor, b: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let y = crate::conv::conv2d_same_cat(a, b, self.conv.weight())?;
+        crate::bn_relu::bias_batch_norm_relu(&y, self.conv.bias(), &self.bn, train)
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let y = crate::conv::conv2d_same(x, self.conv.weight())?;
         crate::bn_relu::bias_batch_norm_relu(&y, self.conv.bias(), &self.bn, train)
@@ -224,8 +230,7 @@ impl Backbone for UNet {
         }
         for ((up, (c, d)), skip) in self.up.iter().zip(&self.decoder).zip(skips.iter().rev()) {
             let u = up.forward(&cur)?;
-            let cat = Tensor::cat(&[&u, skip], 1)?;
-            cur = d.forward_t(&c.forward_t(&cat, train)?, train)?;
+            cur = d.forward_t(&c.forward_cat(&u, skip, train)?, train)?;
         }
         let head_in = if self.cfg.detach_head {
             cur.detach()
