@@ -46,7 +46,6 @@ impl StepCase {
 /// What a timed or compared step starts from: the seeded network, the metric module, SGD
 /// (momentum 0.9, weight decay 1e-4), the sampler RNG and the synthetic batch.
 struct Setup {
-    _vars: VarMap,
     net: Box<dyn metricunet_core::Backbone>,
     module: VoxelMetricModule,
     named: Vec<(String, candle_core::Var)>,
@@ -66,7 +65,6 @@ impl Setup {
         Ok(Self {
             module: VoxelMetricModule::from_config(&case.metric)?,
             named: named_vars(&vars)?,
-            _vars: vars,
             net,
             opt: Sgd::new(0.9, 1e-4),
             rng: ChaCha8Rng::seed_from_u64(1),
@@ -156,28 +154,21 @@ pub fn time_steps(
     steps: usize,
 ) -> Result<StepTiming> {
     reset_peak_rss();
-    let Setup {
-        net,
-        module,
-        named,
-        mut opt,
-        mut rng,
-        x,
-        labels,
-        ..
-    } = Setup::new(case, "bench", device, DType::F32)?;
+    let mut s = Setup::new(case, "bench", device, DType::F32)?;
     let (mut fw, mut bw, mut op) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..warmup + steps {
         let t = Instant::now();
-        let out = net.forward_t(&x, true)?;
-        let step = module.step_loss(&out.logits, &out.embedding, &labels, &mut rng)?;
+        let out = s.net.forward_t(&s.x, true)?;
+        let step = s
+            .module
+            .step_loss(&out.logits, &out.embedding, &s.labels, &mut s.rng)?;
         let _ = step.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         device.synchronize()?;
         let t1 = t.elapsed().as_secs_f64();
         let grads = step.total.backward()?;
         device.synchronize()?;
         let t2 = t.elapsed().as_secs_f64();
-        opt.step(&named, &grads, 0.01)?;
+        s.opt.step(&s.named, &grads, 0.01)?;
         device.synchronize()?;
         let t3 = t.elapsed().as_secs_f64();
         if i >= warmup {
@@ -231,33 +222,26 @@ fn flat(t: &Tensor) -> Result<Vec<f64>> {
 /// same seeded weights, batch and sampler seed as on any other device: forward, loss,
 /// backward, one SGD step (lr 0.01, momentum 0.9, weight decay 1e-4).
 pub fn one_step(case: &StepCase, device: &Device, dtype: DType) -> Result<StepSnapshot> {
-    let Setup {
-        net,
-        module,
-        named,
-        mut opt,
-        mut rng,
-        x,
-        labels,
-        ..
-    } = Setup::new(case, "parity", device, dtype)?;
+    let mut s = Setup::new(case, "parity", device, dtype)?;
     let mut before = Vec::new();
-    for (name, var) in &named {
+    for (name, var) in &s.named {
         before.push((name.clone(), flat(var.as_tensor())?));
     }
-    let out = net.forward_t(&x, true)?;
-    let step = module.step_loss(&out.logits, &out.embedding, &labels, &mut rng)?;
+    let out = s.net.forward_t(&s.x, true)?;
+    let step = s
+        .module
+        .step_loss(&out.logits, &out.embedding, &s.labels, &mut s.rng)?;
     let loss = step.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let grads = step.total.backward()?;
     let mut grad_values = Vec::new();
-    for (name, var) in &named {
+    for (name, var) in &s.named {
         if let Some(g) = grads.get(var.as_tensor()) {
             grad_values.push((name.clone(), flat(g)?));
         }
     }
-    opt.step(&named, &grads, 0.01)?;
+    s.opt.step(&s.named, &grads, 0.01)?;
     let mut after = Vec::new();
-    for (name, var) in &named {
+    for (name, var) in &s.named {
         after.push((name.clone(), flat(var.as_tensor())?));
     }
     Ok(StepSnapshot {
@@ -303,9 +287,14 @@ pub struct StepDifference {
 }
 
 impl StepDifference {
+    /// Loss, logits, all gradients, all stepped variables.
+    pub fn whole_step(&self) -> [f64; 4] {
+        [self.loss, self.logits, self.grads, self.after]
+    }
+
     /// The largest of loss, logits, all gradients and all stepped variables (NaN if any is).
     pub fn max(&self) -> f64 {
-        let v = [self.loss, self.logits, self.grads, self.after];
+        let v = self.whole_step();
         if v.iter().any(|x| x.is_nan()) {
             return f64::NAN;
         }
@@ -324,18 +313,7 @@ pub fn within_rounding(
     tolerance: f64,
     factor: f64,
 ) -> bool {
-    let d = [
-        device_vs_exact.loss,
-        device_vs_exact.logits,
-        device_vs_exact.grads,
-        device_vs_exact.after,
-    ];
-    let c = [
-        cpu_vs_exact.loss,
-        cpu_vs_exact.logits,
-        cpu_vs_exact.grads,
-        cpu_vs_exact.after,
-    ];
+    let (d, c) = (device_vs_exact.whole_step(), cpu_vs_exact.whole_step());
     d.iter()
         .zip(&c)
         .all(|(d, c)| !d.is_nan() && *d <= tolerance.max(factor * c))

@@ -30,6 +30,7 @@ use candle_nn::{BatchNorm, ModuleT};
 use rayon::prelude::*;
 
 use crate::conv_cpu::Elem;
+use crate::cpu_values::{dense, env_flag, with_values};
 
 /// Per-channel batch statistics, kept by the op for its backward.
 struct BnRelu {
@@ -42,14 +43,13 @@ struct BnRelu {
 /// Whether `METRICUNET_CANDLE_BN=1` asks for candle's BatchNorm (for side-by-side runs).
 fn candle_bn() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("METRICUNET_CANDLE_BN").is_ok_and(|v| v == "1"))
+    env_flag(&FLAG, "METRICUNET_CANDLE_BN")
 }
 
+const OP: &str = "bn-relu";
+
 fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("bn-relu: non-contiguous input {:?}", l.shape())
-    };
-    Ok(&s.as_slice::<T>()?[a..b])
+    crate::cpu_values::slice(OP, s, l)
 }
 
 /// Per-channel mean and biased variance of `x` (N, C, H*W), in f64.
@@ -152,17 +152,12 @@ impl BnRelu {
 }
 
 impl BnRelu {
-    /// [`BnRelu::backward`] on CPU tensors `[x, gb, y, dy]`, as flat tensors.
+    /// [`BnRelu::backward`] on CPU tensors `[x, gb, y, dy]`, as flat tensors (`dy` may be
+    /// strided: it is made contiguous).
     fn backward_tensors<T: Float>(&self, t: [&Tensor; 4]) -> Result<[Tensor; 3]> {
-        let guards = t.map(|t| t.storage_and_layout());
-        let mut v: Vec<&[T]> = Vec::with_capacity(4);
-        for (s, l) in &guards {
-            let Storage::Cpu(s) = &**s else {
-                candle_core::bail!("bn-relu: CPU tensors expected")
-            };
-            v.push(contiguous(s, l)?);
-        }
-        let [a, b, c] = self.backward::<T>(v[0], v[1], v[2], v[3]).map(|v| {
+        let parts =
+            with_values::<T, _, 4>(OP, t, |[x, gb, y, dy]| self.backward::<T>(x, gb, y, dy))?;
+        let [a, b, c] = parts.map(|v| {
             let len = v.len();
             Tensor::from_vec(v, len, &candle_core::Device::Cpu)
         });
@@ -220,15 +215,6 @@ impl CustomOp3 for BnRelu {
             Some(dgb.reshape(gamma.shape())?),
             Some(db.reshape(beta.shape())?),
         ))
-    }
-}
-
-/// `t` itself where it is contiguous from offset 0, else a contiguous copy.
-fn dense(t: &Tensor) -> Result<Tensor> {
-    if t.is_contiguous() && t.layout().start_offset() == 0 {
-        Ok(t.clone())
-    } else {
-        t.force_contiguous()
     }
 }
 

@@ -14,22 +14,19 @@
 //! product per kernel tap; candle's CUDA `conv_transpose2d` kernel (a direct loop per output
 //! element) is not used.
 
-use candle_core::{
-    CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor, WithDType,
-};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, WithDType};
 
 use crate::conv_cpu::{self, Elem, Geometry};
+use crate::cpu_values::{dense, env_flag, with_values};
+
+const OP: &str = "conv2d-same";
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    crate::cpu_values::slice(OP, s, l)
+}
 
 struct SameConv {
     padding: usize,
-}
-
-/// The values of a contiguous CPU storage in `layout`.
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("conv2d-same: non-contiguous input {:?}", l.shape())
-    };
-    Ok(&s.as_slice::<T>()?[a..b])
 }
 
 fn geometry(x: &[usize], w: &[usize]) -> Result<Geometry> {
@@ -48,21 +45,6 @@ fn geometry(x: &[usize], w: &[usize]) -> Result<Geometry> {
     }
 }
 
-/// `f` on the values of CPU tensors (contiguous copies where needed).
-fn with_values<T: WithDType, R>(
-    tensors: [&Tensor; 2],
-    f: impl FnOnce(&[T], &[T]) -> R,
-) -> Result<R> {
-    let [a, b] = tensors.map(dense);
-    let (a, b) = (a?, b?);
-    let (sa, la) = a.storage_and_layout();
-    let (sb, lb) = b.storage_and_layout();
-    match (&*sa, &*sb) {
-        (Storage::Cpu(ca), Storage::Cpu(cb)) => Ok(f(slice(ca, la)?, slice(cb, lb)?)),
-        _ => candle_core::bail!("conv2d-same: CPU tensors expected"),
-    }
-}
-
 /// Input and weight gradient on the CPU.
 fn cpu_backward<T: WithDType + Elem>(
     x: &Tensor,
@@ -70,8 +52,8 @@ fn cpu_backward<T: WithDType + Elem>(
     grad: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
     let g = geometry(x.dims(), w.dims())?;
-    let gx = with_values::<T, _>([grad, w], |gy, wv| conv_cpu::input_grad(gy, wv, &g))?;
-    let gw = with_values::<T, _>([x, grad], |xv, gy| conv_cpu::weight_grad(xv, gy, &g))?;
+    let gx = with_values::<T, _, 2>(OP, [grad, w], |[gy, wv]| conv_cpu::input_grad(gy, wv, &g))?;
+    let gw = with_values::<T, _, 2>(OP, [x, grad], |[xv, gy]| conv_cpu::weight_grad(xv, gy, &g))?;
     Ok((
         Tensor::from_vec(gx, x.shape(), &Device::Cpu)?,
         Tensor::from_vec(gw, w.shape(), &Device::Cpu)?,
@@ -120,7 +102,7 @@ impl CustomOp2 for SameConv {
                 candle_core::bail!("conv2d-same: non-contiguous input {:?}", l.shape())
             }
             Ok(Tensor::from_storage(
-                Storage::Cuda(s.try_clone(l)?),
+                candle_core::Storage::Cuda(s.try_clone(l)?),
                 l.shape().clone(),
                 candle_core::op::BackpropOp::none(),
                 false,
@@ -130,7 +112,9 @@ impl CustomOp2 for SameConv {
         let shape = y.shape().clone();
         let (storage, layout) = y.storage_and_layout();
         match &*storage {
-            Storage::Cuda(c) if layout.is_contiguous() && layout.start_offset() == 0 => {
+            candle_core::Storage::Cuda(c)
+                if layout.is_contiguous() && layout.start_offset() == 0 =>
+            {
                 Ok((c.try_clone(layout)?, shape))
             }
             _ => candle_core::bail!("conv2d-same: unexpected output layout"),
@@ -194,7 +178,7 @@ impl CustomOp2 for SameConv {
 /// side-by-side benchmarks).
 fn candle_backward() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("METRICUNET_CANDLE_CONV").is_ok_and(|v| v == "1"))
+    env_flag(&FLAG, "METRICUNET_CANDLE_CONV")
 }
 
 /// `x` (N, C, H, W) convolved with `w` (Cout, C, k, k), stride 1, padding k / 2, no bias.
@@ -215,15 +199,6 @@ pub fn conv2d_same(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         return x.conv2d(w, k / 2, 1, 1, 1);
     }
     dense(x)?.apply_op2(&dense(w)?, SameConv { padding: k / 2 })
-}
-
-/// `t` itself where it is contiguous from offset 0, else a contiguous copy.
-fn dense(t: &Tensor) -> Result<Tensor> {
-    if t.is_contiguous() && t.layout().start_offset() == 0 {
-        Ok(t.clone())
-    } else {
-        t.force_contiguous()
-    }
 }
 
 /// The "same" convolution of the channel concatenation `[a, b]` (CPU), without forming it:
@@ -266,13 +241,11 @@ fn cat_backward<T: WithDType + Elem>(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (g, c1) = cat_geometry(a.dims(), b.dims(), w.dims())?;
     let c2 = g.cin - c1;
-    let gx = with_values::<T, _>([grad, w], |gy, wv| conv_cpu::input_grad(gy, wv, &g))?;
+    let gx = with_values::<T, _, 2>(OP, [grad, w], |[gy, wv]| conv_cpu::input_grad(gy, wv, &g))?;
     let gx = Tensor::from_vec(gx, (g.batch, g.cin, g.h, g.w), &Device::Cpu)?;
-    let gw = with_values::<T, _>([a, b], |av, bv| {
-        with_values::<T, _>([grad, w], |gy, _| {
-            conv_cpu::weight_grad_parts(&[(av, c1), (bv, c2)], gy, &g)
-        })
-    })??;
+    let gw = with_values::<T, _, 3>(OP, [a, b, grad], |[av, bv, gy]| {
+        conv_cpu::weight_grad_parts(&[(av, c1), (bv, c2)], gy, &g)
+    })?;
     Ok((
         gx.narrow(1, 0, c1)?.contiguous()?,
         gx.narrow(1, c1, c2)?.contiguous()?,

@@ -1,0 +1,47 @@
+//! Helpers shared by the CPU custom ops (`conv`, `bn_relu`): contiguous views of candle CPU
+//! storage and the environment switches back to candle's own ops.
+
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, WithDType};
+
+/// Whether the environment variable `name` is `1` (read once per `cell`).
+pub(crate) fn env_flag(cell: &'static std::sync::OnceLock<bool>, name: &str) -> bool {
+    *cell.get_or_init(|| std::env::var(name).is_ok_and(|v| v == "1"))
+}
+
+/// `t` itself where it is contiguous from offset 0, else a contiguous copy.
+pub(crate) fn dense(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() && t.layout().start_offset() == 0 {
+        Ok(t.clone())
+    } else {
+        t.force_contiguous()
+    }
+}
+
+/// The values of a contiguous CPU storage in `layout`; `op` names the caller in the error.
+pub(crate) fn slice<'a, T: WithDType>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: non-contiguous input {:?}", l.shape())
+    };
+    Ok(&s.as_slice::<T>()?[a..b])
+}
+
+/// `f` on the values of `K` CPU tensors (contiguous copies where needed).
+pub(crate) fn with_values<T: WithDType, R, const K: usize>(
+    op: &str,
+    tensors: [&Tensor; K],
+    f: impl FnOnce([&[T]; K]) -> R,
+) -> Result<R> {
+    let dense: Vec<Tensor> = tensors.iter().map(|t| dense(t)).collect::<Result<_>>()?;
+    let guards: Vec<_> = dense.iter().map(|t| t.storage_and_layout()).collect();
+    let mut values: Vec<&[T]> = Vec::with_capacity(K);
+    for (s, l) in &guards {
+        let Storage::Cpu(s) = &**s else {
+            candle_core::bail!("{op}: CPU tensors expected")
+        };
+        values.push(slice(op, s, l)?);
+    }
+    let Ok(values) = <[&[T]; K]>::try_from(values) else {
+        candle_core::bail!("{op}: {K} tensors expected")
+    };
+    Ok(f(values))
+}
