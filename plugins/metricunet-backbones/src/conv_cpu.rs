@@ -161,7 +161,7 @@ fn conv_wide<T: Elem>(
 }
 
 /// How to spread `batch` images over the threads: (images in parallel, gemm parallelism).
-fn split(batch: usize) -> (bool, Parallelism) {
+pub(crate) fn split(batch: usize) -> (bool, Parallelism) {
     let threads = rayon::current_num_threads();
     if batch >= threads || threads == 1 {
         (true, Parallelism::None)
@@ -171,7 +171,7 @@ fn split(batch: usize) -> (bool, Parallelism) {
 }
 
 /// Per image in parallel (or in sequence with a parallel gemm): `f(image, par)`.
-fn for_images<F: Fn(usize, Parallelism) + Sync + Send>(batch: usize, f: F) {
+pub(crate) fn for_images<F: Fn(usize, Parallelism) + Sync + Send>(batch: usize, f: F) {
     let (images, par) = split(batch);
     if images {
         (0..batch).into_par_iter().for_each(|i| f(i, par));
@@ -182,14 +182,14 @@ fn for_images<F: Fn(usize, Parallelism) + Sync + Send>(batch: usize, f: F) {
 
 /// A `Send` pointer to a disjoint per-image part of an output buffer.
 #[derive(Clone, Copy)]
-struct OutPtr<T>(*mut T);
+pub(crate) struct OutPtr<T>(pub(crate) *mut T);
 // SAFETY: each image writes only its own `chunk` of the buffer (see the callers).
 unsafe impl<T: Send> Send for OutPtr<T> {}
 unsafe impl<T: Send> Sync for OutPtr<T> {}
 
 impl<T> OutPtr<T> {
     /// (A method, so that closures capture the `Send` wrapper, not the raw pointer.)
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }

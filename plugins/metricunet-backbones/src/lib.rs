@@ -12,6 +12,7 @@
 pub mod bn_relu;
 pub mod conv;
 pub mod conv_cpu;
+pub mod conv_transpose;
 mod cpu_values;
 mod unet;
 mod unet_light;

@@ -21,7 +21,7 @@
 use candle_core::Tensor;
 use candle_nn::{
     BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
-    Module, VarBuilder,
+    VarBuilder,
 };
 use metricunet_core::{
     inventory, Backbone, BackboneContext, BackboneOutput, BackbonePlugin, CoreError, ParamSpec,
@@ -229,7 +229,7 @@ impl Backbone for UNet {
             }
         }
         for ((up, (c, d)), skip) in self.up.iter().zip(&self.decoder).zip(skips.iter().rev()) {
-            let u = up.forward(&cur)?;
+            let u = crate::conv_transpose::conv_transpose_2x2(&cur, up.weight(), up.bias())?;
             cur = d.forward_t(&c.forward_cat(&u, skip, train)?, train)?;
         }
         let head_in = if self.cfg.detach_head {

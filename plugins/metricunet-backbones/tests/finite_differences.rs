@@ -187,6 +187,42 @@ fn conv_transpose_2x2_stride_2() {
     });
 }
 
+/// The project's own 2 x 2 transposed convolution (the decoder's upsampling on the CPU):
+/// input, kernel and bias gradients, at a batch below and above the thread count.
+#[test]
+fn conv_transpose_2x2_custom_backward() {
+    use metricunet_backbones::conv_transpose::conv_transpose_2x2;
+    for n in [1, 3] {
+        let (xs, ws) = ([n, 4, 3, 5], [4, 3, 2, 2]);
+        let x = random(xs.iter().product(), 31);
+        let w = random(ws.iter().product(), 32);
+        let b = random(3, 33);
+        let t = |v: &[f64], s: &[usize]| Tensor::from_vec(v.to_vec(), s, &Device::Cpu).expect("t");
+        let (xt, wt, bt) = (t(&x, &xs), t(&w, &ws), t(&b, &[3]));
+        check(
+            &format!("conv_transpose_2x2 input (batch {n})"),
+            &x,
+            &xs,
+            60,
+            &|v| weighted_sum(&conv_transpose_2x2(v, &wt, Some(&bt)).expect("up"), 34),
+        );
+        check(
+            &format!("conv_transpose_2x2 kernel (batch {n})"),
+            &w,
+            &ws,
+            48,
+            &|v| weighted_sum(&conv_transpose_2x2(&xt, v, Some(&bt)).expect("up"), 34),
+        );
+        check(
+            &format!("conv_transpose_2x2 bias (batch {n})"),
+            &b,
+            &[3],
+            3,
+            &|v| weighted_sum(&conv_transpose_2x2(&xt, &wt, Some(v)).expect("up"), 34),
+        );
+    }
+}
+
 #[test]
 fn batch_norm_in_training_mode() {
     let vars = VarMap::new();
