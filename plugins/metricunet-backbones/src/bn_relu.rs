@@ -52,6 +52,30 @@ fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]
     crate::cpu_values::slice(OP, s, l)
 }
 
+/// Independent partial sums per reduction: eight lanes break the chain of dependent f64
+/// additions (one add latency per value) so the compiler can vectorise the sums.
+const LANES: usize = 8;
+
+/// `(sum a, sum b)` over `pairs(j)` for `j` in `0..len`, accumulated in [`LANES`] lanes.
+#[inline(always)]
+fn lane_sums(len: usize, mut pairs: impl FnMut(usize) -> (f64, f64)) -> (f64, f64) {
+    let (mut a, mut b) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let full = len / LANES * LANES;
+    for base in (0..full).step_by(LANES) {
+        for l in 0..LANES {
+            let (p, q) = pairs(base + l);
+            a[l] += p;
+            b[l] += q;
+        }
+    }
+    for j in full..len {
+        let (p, q) = pairs(j);
+        a[0] += p;
+        b[0] += q;
+    }
+    (a.iter().sum(), b.iter().sum())
+}
+
 /// Per-channel mean and biased variance of `x` (N, C, H*W), in f64.
 fn statistics<T: Elem + Into<f64>>(x: &[T], c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
     let n = x.len() / (c * hw).max(1);
@@ -61,11 +85,13 @@ fn statistics<T: Elem + Into<f64>>(x: &[T], c: usize, hw: usize) -> (Vec<f64>, V
         .map(|ch| {
             let (mut s, mut s2) = (0.0f64, 0.0f64);
             for i in 0..n {
-                for &v in &x[(i * c + ch) * hw..][..hw] {
-                    let v: f64 = v.into();
-                    s += v;
-                    s2 += v * v;
-                }
+                let xb = &x[(i * c + ch) * hw..][..hw];
+                let (a, b) = lane_sums(hw, |j| {
+                    let v: f64 = xb[j].into();
+                    (v, v * v)
+                });
+                s += a;
+                s2 += b;
             }
             let mean = s / m;
             (mean, (s2 / m - mean * mean).max(0.0))
@@ -112,17 +138,17 @@ impl BnRelu {
                 let (mut sg, mut sgx) = (0.0f64, 0.0f64);
                 for i in 0..n {
                     let at = (i * c + ch) * hw;
-                    for ((&xv, &yv), &gv) in x[at..][..hw]
-                        .iter()
-                        .zip(&y[at..][..hw])
-                        .zip(&dy[at..][..hw])
-                    {
-                        if yv.into() > 0.0 {
-                            let g: f64 = gv.into();
-                            sg += g;
-                            sgx += g * (xv.into() - mu) * is;
-                        }
-                    }
+                    let (xb, yb, dyb) = (&x[at..][..hw], &y[at..][..hw], &dy[at..][..hw]);
+                    let (a, b) = lane_sums(hw, |j| {
+                        let g: f64 = if yb[j].into() > 0.0 {
+                            dyb[j].into()
+                        } else {
+                            0.0
+                        };
+                        (g, g * (xb[j].into() - mu))
+                    });
+                    sg += a;
+                    sgx += b * is;
                 }
                 (sg, sgx)
             })
@@ -134,13 +160,10 @@ impl BnRelu {
             let (mu, is) = (self.mean[ch], self.invstd[ch]);
             let k = gamma[ch].into() * is;
             let (mb, mg) = (dbeta[ch] / m, dgamma[ch] / m);
-            for (j, o) in out.iter_mut().enumerate() {
-                let g = if y[at + j].into() > 0.0 {
-                    dy[at + j].into()
-                } else {
-                    0.0
-                };
-                let xhat = (x[at + j].into() - mu) * is;
+            let (xb, yb, dyb) = (&x[at..][..hw], &y[at..][..hw], &dy[at..][..hw]);
+            for (((o, &xv), &yv), &gv) in out.iter_mut().zip(xb).zip(yb).zip(dyb) {
+                let g = if yv.into() > 0.0 { gv.into() } else { 0.0 };
+                let xhat = (xv.into() - mu) * is;
                 *o = T::from_f64(k * (g - mb - xhat * mg));
             }
         });
