@@ -234,6 +234,35 @@ fn batch_norm_in_training_mode() {
     });
 }
 
+/// The project's fused BatchNorm + ReLU with a convolution bias, in training mode (batch
+/// statistics) and in inference mode (running statistics): input gradient.
+#[test]
+fn fused_batch_norm_relu_both_modes() {
+    use metricunet_backbones::bn_relu::bias_batch_norm_relu;
+    let vars = VarMap::new();
+    let bn: BatchNorm =
+        candle_nn::batch_norm(3, BatchNormConfig::default(), vb(&vars).pp("bn")).expect("bn");
+    let bias = Tensor::from_vec(random(3, 40), 3, &Device::Cpu).expect("bias");
+    let x = random(4 * 3 * 3 * 3, 41);
+    // move the running statistics away from (0, 1) first
+    bias_batch_norm_relu(
+        &Tensor::from_vec(x.clone(), (4, 3, 3, 3), &Device::Cpu).expect("x"),
+        Some(&bias),
+        &bn,
+        true,
+    )
+    .expect("train step");
+    for train in [false, true] {
+        let name = format!("bias_batch_norm_relu (train {train})");
+        check(&name, &x, &[4, 3, 3, 3], 108, &|t| {
+            weighted_sum(
+                &bias_batch_norm_relu(t, Some(&bias), &bn, train).expect("fwd"),
+                42,
+            )
+        });
+    }
+}
+
 #[test]
 fn relu_cat_pool_and_cross_entropy() {
     // keep inputs away from ReLU's kink and from ties in the pool
