@@ -271,15 +271,17 @@ pub fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry)
                     .copy_from_slice(&gi[(o * g.h + y) * g.w..][..g.w]);
             }
         }
-        for t in 0..kk {
+        let acc_ptr = OutPtr(acc.as_mut_ptr());
+        let tap = |t: usize, par: Parallelism| {
             // SAFETY: acc's (o, c) at t + o * cin * kk + c * kk < len; wide's (o, j) < cout * n;
             // padded's (j, c) at c * s + j + tap_offset(t) < cin * s (as in `conv_wide`).
+            // Different taps write disjoint elements of acc (offset t, stride kk).
             unsafe {
                 gemm::gemm(
                     g.cout,
                     g.cin,
                     n,
-                    acc.as_mut_ptr().add(t),
+                    acc_ptr.get().add(t),
                     kk as isize,
                     (g.cin * kk) as isize,
                     true,
@@ -297,6 +299,13 @@ pub fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry)
                     par,
                 );
             }
+        };
+        match par {
+            // fewer images than threads: the taps over the threads
+            Parallelism::Rayon(_) if kk > 1 => (0..kk)
+                .into_par_iter()
+                .for_each(|t| tap(t, Parallelism::None)),
+            _ => (0..kk).for_each(|t| tap(t, par)),
         }
     };
     if !images {
@@ -392,6 +401,15 @@ mod tests {
                 h: 6,
                 w: 4,
                 k: 1,
+            },
+            // one image, fewer than the threads: taps of the weight gradient in parallel
+            Geometry {
+                batch: 1,
+                cin: 3,
+                cout: 4,
+                h: 5,
+                w: 6,
+                k: 3,
             },
             Geometry {
                 batch: 2,
