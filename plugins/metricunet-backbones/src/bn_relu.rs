@@ -99,12 +99,118 @@ fn statistics<T: Elem + Into<f64>>(x: &[T], c: usize, hw: usize) -> (Vec<f64>, V
         .unzip()
 }
 
+/// Over the values of channel `ch` of `(N, C, H*W)` tensors, with `g = dy` where the ReLU's
+/// output `y > 0` and 0 elsewhere: `(sum g, sum g * (x - centre))`.
+fn masked_sums<T: Float>(
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    (c, hw, ch): (usize, usize, usize),
+    centre: f64,
+) -> (f64, f64) {
+    let n = x.len() / (c * hw).max(1);
+    let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+    for i in 0..n {
+        let at = (i * c + ch) * hw;
+        let (xb, yb, dyb) = (&x[at..][..hw], &y[at..][..hw], &dy[at..][..hw]);
+        let (a, b) = lane_sums(hw, |j| {
+            let g: f64 = if yb[j].into() > 0.0 {
+                dyb[j].into()
+            } else {
+                0.0
+            };
+            (g, g * (xb[j].into() - centre))
+        });
+        sg += a;
+        sgx += b;
+    }
+    (sg, sgx)
+}
+
 /// f32 or f64 (`WithDType::from_f64` converts back).
 trait Float: Elem + Into<f64> + WithDType {}
 impl Float for f32 {}
 impl Float for f64 {}
 
-impl BnRelu {
+/// A per-channel op of an `(N, C, H, W)` input and two per-channel operands, with its own
+/// backward on the CPU; [`Fused`] makes it a candle op.
+trait ChannelOp: Send + Sync {
+    const NAME: &'static str;
+    /// The output for the input `x` and the operands `a`, `b`.
+    fn forward<T: Float>(&self, x: &[T], a: &[T], b: &[T]) -> Vec<T>;
+    /// The gradients of `x`, `a` and `b` from the input, `a`, the output `y` and its gradient.
+    fn backward<T: Float>(&self, x: &[T], a: &[T], y: &[T], dy: &[T]) -> [Vec<T>; 3];
+}
+
+/// A [`ChannelOp`] as a candle `CustomOp3` (CPU, f32 or f64).
+struct Fused<O>(O);
+
+impl<O: ChannelOp> CustomOp3 for Fused<O> {
+    fn name(&self) -> &'static str {
+        O::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(self.0.forward::<f32>(
+                contiguous(s1, l1)?,
+                contiguous(s2, l2)?,
+                contiguous(s3, l3)?,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(self.0.forward::<f64>(
+                contiguous(s1, l1)?,
+                contiguous(s2, l2)?,
+                contiguous(s3, l3)?,
+            )),
+            _ => candle_core::bail!("{}: f32 or f64 only", O::NAME),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // `grad` may be strided: `with_values` makes it contiguous
+        let t = [x, a, res, grad];
+        let [dx, da, db] = match x.dtype() {
+            DType::F32 => with_values::<f32, _, 4>(O::NAME, t, |[x, a, y, dy]| {
+                self.0.backward(x, a, y, dy).map(flat_tensor)
+            })?,
+            DType::F64 => with_values::<f64, _, 4>(O::NAME, t, |[x, a, y, dy]| {
+                self.0.backward(x, a, y, dy).map(flat_tensor)
+            })?,
+            other => candle_core::bail!("{}: f32 or f64 only, got {other:?}", O::NAME),
+        };
+        Ok((
+            Some(dx?.reshape(x.shape())?),
+            Some(da?.reshape(a.shape())?),
+            Some(db?.reshape(b.shape())?),
+        ))
+    }
+}
+
+/// A CPU vector as a 1-D tensor.
+fn flat_tensor<T: WithDType>(v: Vec<T>) -> Result<Tensor> {
+    let len = v.len();
+    Tensor::from_vec(v, len, &candle_core::Device::Cpu)
+}
+
+impl ChannelOp for BnRelu {
+    const NAME: &'static str = "batch-norm-relu";
+
     /// `gb`: the BatchNorm weight, then the convolution bias (`2 x C`).
     fn forward<T: Float>(&self, x: &[T], gb: &[T], beta: &[T]) -> Vec<T> {
         let c = self.mean.len();
@@ -134,23 +240,8 @@ impl BnRelu {
         let (dbeta, dgamma): (Vec<f64>, Vec<f64>) = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mu, is) = (self.mean[ch], self.invstd[ch]);
-                let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-                for i in 0..n {
-                    let at = (i * c + ch) * hw;
-                    let (xb, yb, dyb) = (&x[at..][..hw], &y[at..][..hw], &dy[at..][..hw]);
-                    let (a, b) = lane_sums(hw, |j| {
-                        let g: f64 = if yb[j].into() > 0.0 {
-                            dyb[j].into()
-                        } else {
-                            0.0
-                        };
-                        (g, g * (xb[j].into() - mu))
-                    });
-                    sg += a;
-                    sgx += b * is;
-                }
-                (sg, sgx)
+                let (sg, sgx) = masked_sums(x, y, dy, (c, hw, ch), self.mean[ch]);
+                (sg, sgx * self.invstd[ch])
             })
             .unzip();
         let mut dx = vec![T::default(); x.len()];
@@ -174,70 +265,6 @@ impl BnRelu {
     }
 }
 
-impl BnRelu {
-    /// [`BnRelu::backward`] on CPU tensors `[x, gb, y, dy]`, as flat tensors (`dy` may be
-    /// strided: it is made contiguous).
-    fn backward_tensors<T: Float>(&self, t: [&Tensor; 4]) -> Result<[Tensor; 3]> {
-        let parts =
-            with_values::<T, _, 4>(OP, t, |[x, gb, y, dy]| self.backward::<T>(x, gb, y, dy))?;
-        let [a, b, c] = parts.map(flat_tensor);
-        Ok([a?, b?, c?])
-    }
-}
-
-impl CustomOp3 for BnRelu {
-    fn name(&self) -> &'static str {
-        "batch-norm-relu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(self.forward::<f32>(
-                contiguous(s1, l1)?,
-                contiguous(s2, l2)?,
-                contiguous(s3, l3)?,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(self.forward::<f64>(
-                contiguous(s1, l1)?,
-                contiguous(s2, l2)?,
-                contiguous(s3, l3)?,
-            )),
-            _ => candle_core::bail!("bn-relu: f32 or f64 only"),
-        };
-        Ok((out, l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = dense(grad)?;
-        let parts = [x, gamma, res, &grad];
-        let [dx, dgb, db] = match x.dtype() {
-            DType::F32 => self.backward_tensors::<f32>(parts)?,
-            DType::F64 => self.backward_tensors::<f64>(parts)?,
-            other => candle_core::bail!("bn-relu: f32 or f64 only, got {other:?}"),
-        };
-        Ok((
-            Some(dx.reshape(x.shape())?),
-            Some(dgb.reshape(gamma.shape())?),
-            Some(db.reshape(beta.shape())?),
-        ))
-    }
-}
-
 /// Inference-mode BatchNorm + ReLU as one pass: `y = max(0, x * scale[c] + shift[c])` with
 /// the per-channel `scale = gamma / sqrt(running_var + eps)` and `shift = beta + (bias -
 /// running_mean) * scale` computed by candle from the parameters (so gradients still reach
@@ -248,7 +275,9 @@ struct AffineRelu {
     hw: usize,
 }
 
-impl AffineRelu {
+impl ChannelOp for AffineRelu {
+    const NAME: &'static str = "affine-relu";
+
     fn forward<T: Float>(&self, x: &[T], scale: &[T], shift: &[T]) -> Vec<T> {
         let c = scale.len();
         let mut y = vec![T::default(); x.len()];
@@ -267,27 +296,9 @@ impl AffineRelu {
     /// (dx, dscale, dshift).
     fn backward<T: Float>(&self, x: &[T], scale: &[T], y: &[T], dy: &[T]) -> [Vec<T>; 3] {
         let (c, hw) = (scale.len(), self.hw);
-        let n = x.len() / (c * hw).max(1);
         let (dshift, dscale): (Vec<f64>, Vec<f64>) = (0..c)
             .into_par_iter()
-            .map(|ch| {
-                let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-                for i in 0..n {
-                    let at = (i * c + ch) * hw;
-                    let (xb, yb, dyb) = (&x[at..][..hw], &y[at..][..hw], &dy[at..][..hw]);
-                    let (a, b) = lane_sums(hw, |j| {
-                        let g: f64 = if yb[j].into() > 0.0 {
-                            dyb[j].into()
-                        } else {
-                            0.0
-                        };
-                        (g, g * xb[j].into())
-                    });
-                    sg += a;
-                    sgx += b;
-                }
-                (sg, sgx)
-            })
+            .map(|ch| masked_sums(x, y, dy, (c, hw, ch), 0.0))
             .unzip();
         let mut dx = vec![T::default(); x.len()];
         dx.par_chunks_mut(hw).enumerate().for_each(|(block, out)| {
@@ -300,70 +311,6 @@ impl AffineRelu {
         let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect::<Vec<T>>();
         [dx, cast(dscale), cast(dshift)]
     }
-}
-
-impl CustomOp3 for AffineRelu {
-    fn name(&self) -> &'static str {
-        "affine-relu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(self.forward::<f32>(
-                contiguous(s1, l1)?,
-                contiguous(s2, l2)?,
-                contiguous(s3, l3)?,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(self.forward::<f64>(
-                contiguous(s1, l1)?,
-                contiguous(s2, l2)?,
-                contiguous(s3, l3)?,
-            )),
-            _ => candle_core::bail!("affine-relu: f32 or f64 only"),
-        };
-        Ok((out, l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        scale: &Tensor,
-        shift: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = dense(grad)?;
-        let t = [x, scale, res, &grad];
-        let parts = match x.dtype() {
-            DType::F32 => with_values::<f32, _, 4>(OP, t, |[x, s, y, dy]| {
-                self.backward(x, s, y, dy).map(flat_tensor)
-            })?,
-            DType::F64 => with_values::<f64, _, 4>(OP, t, |[x, s, y, dy]| {
-                self.backward(x, s, y, dy).map(flat_tensor)
-            })?,
-            other => candle_core::bail!("affine-relu: f32 or f64 only, got {other:?}"),
-        };
-        let [dx, ds, db] = parts;
-        Ok((
-            Some(dx?.reshape(x.shape())?),
-            Some(ds?.reshape(scale.shape())?),
-            Some(db?.reshape(shift.shape())?),
-        ))
-    }
-}
-
-/// A CPU vector as a 1-D tensor.
-fn flat_tensor<T: WithDType>(v: Vec<T>) -> Result<Tensor> {
-    let len = v.len();
-    Tensor::from_vec(v, len, &candle_core::Device::Cpu)
 }
 
 /// Inference mode through [`AffineRelu`] (CPU, f32 / f64).
@@ -391,7 +338,7 @@ fn eval_batch_norm_relu(
         None => rm.neg()?,
     };
     let shift = (beta + (centre * &scale)?)?;
-    dense(x)?.apply_op3(&scale, &shift, AffineRelu { hw: h * w })
+    dense(x)?.apply_op3(&scale, &shift, Fused(AffineRelu { hw: h * w }))
 }
 
 /// ReLU(BatchNorm(x)) for an `(N, C, H, W)` input; `train` uses (and updates) batch
@@ -473,7 +420,7 @@ pub fn bias_batch_norm_relu(
         None => gamma.zeros_like()?,
     };
     let gb = Tensor::stack(&[gamma, &bias], 0)?.contiguous()?;
-    x.apply_op3(&gb, &dense(beta)?, op)
+    x.apply_op3(&gb, &dense(beta)?, Fused(op))
 }
 
 #[cfg(test)]
