@@ -106,6 +106,43 @@ fn unwide<T: Elem>(wide: &[T], c: usize, g: &Geometry, dst: &mut [T]) {
     }
 }
 
+/// `dst (+)= lhs * rhs` for an `m x n` result with inner dimension `k`; every operand is a
+/// pointer with its row and column strides (the gemm crate takes them column first).
+///
+/// # Safety
+/// Every `(r, c)` the strides address must lie inside the buffer behind its pointer, and `dst`
+/// must not overlap what another thread writes.
+pub(crate) unsafe fn matmul<T: Elem>(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut T, isize, isize),
+    accumulate: bool,
+    lhs: (*const T, isize, isize),
+    rhs: (*const T, isize, isize),
+    par: Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.2,
+        dst.1,
+        accumulate,
+        lhs.0,
+        lhs.2,
+        lhs.1,
+        rhs.0,
+        rhs.2,
+        rhs.1,
+        T::ONE,
+        T::ONE,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
 /// A kernel tap as a matrix: element (r, c) of tap t at `base + t_index(t) + r * rs + c * cs`.
 #[derive(Clone, Copy)]
 struct TapView {
@@ -135,25 +172,12 @@ fn conv_wide<T: Elem>(
         // c * s + j + tap_offset(t) <= (kdim - 1) * s + (h + 2p) * wp + k - 2 < kdim * s;
         // out's (r, j) at r * n + j < m * n.
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                kdim,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
+            matmul(
+                (m, n, kdim),
+                (out.as_mut_ptr(), n as isize, 1),
                 t > 0,
-                weights.as_ptr().add(wt),
-                view.cs,
-                view.rs,
-                padded.as_ptr().add(g.tap_offset(t)),
-                1,
-                s as isize,
-                T::ONE,
-                T::ONE,
-                false,
-                false,
-                false,
+                (weights.as_ptr().add(wt), view.rs, view.cs),
+                (padded.as_ptr().add(g.tap_offset(t)), s as isize, 1),
                 par,
             );
         }
@@ -277,25 +301,12 @@ pub fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry)
             // padded's (j, c) at c * s + j + tap_offset(t) < cin * s (as in `conv_wide`).
             // Different taps write disjoint elements of acc (offset t, stride kk).
             unsafe {
-                gemm::gemm(
-                    g.cout,
-                    g.cin,
-                    n,
-                    acc_ptr.get().add(t),
-                    kk as isize,
-                    (g.cin * kk) as isize,
+                matmul(
+                    (g.cout, g.cin, n),
+                    (acc_ptr.get().add(t), (g.cin * kk) as isize, kk as isize),
                     true,
-                    wide.as_ptr(),
-                    1,
-                    n as isize,
-                    padded.as_ptr().add(g.tap_offset(t)),
-                    s as isize,
-                    1,
-                    T::ONE,
-                    T::ONE,
-                    false,
-                    false,
-                    false,
+                    (wide.as_ptr(), n as isize, 1),
+                    (padded.as_ptr().add(g.tap_offset(t)), 1, s as isize),
                     par,
                 );
             }

@@ -25,7 +25,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, T
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::conv_cpu::{for_images, split, Elem, OutPtr};
+use crate::conv_cpu::{for_images, matmul, split, Elem, OutPtr};
 use crate::cpu_values::{dense, env_flag, with_values};
 
 const OP: &str = "conv-transpose-2x2";
@@ -105,42 +105,6 @@ fn gather<T: Elem>(grad: &[T], s: &Shapes, g: &mut [T]) {
     }
 }
 
-/// `dst (m x n, row-major) (+)= lhs * rhs`, each operand given by its row and column strides.
-///
-/// # Safety
-/// Every `(r, c)` the strides address must lie inside the buffer behind its pointer.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul<T: Elem>(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut T,
-    accumulate: bool,
-    lhs: (*const T, isize, isize),
-    rhs: (*const T, isize, isize),
-    par: Parallelism,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        n as isize,
-        accumulate,
-        lhs.0,
-        lhs.2,
-        lhs.1,
-        rhs.0,
-        rhs.2,
-        rhs.1,
-        T::ONE,
-        T::ONE,
-        false,
-        false,
-        false,
-        par,
-    );
-}
-
 /// Forward: `x (N, Cin, H, W)`, `w (Cin, Cout, 2, 2)`, `bias (Cout)` -> `(N, Cout, 2H, 2W)`.
 fn forward<T: Elem>(x: &[T], w: &[T], bias: &[T], s: &Shapes) -> Vec<T> {
     let (hw, rows) = (s.hw(), s.rows());
@@ -154,7 +118,7 @@ fn forward<T: Elem>(x: &[T], w: &[T], bias: &[T], s: &Shapes) -> Vec<T> {
         unsafe {
             matmul(
                 (rows, hw, s.cin),
-                z.as_mut_ptr(),
+                (z.as_mut_ptr(), hw as isize, 1),
                 false,
                 (w.as_ptr(), 1, rows as isize),
                 (xi.as_ptr(), hw as isize, 1),
@@ -186,7 +150,7 @@ fn backward<T: Elem>(x: &[T], w: &[T], grad: &[T], s: &Shapes) -> [Vec<T>; 3] {
             let dxi = ptr.get().add(i * s.cin * hw);
             matmul(
                 (s.cin, hw, rows),
-                dxi,
+                (dxi, hw as isize, 1),
                 false,
                 (w.as_ptr(), rows as isize, 1),
                 (g.as_ptr(), hw as isize, 1),
@@ -194,7 +158,7 @@ fn backward<T: Elem>(x: &[T], w: &[T], grad: &[T], s: &Shapes) -> [Vec<T>; 3] {
             );
             matmul(
                 (s.cin, rows, hw),
-                dw.as_mut_ptr(),
+                (dw.as_mut_ptr(), rows as isize, 1),
                 true,
                 (xi.as_ptr(), hw as isize, 1),
                 (g.as_ptr(), 1, hw as isize),
