@@ -310,7 +310,8 @@ pub fn parity(
         if !within_rounding(&dev_exact, &cpu_exact, tolerance, 3.0) {
             failed.push(v.clone());
         }
-        worst = if d.max().is_nan() {
+        // (f64::max drops a NaN: keep it once seen)
+        worst = if worst.is_nan() || d.max().is_nan() {
             f64::NAN
         } else {
             worst.max(d.max())

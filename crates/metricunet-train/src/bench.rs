@@ -339,7 +339,8 @@ pub fn compare_steps(got: &StepSnapshot, reference: &StepSnapshot) -> Result<Ste
                     b.len()
                 )));
             }
-            let (mut diff, mut total) = (0.0f64, 0.0f64);
+            // per tensor: (name, ||a - b||^2, ||b||^2)
+            let mut sq = Vec::with_capacity(a.len());
             for ((na, va), (nb, vb)) in a.iter().zip(b) {
                 if na != nb || va.len() != vb.len() {
                     return Err(crate::error::TrainError::Invalid(format!(
@@ -348,16 +349,16 @@ pub fn compare_steps(got: &StepSnapshot, reference: &StepSnapshot) -> Result<Ste
                         vb.len()
                     )));
                 }
-                diff += diff2(va, vb);
-                total += norm2(vb);
+                sq.push((na, diff2(va, vb), norm2(vb)));
             }
+            let diff: f64 = sq.iter().map(|t| t.1).sum();
+            let total: f64 = sq.iter().map(|t| t.2).sum();
             let floor = 1e-4 * total.sqrt();
             let mut worst = (String::from("-"), 0.0f64);
-            for ((na, va), (_, vb)) in a.iter().zip(b) {
-                let d = diff2(va, vb).sqrt();
-                let r = d / norm2(vb).sqrt().max(floor).max(f64::MIN_POSITIVE);
+            for (name, d, n) in sq {
+                let r = d.sqrt() / n.sqrt().max(floor).max(f64::MIN_POSITIVE);
                 if r > worst.1 || r.is_nan() {
-                    worst = (na.clone(), r);
+                    worst = (name.clone(), r);
                 }
             }
             let all = if total > 0.0 {

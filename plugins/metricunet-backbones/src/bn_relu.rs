@@ -23,9 +23,7 @@
 //! `tests/finite_differences.rs`. On other devices, and with `METRICUNET_CANDLE_BN=1`, candle's
 //! own ops are used.
 
-use candle_core::{
-    CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, Var, WithDType,
-};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, Var, WithDType};
 use candle_nn::{BatchNorm, ModuleT};
 use rayon::prelude::*;
 
@@ -383,15 +381,9 @@ pub fn bias_batch_norm_relu(
         )
     }
     let x = dense(x)?;
-    let (mean, var) = {
-        let (s, l) = x.storage_and_layout();
-        let Storage::Cpu(s) = &*s else {
-            candle_core::bail!("bn-relu: CPU tensor expected")
-        };
-        match x.dtype() {
-            DType::F32 => statistics(contiguous::<f32>(s, l)?, c, h * w),
-            _ => statistics(contiguous::<f64>(s, l)?, c, h * w),
-        }
+    let (mean, var) = match x.dtype() {
+        DType::F32 => with_values::<f32, _, 1>(OP, [&x], |[v]| statistics(v, c, h * w))?,
+        _ => with_values::<f64, _, 1>(OP, [&x], |[v]| statistics(v, c, h * w))?,
     };
     // running statistics as candle updates them (the bias moves the mean; unbiased variance
     // with M = N H W)
@@ -426,6 +418,7 @@ pub fn bias_batch_norm_relu(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu_values::testing::{assert_close, flat};
     use candle_core::Device;
     use candle_nn::{BatchNormConfig, VarBuilder, VarMap};
     use rand::{Rng, SeedableRng};
@@ -475,7 +468,6 @@ mod tests {
             let loss = (&y * &up).unwrap().sum_all().unwrap();
             let grads = loss.backward().unwrap();
             let (g, b) = bn.weight_and_bias().unwrap();
-            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
             results.push([
                 flat(&y),
                 flat(grads.get(x.as_tensor()).unwrap()),
@@ -493,14 +485,7 @@ mod tests {
             "running mean",
             "running var",
         ];
-        for (k, name) in names.iter().enumerate() {
-            for (a, b) in results[0][k].iter().zip(&results[1][k]) {
-                assert!(
-                    (a - b).abs() < 1e-10 * (1.0 + b.abs()),
-                    "{name}: {a} vs {b}"
-                );
-            }
-        }
+        assert_close(&names, &results[0], &results[1], 1e-10);
         // the running statistics moved
         assert!(results[0][5].iter().any(|v| v.abs() > 1e-3));
     }
@@ -555,7 +540,6 @@ mod tests {
                 bn.forward_t(&xb, false).unwrap().relu().unwrap()
             };
             let grads = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
-            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
             results.push([
                 flat(&y),
                 flat(grads.get(x.as_tensor()).unwrap()),
@@ -566,14 +550,7 @@ mod tests {
             ]);
         }
         let names = ["output", "dx", "dgamma", "dbeta", "dbias", "running mean"];
-        for (k, name) in names.iter().enumerate() {
-            for (a, b) in results[0][k].iter().zip(&results[1][k]) {
-                assert!(
-                    (a - b).abs() < 1e-10 * (1.0 + b.abs()),
-                    "{name}: {a} vs {b}"
-                );
-            }
-        }
+        assert_close(&names, &results[0], &results[1], 1e-10);
         // some outputs clipped by the ReLU, some not
         assert!(results[0][0].contains(&0.0) && results[0][0].iter().any(|v| *v > 0.0));
         // inference leaves the running statistics alone

@@ -325,6 +325,7 @@ pub fn conv2d_same_cat(a: &Tensor, b: &Tensor, w: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu_values::testing::{assert_close, flat};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -355,12 +356,6 @@ mod tests {
                 .expect("sum")
                 .backward()
                 .expect("bwd");
-            let flat = |t: &Tensor| {
-                t.flatten_all()
-                    .expect("flat")
-                    .to_vec1::<f64>()
-                    .expect("vec")
-            };
             [
                 flat(&y),
                 flat(grads.get(a.as_tensor()).expect("ga")),
@@ -369,14 +364,6 @@ mod tests {
             ]
         };
         let (x, y) = (run(true), run(false));
-        for (k, name) in ["output", "d a", "d b", "d w"].iter().enumerate() {
-            assert_eq!(x[k].len(), y[k].len());
-            for (p, q) in x[k].iter().zip(&y[k]) {
-                assert!(
-                    (p - q).abs() < 1e-12 * (1.0 + q.abs()),
-                    "{name}: {p} vs {q}"
-                );
-            }
-        }
+        assert_close(&["output", "d a", "d b", "d w"], &x, &y, 1e-12);
     }
 }

@@ -185,7 +185,7 @@ fn conv_wide<T: Elem>(
 }
 
 /// How to spread `batch` images over the threads: (images in parallel, gemm parallelism).
-pub(crate) fn split(batch: usize) -> (bool, Parallelism) {
+fn split(batch: usize) -> (bool, Parallelism) {
     let threads = rayon::current_num_threads();
     if batch >= threads || threads == 1 {
         (true, Parallelism::None)
@@ -216,6 +216,43 @@ impl<T> OutPtr<T> {
     pub(crate) fn get(self) -> *mut T {
         self.0
     }
+}
+
+/// `sum over the images i of add(i)`, for per-image contributions to an accumulator of `len`
+/// values (`add(i, acc, par)` adds image i's into `acc`). With at least as many images as
+/// threads each thread adds its share of the images into its own accumulator (gemm on one
+/// thread) and the accumulators are summed in thread order; with fewer, the images run in
+/// sequence and `par` hands the threads to the gemm.
+pub(crate) fn sum_over_images<T: Elem>(
+    batch: usize,
+    len: usize,
+    add: impl Fn(usize, &mut [T], Parallelism) + Sync,
+) -> Vec<T> {
+    let (images, par) = split(batch);
+    if !images {
+        let mut acc = vec![T::default(); len];
+        (0..batch).for_each(|i| add(i, &mut acc, par));
+        return acc;
+    }
+    let threads = rayon::current_num_threads().min(batch).max(1);
+    let per = batch.div_ceil(threads);
+    let partial: Vec<Vec<T>> = (0..threads)
+        .into_par_iter()
+        .map(|chunk| {
+            let mut acc = vec![T::default(); len];
+            for i in chunk * per..((chunk + 1) * per).min(batch) {
+                add(i, &mut acc, par);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![T::default(); len];
+    for part in partial {
+        for (a, b) in total.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    total
 }
 
 /// One "same" convolution of a batch through per-tap matrices of `weights`; `c_from`
@@ -282,7 +319,6 @@ pub fn weight_grad<T: Elem>(x: &[T], grad: &[T], g: &Geometry) -> Vec<T> {
 pub fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry) -> Vec<T> {
     let (hw, s, n, kk) = (g.h * g.w, g.stride(), g.wide(), g.taps());
     let len = g.cout * g.cin * kk;
-    let (images, par) = split(g.batch);
     // one image's contribution, accumulated into `acc`
     let add_image = |i: usize, acc: &mut [T], par: Parallelism| {
         let padded = padded_image(x, i, g);
@@ -319,31 +355,7 @@ pub fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry)
             _ => (0..kk).for_each(|t| tap(t, par)),
         }
     };
-    if !images {
-        let mut acc = vec![T::default(); len];
-        (0..g.batch).for_each(|i| add_image(i, &mut acc, par));
-        return acc;
-    }
-    // one accumulator per thread's share of the images, summed at the end
-    let threads = rayon::current_num_threads().min(g.batch).max(1);
-    let per = g.batch.div_ceil(threads);
-    let partial: Vec<Vec<T>> = (0..threads)
-        .into_par_iter()
-        .map(|chunk| {
-            let mut acc = vec![T::default(); len];
-            for i in chunk * per..((chunk + 1) * per).min(g.batch) {
-                add_image(i, &mut acc, par);
-            }
-            acc
-        })
-        .collect();
-    let mut total = vec![T::default(); len];
-    for part in partial {
-        for (a, b) in total.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
-    total
+    sum_over_images(g.batch, len, add_image)
 }
 
 #[cfg(test)]

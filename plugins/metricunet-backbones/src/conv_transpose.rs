@@ -23,9 +23,8 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
-use rayon::prelude::*;
 
-use crate::conv_cpu::{for_images, matmul, split, Elem, OutPtr};
+use crate::conv_cpu::{for_images, matmul, sum_over_images, Elem, OutPtr};
 use crate::cpu_values::{dense, env_flag, with_values};
 
 const OP: &str = "conv-transpose-2x2";
@@ -138,8 +137,10 @@ fn backward<T: Elem>(x: &[T], w: &[T], grad: &[T], s: &Shapes) -> [Vec<T>; 3] {
     let (hw, rows) = (s.hw(), s.rows());
     let mut dx = vec![T::default(); s.batch * s.cin * hw];
     let ptr = OutPtr(dx.as_mut_ptr());
-    // image i: its dx, and its dW and dbias added to the accumulators
-    let image = |i: usize, dw: &mut [T], db: &mut [T], par: Parallelism| {
+    let (wlen, blen) = (s.cin * rows, s.cout);
+    // image i: its dx, and its dW and dbias added to the accumulator `[dW, dbias]`
+    let image = |i: usize, acc: &mut [T], par: Parallelism| {
+        let (dw, db) = acc.split_at_mut(wlen);
         let mut g = vec![T::default(); rows * hw];
         gather(&grad[i * rows * hw..][..rows * hw], s, &mut g);
         let xi = &x[i * s.cin * hw..][..s.cin * hw];
@@ -165,37 +166,14 @@ fn backward<T: Elem>(x: &[T], w: &[T], grad: &[T], s: &Shapes) -> [Vec<T>; 3] {
                 par,
             );
         }
-        for (o, acc) in db.iter_mut().enumerate() {
+        for (o, sum) in db.iter_mut().enumerate() {
             for v in &g[4 * o * hw..][..4 * hw] {
-                *acc += *v;
+                *sum += *v;
             }
         }
     };
-    let (wlen, blen) = (s.cin * rows, s.cout);
-    let (images, par) = split(s.batch);
-    let parts: Vec<(Vec<T>, Vec<T>)> = if images {
-        let threads = rayon::current_num_threads().min(s.batch).max(1);
-        let per = s.batch.div_ceil(threads);
-        (0..threads)
-            .into_par_iter()
-            .map(|chunk| {
-                let (mut dw, mut db) = (vec![T::default(); wlen], vec![T::default(); blen]);
-                for i in chunk * per..((chunk + 1) * per).min(s.batch) {
-                    image(i, &mut dw, &mut db, Parallelism::None);
-                }
-                (dw, db)
-            })
-            .collect()
-    } else {
-        let (mut dw, mut db) = (vec![T::default(); wlen], vec![T::default(); blen]);
-        (0..s.batch).for_each(|i| image(i, &mut dw, &mut db, par));
-        vec![(dw, db)]
-    };
-    let (mut dw, mut db) = (vec![T::default(); wlen], vec![T::default(); blen]);
-    for (pw, pb) in parts {
-        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
-    }
+    let mut dw = sum_over_images(s.batch, wlen + blen, image);
+    let db = dw.split_off(wlen);
     [dx, dw, db]
 }
 
@@ -311,6 +289,7 @@ pub fn conv_transpose_2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu_values::testing::{assert_close, flat};
     use candle_core::Module;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -348,11 +327,6 @@ mod tests {
                     .and_then(|p| p.sum_all())
                     .and_then(|l| l.backward())
                     .expect("backward");
-                let flat = |t: &Tensor| {
-                    t.flatten_all()
-                        .and_then(|f| f.to_vec1::<f64>())
-                        .expect("vec")
-                };
                 [
                     flat(&y),
                     flat(grads.get(x.as_tensor()).expect("dx")),
@@ -361,15 +335,7 @@ mod tests {
                 ]
             };
             let (ours, theirs) = (run(true), run(false));
-            for (q, name) in ["output", "d x", "d w", "d bias"].iter().enumerate() {
-                assert_eq!(ours[q].len(), theirs[q].len(), "{name}");
-                for (p, r) in ours[q].iter().zip(&theirs[q]) {
-                    assert!(
-                        (p - r).abs() < 1e-12 * (1.0 + r.abs()),
-                        "{name} (batch {n}): {p} vs {r}"
-                    );
-                }
-            }
+            assert_close(&["output", "d x", "d w", "d bias"], &ours, &theirs, 1e-12);
         }
     }
 

@@ -45,3 +45,28 @@ pub(crate) fn with_values<T: WithDType, R, const K: usize>(
     };
     Ok(f(values))
 }
+
+/// Helpers of the ops' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::Tensor;
+
+    /// The values of an f64 tensor, flattened.
+    pub(crate) fn flat(t: &Tensor) -> Vec<f64> {
+        t.flatten_all()
+            .and_then(|f| f.to_vec1::<f64>())
+            .expect("f64 values")
+    }
+
+    /// Each `got[k]` equal to `want[k]` (named `names[k]`) in length and, value by value,
+    /// to `tol * (1 + |want|)`.
+    pub(crate) fn assert_close(names: &[&str], got: &[Vec<f64>], want: &[Vec<f64>], tol: f64) {
+        assert_eq!(got.len(), want.len());
+        for ((name, g), w) in names.iter().zip(got).zip(want) {
+            assert_eq!(g.len(), w.len(), "{name}: lengths");
+            for (p, q) in g.iter().zip(w) {
+                assert!((p - q).abs() < tol * (1.0 + q.abs()), "{name}: {p} vs {q}");
+            }
+        }
+    }
+}
