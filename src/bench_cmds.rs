@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use metricunet_core::config::{DeviceChoice, MetricConfig, PluginSpec};
 use metricunet_train::bench::{peak_rss_mb, reset_peak_rss, time_steps, StepCase, StepTiming};
 use metricunet_train::select_device;
@@ -80,8 +80,7 @@ fn timing_json(t: &StepTiming) -> serde_json::Value {
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
-    metricunet_runner::fsutil::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
+    Ok(metricunet_core::fsio::write_atomic(path, text.as_bytes())?)
 }
 
 /// `metricunet bench train`.

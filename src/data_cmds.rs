@@ -162,9 +162,7 @@ pub fn realism(real_dir: &Path, out: &Path, seed: u64, cases: usize) -> Result<S
         "\nSlices (window -160..240 HU, prostate outline in red): real slice z = {rz} (3 mm voxels, shown 3x), phantom case 0 slice z = {pz}.\n\n![real](real_ct.png) ![phantom](phantom_ct.png)"
     );
     let path = out.join("realism.md");
-    let tmp = out.join(".realism.md.tmp");
-    std::fs::write(&tmp, &md).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    metricunet_core::fsio::write_atomic(&path, md.as_bytes())?;
     Ok(md)
 }
 

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use metricunet_core::config::DeviceChoice;
-use metricunet_eval::evaluate::{all_metrics, evaluate_files};
+use metricunet_eval::evaluate::{all_metrics, evaluate_files, read_mask};
+use metricunet_eval::evaluate_masks;
 use metricunet_eval::{CaseMetrics, Pipeline};
 use metricunet_train::select_device;
 
@@ -96,51 +97,110 @@ pub fn predict(
         pb.inc(1);
     }
     pb.finish_and_clear();
-    if failed == jobs.len() {
-        bail!("{report}every case failed");
+    if failed > 0 {
+        bail!(
+            "{report}{failed} of {} cases failed (the others were written)",
+            jobs.len()
+        );
     }
     Ok(report)
 }
 
-/// `metricunet eval`: metrics of one prediction or of every same-named pair of two folders.
-pub fn eval(
-    pred: &Path,
-    reference: &Path,
-    label: Option<i64>,
-    ref_label: Option<i64>,
-    csv: Option<&Path>,
-) -> Result<String> {
+/// Options of `metricunet eval`.
+pub struct EvalOptions<'a> {
+    /// Prediction label (default: any non-zero voxel).
+    pub label: Option<i64>,
+    /// Reference label (default: any non-zero voxel).
+    pub ref_label: Option<i64>,
+    pub csv: Option<&'a Path>,
+    /// Count a reference without a prediction as an empty prediction instead of failing.
+    pub allow_missing: bool,
+}
+
+/// What a missing prediction is flagged with under `--allow-missing`.
+pub const NO_PREDICTION: &str = "no prediction: evaluated as an empty mask";
+
+/// `metricunet eval`: metrics of one prediction, or of every reference of a folder against
+/// the same-named prediction (a reference without one is an error, or with `allow_missing`
+/// an empty prediction, flagged; a prediction without a reference is an error).
+pub fn eval(pred: &Path, reference: &Path, opts: EvalOptions) -> Result<String> {
     let metrics = all_metrics();
-    let pairs: Vec<(String, PathBuf, PathBuf)> = if pred.is_dir() {
+    // (case, prediction or None when missing, reference)
+    let pairs: Vec<(String, Option<PathBuf>, PathBuf)> = if pred.is_dir() {
         if !reference.is_dir() {
             bail!("{} is a folder, so --ref must be one too", pred.display());
         }
-        let mut v = Vec::new();
-        for p in nifti_files(pred)? {
-            let name = p.file_name().map(PathBuf::from).unwrap_or_default();
-            let r = reference.join(&name);
-            if !r.exists() {
-                bail!("{}: no reference {} ", p.display(), r.display());
-            }
-            v.push((metricunet_data::dataset::case_id(&p), p, r));
+        let references = nifti_files(reference)?;
+        if references.is_empty() {
+            bail!("{}: no .nii or .nii.gz reference", reference.display());
         }
-        v
+        let name = |p: &Path| p.file_name().map(PathBuf::from).unwrap_or_default();
+        let stray: Vec<String> = nifti_files(pred)?
+            .iter()
+            .filter(|p| !reference.join(name(p)).exists())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !stray.is_empty() {
+            bail!(
+                "{} prediction(s) without a reference in {}: {}",
+                stray.len(),
+                reference.display(),
+                stray.join(", ")
+            );
+        }
+        let pairs: Vec<_> = references
+            .into_iter()
+            .map(|r| {
+                let p = pred.join(name(&r));
+                let id = metricunet_data::dataset::case_id(&r);
+                (id, p.exists().then_some(p), r)
+            })
+            .collect();
+        let missing: Vec<String> = pairs
+            .iter()
+            .filter(|(_, p, _)| p.is_none())
+            .map(|(id, _, _)| id.clone())
+            .collect();
+        if !missing.is_empty() && !opts.allow_missing {
+            bail!(
+                "{} of {} references have no prediction in {}: {} (add --allow-missing to count them as empty predictions)",
+                missing.len(),
+                pairs.len(),
+                pred.display(),
+                missing.join(", ")
+            );
+        }
+        pairs
     } else {
         vec![(
             metricunet_data::dataset::case_id(pred),
-            pred.to_path_buf(),
+            Some(pred.to_path_buf()),
             reference.to_path_buf(),
         )]
     };
     let pb = bar(pairs.len(), "eval");
     let mut rows: Vec<CaseMetrics> = Vec::new();
     for (case, p, r) in &pairs {
-        rows.push(evaluate_files(case, p, r, label, ref_label, &metrics)?);
+        rows.push(match p {
+            Some(p) => evaluate_files(case, p, r, opts.label, opts.ref_label, &metrics)?,
+            None => {
+                let reference = read_mask(r, opts.ref_label)?;
+                let empty = reference.map(|_| false);
+                let mut row = evaluate_masks(case, &empty, &reference, &metrics)?;
+                for e in &mut row.values {
+                    e.flag = Some(match e.flag.take() {
+                        Some(f) => format!("{NO_PREDICTION}; {f}"),
+                        None => NO_PREDICTION.to_string(),
+                    });
+                }
+                row
+            }
+        });
         pb.inc(1);
     }
     pb.finish_and_clear();
     let mut table = metricunet_eval::evaluate::metrics_frame(&rows)?;
-    if let Some(path) = csv {
+    if let Some(path) = opts.csv {
         metricunet_eval::evaluate::write_csv(&mut table, path)?;
     }
     let mut out = String::new();

@@ -79,13 +79,13 @@ enum Command {
         /// Run root (default runs/<experiment name>); cells go to ROOT/cells/<config hash>.
         #[arg(long)]
         root: Option<PathBuf>,
-        /// Report folder (default: the experiment's report.out_dir, else reports/<name>).
+        /// Report folder (default: the experiment's report.out_dir, else reports/<name> for the default root runs/<name>, else ROOT/report).
         #[arg(long)]
         report_dir: Option<PathBuf>,
         /// cpu, cuda or auto (default: the experiment's `device`).
         #[arg(long)]
         device: Option<String>,
-        /// Run only cells whose index is I modulo N (I in 0..N), e.g. a Slurm array task.
+        /// Run only cells whose index is I modulo N (I in 0..N), or with I/cells cell I alone (a Slurm array task per cell).
         #[arg(long, value_name = "I/N")]
         shard: Option<String>,
         /// Run cells recorded as failed again.
@@ -100,7 +100,7 @@ enum Command {
     Report {
         /// Run root of `metricunet run` (holds plan.yaml and cells/).
         root: PathBuf,
-        /// Report folder (default: the experiment's report.out_dir, else reports/<name>).
+        /// Report folder (default: the experiment's report.out_dir, else reports/<name> for the default root runs/<name>, else ROOT/report).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -138,6 +138,10 @@ enum Command {
         /// Write the table as CSV.
         #[arg(long)]
         csv: Option<PathBuf>,
+        /// With folders: evaluate a reference that has no prediction as an empty prediction
+        /// (DSC 0, flagged "no prediction") instead of failing.
+        #[arg(long)]
+        allow_missing: bool,
     },
     /// Write synthetic pelvic CT cases with prostate labels (Decathlon layout).
     Phantom {
@@ -357,10 +361,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             label,
             ref_label,
             csv,
+            allow_missing,
         } => {
             print!(
                 "{}",
-                eval_cmds::eval(&pred, &reference, label, ref_label, csv.as_deref())?
+                eval_cmds::eval(
+                    &pred,
+                    &reference,
+                    eval_cmds::EvalOptions {
+                        label,
+                        ref_label,
+                        csv: csv.as_deref(),
+                        allow_missing,
+                    }
+                )?
             );
         }
         Command::Phantom {

@@ -2,10 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use metricunet_core::config::{Cell, DeviceChoice};
 use metricunet_data::split::write_split;
 use metricunet_runner::data::{work_dir, PreparedData};
+use metricunet_runner::lock::DirLock;
 use metricunet_runner::record::git_revision;
 use metricunet_runner::stage::{stage_dir, train_cell_stage, StageRun};
 use metricunet_train::select_device;
@@ -18,8 +19,7 @@ pub struct TrainArgs {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    metricunet_runner::fsutil::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
+    Ok(metricunet_core::fsio::write_atomic(path, text.as_bytes())?)
 }
 
 /// Train the stages of `cell` into `out` (default `runs/<name>/<hash>`).
@@ -32,6 +32,14 @@ pub fn train(cell: &Cell, experiment_dir: &Path, args: &TrainArgs) -> Result<Str
         .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name).join(&hash));
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    // one `train` per folder: a second one (say a `--resume` started twice) stops at once
+    let _lock = match DirLock::try_acquire(&run_dir)? {
+        Ok(lock) => lock,
+        Err(holder) => bail!(
+            "{}: {holder} is training in this folder; wait for it to finish or choose another --out",
+            run_dir.display()
+        ),
+    };
     let device = select_device(args.device.unwrap_or(cfg.device))?;
     let device_name = metricunet_train::device::device_name(&device);
     write_atomic(&run_dir.join("config.yaml"), &cell.to_yaml()?)?;

@@ -56,8 +56,7 @@ fn phantom_writes_a_decathlon_dataset() {
 #[test]
 fn realism_and_bench_print_their_tables() {
     let dir = tempfile::tempdir().expect("tmp");
-    let real =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/totalseg-example");
+    let real = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/totalseg-example");
     let out = dir.path().join("realism");
     let (ok, stdout, stderr) = run(&[
         "realism",

@@ -1,4 +1,4 @@
-//! The pipeline on the real CT in `../shared/data/totalseg-example/`: a model trained for a
+//! The pipeline on the real CT in `tests/data/totalseg-example/`: a model trained for a
 //! few iterations predicts a mask in the CT's own geometry; `eval` of the reference label 22
 //! against itself gives DSC 1. (The point is geometry, not accuracy.)
 
@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use common::cli;
 
 fn real() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/totalseg-example")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/totalseg-example")
 }
 
 /// Set the stage-1 head's bias so that it marks every voxel (`+`) or none (`-`).
@@ -87,6 +87,31 @@ fn predict_in_the_ct_geometry_and_evaluate() {
     assert!(m.volume.data.iter().all(|&v| v == 0.0 || v == 1.0));
     let p = metricunet_data::io::read_nifti(&prob).expect("prob");
     assert!(p.volume.data.iter().all(|&v| (0.0..=1.0).contains(&v)));
+
+    // a folder in which one case fails: the others are written, and the exit is non-zero
+    let inputs = dir.path().join("inputs");
+    std::fs::create_dir_all(&inputs).expect("mkdir");
+    std::fs::copy(&ct, inputs.join("good.nii.gz")).expect("copy");
+    std::fs::write(inputs.join("broken.nii.gz"), b"not a nifti").expect("write");
+    let outputs = dir.path().join("outputs");
+    let (ok, stdout, stderr) = cli(&[
+        "predict",
+        "--model",
+        run.to_str().expect("utf8"),
+        "--input",
+        inputs.to_str().expect("utf8"),
+        "--output",
+        outputs.to_str().expect("utf8"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("broken.nii.gz: FAILED") && stderr.contains("1 of 2 cases failed"),
+        "{stderr}"
+    );
+    assert!(outputs.join("good.nii.gz").exists());
+    assert!(!outputs.join("broken.nii.gz").exists());
 
     // eval: the reference against itself, and the prediction against the reference
     let labels = real().join("labels.nii.gz");
@@ -209,6 +234,54 @@ fn eval_of_two_folders_writes_one_row_per_case() {
     assert!(
         lines[3].starts_with("c,0.0,NaN,0.0,NaN,NaN,NaN,") && lines[3].contains("prediction empty"),
         "{table}"
+    );
+
+    // a reference without a prediction is never dropped: an error naming it, or with
+    // --allow-missing a flagged empty prediction
+    std::fs::remove_file(pred.join("c.nii.gz")).expect("rm");
+    let args = |extra: &[&str]| {
+        let mut v = vec![
+            "eval".to_string(),
+            "--pred".into(),
+            pred.display().to_string(),
+            "--ref".into(),
+            reference.display().to_string(),
+            "--csv".into(),
+            csv.display().to_string(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let a = args(&[]);
+    let (ok, stdout, stderr) = cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("1 of 3 references have no prediction") && stderr.contains(": c "),
+        "{stderr}"
+    );
+    let a = args(&["--allow-missing"]);
+    let (ok, _, stderr) = cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{stderr}");
+    let table = std::fs::read_to_string(&csv).expect("csv");
+    let c = table.lines().find(|l| l.starts_with("c,")).expect("row c");
+    assert!(
+        c.starts_with("c,0.0,") && c.contains("no prediction"),
+        "{table}"
+    );
+    // every folder empty of predictions: all missing, named
+    for name in ["a.nii.gz", "b.nii.gz"] {
+        std::fs::remove_file(pred.join(name)).expect("rm");
+    }
+    let a = args(&[]);
+    let (ok, _, stderr) = cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok && stderr.contains("3 of 3 references"), "{stderr}");
+    // a prediction without a reference is an error too
+    metricunet_data::io::write_nifti(&pred.join("z.nii.gz"), &cube(2), None).expect("pred");
+    let a = args(&["--allow-missing"]);
+    let (ok, _, stderr) = cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !ok && stderr.contains("z.nii.gz") && stderr.contains("without a reference"),
+        "{stderr}"
     );
 }
 

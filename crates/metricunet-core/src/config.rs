@@ -473,11 +473,13 @@ impl Cell {
     }
 
     /// The hash of what training and prediction depend on: the resolved configuration
-    /// without `description`, `device`, `evaluation` and `report` (which change neither the
-    /// weights nor the predictions). The runner keys cell folders by it, so adding a metric or
-    /// retitling a report never retrains a cell.
+    /// without `description`, `device`, `evaluation`, `report` and `data.cache_dir` (which
+    /// change neither the weights nor the predictions: the cache folder is a location, and
+    /// its entries are keyed by content). The runner keys cell folders by it, so adding a
+    /// metric, retitling a report or moving the cache never retrains a cell.
     pub fn run_hash(&self) -> Result<String> {
         let mut c = self.config.clone();
+        c.data.cache_dir = None;
         c.description = String::new();
         c.device = DeviceChoice::Auto;
         c.evaluation = EvaluationConfig::default();
@@ -490,10 +492,15 @@ impl Cell {
     }
 
     /// The hash of what stage 1 depends on (data, stage 1, seed): cells that differ only in
-    /// stage 2 share it, so stage 1 is trained once for them.
+    /// stage 2 share it, so stage 1 is trained once for them (`data.cache_dir` left out, as
+    /// in [`Cell::run_hash`]).
     pub fn stage1_hash(&self) -> Result<String> {
         let c = &self.config;
-        let text = serde_norway::to_string(&(&c.data, &c.stage1, self.seed)).map_err(|e| {
+        let data = DataConfig {
+            cache_dir: None,
+            ..c.data.clone()
+        };
+        let text = serde_norway::to_string(&(&data, &c.stage1, self.seed)).map_err(|e| {
             CoreError::Config {
                 source_name: format!("cell {}", self.index),
                 message: e.to_string(),
@@ -502,6 +509,10 @@ impl Cell {
         Ok(stable_hash(&text))
     }
 }
+
+/// The most cells (grid combinations x seeds) one experiment may expand to; checked before
+/// anything is expanded, so a typo such as a million-value list fails at once.
+pub const MAX_CELLS: usize = 10_000;
 
 /// 16 hex digits of the FNV-1a hash of `text` (stable across runs, machines and versions).
 pub fn stable_hash(text: &str) -> String {
@@ -564,22 +575,31 @@ impl ExperimentPlan {
         // 1. Typed parse of the text: positions for syntax and type errors, paths and
         //    suggestions for unknown keys.
         let de = serde_norway::Deserializer::from_str(text);
-        let base: Experiment =
-            serde_path_to_error::deserialize(de).map_err(|e| cfg_err(describe_de_error(&e)))?;
+        let base: Experiment = serde_path_to_error::deserialize(de).map_err(|e| {
+            let message = describe_de_error(&e);
+            cfg_err(locate_duplicate_key(text, &message).unwrap_or(message))
+        })?;
         let mut raw: Value = serde_norway::from_str(text).map_err(|e| cfg_err(e.to_string()))?;
         if raw.is_null() {
             raw = Value::Mapping(Mapping::new());
         }
+        let file_raw = raw.clone();
+        // a --set error is the command line's, not the file's
+        let set_err = |s: &str, message: String| CoreError::Config {
+            source_name: format!("--set `{s}`"),
+            message,
+        };
         for s in sets {
-            let (path, value) = s.split_once('=').ok_or_else(|| {
-                cfg_err(format!(
-                    "--set `{s}`: expected path=value, e.g. metric.lambda=0.1"
-                ))
-            })?;
+            let (path, value) = s
+                .split_once('=')
+                .ok_or_else(|| set_err(s, "expected path=value, e.g. metric.lambda=0.1".into()))?;
             let value: Value = serde_norway::from_str(value)
-                .map_err(|e| cfg_err(format!("--set `{s}`: the value is not YAML: {e}")))?;
-            set_path(&mut raw, path.trim(), value)
-                .map_err(|m| cfg_err(format!("--set `{s}`: {m}")))?;
+                .map_err(|e| set_err(s, format!("the value is not YAML: {e}")))?;
+            set_path(&mut raw, path.trim(), value.clone()).map_err(|m| set_err(s, m))?;
+            // a value the schema refuses is named here, by its --set, not later as the file's
+            if let Some(message) = set_refused(&file_raw, path.trim(), value) {
+                return Err(set_err(s, message));
+            }
         }
         let mut raw_map = match raw {
             Value::Mapping(m) => m,
@@ -604,6 +624,12 @@ impl ExperimentPlan {
             None => vec![0],
             Some(v) => serde_norway::from_value(v).map_err(|e| cfg_err(format!("seeds: {e}")))?,
         };
+        if seeds.len() > MAX_CELLS {
+            return Err(cfg_err(format!(
+                "seeds: {} seeds is over the limit of {MAX_CELLS} cells",
+                seeds.len()
+            )));
+        }
         if seeds.is_empty() {
             return Err(cfg_err(
                 "seeds: the list is empty; give at least one seed".into(),
@@ -639,7 +665,34 @@ impl ExperimentPlan {
                     )))
                 }
             };
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = values
+                .iter()
+                .map(inline_yaml)
+                .find(|v| !seen.insert(v.clone()))
+            {
+                return Err(cfg_err(format!(
+                    "grid.{path}: the value {dup} is listed twice (each cell would be trained and counted twice); list each value once"
+                )));
+            }
             axes.push((path.to_string(), values));
+        }
+        let cell_count = axes
+            .iter()
+            .try_fold(seeds.len(), |n, (_, v)| n.checked_mul(v.len()))
+            .filter(|&n| n <= MAX_CELLS);
+        if cell_count.is_none() {
+            let sizes: Vec<String> = axes
+                .iter()
+                .map(|(p, v)| format!("{p}: {}", v.len()))
+                .chain([format!("seeds: {}", seeds.len())])
+                .collect();
+            return Err(cfg_err(format!(
+                "grid: {} cells is over the limit of {MAX_CELLS} ({}); split the sweep into several experiments",
+                axes.iter()
+                    .fold(seeds.len() as f64, |n, (_, v)| n * v.len() as f64),
+                sizes.join(", ")
+            )));
         }
 
         // 3. Every combination, then every seed.
@@ -686,6 +739,28 @@ impl ExperimentPlan {
             base,
             cells,
         })
+    }
+}
+
+/// Why the file `raw` with only `path` set to `value` does not resolve, when the file alone
+/// does (grid and seeds aside): the refusal is that value's.
+fn set_refused(raw: &Value, path: &str, value: Value) -> Option<String> {
+    let top = path.split('.').next().unwrap_or_default();
+    let Value::Mapping(base) = raw else {
+        return None;
+    };
+    if top == "grid" || top == "seeds" {
+        return None;
+    }
+    let mut base = base.clone();
+    base.remove("grid");
+    base.remove("seeds");
+    resolve_cell(&base, &[]).ok()?;
+    let mut with = Value::Mapping(base);
+    set_path(&mut with, path, value).ok()?;
+    match with {
+        Value::Mapping(m) => resolve_cell(&m, &[]).err(),
+        _ => None,
     }
 }
 
@@ -1012,6 +1087,50 @@ pub fn get_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
 
 /// Turn a deserialisation error into one line: path, message (with the nearest valid key
 /// for unknown fields) and, where the parser knows it, line and column.
+/// The parser reports a duplicate key at the start of the document; find the second
+/// occurrence of the key (the same indentation, in the same block) and say where it is.
+fn locate_duplicate_key(text: &str, message: &str) -> Option<String> {
+    let key = ["duplicate field `", "duplicate entry with key \""]
+        .iter()
+        .find_map(|p| {
+            let rest = &message[message.find(p)? + p.len()..];
+            rest.split(['`', '"']).next()
+        })?
+        .to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let key_of = |l: &str| -> Option<String> {
+        let t = l.trim_start().trim_start_matches("- ");
+        let (k, _) = t.split_once(':')?;
+        Some(k.trim().trim_matches(['"', '\'']).to_string())
+    };
+    for (i, first) in lines.iter().enumerate() {
+        if key_of(first).as_deref() != Some(key.as_str()) {
+            continue;
+        }
+        let depth = indent(first);
+        for (j, later) in lines.iter().enumerate().skip(i + 1) {
+            let t = later.trim_start();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            // a shallower line ends the block; a new list item starts another mapping
+            if indent(later) < depth || (indent(later) == depth && t.starts_with("- ")) {
+                break;
+            }
+            if indent(later) == depth && key_of(later).as_deref() == Some(key.as_str()) {
+                let path = message.split(':').next().unwrap_or_default();
+                return Some(format!(
+                    "{path}: the key `{key}` appears twice, at line {} and line {} (a YAML mapping holds each key once)",
+                    i + 1,
+                    j + 1
+                ));
+            }
+        }
+    }
+    None
+}
+
 fn describe_de_error(e: &serde_path_to_error::Error<serde_norway::Error>) -> String {
     let inner = e.inner();
     let path = e.path().to_string();

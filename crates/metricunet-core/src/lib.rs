@@ -9,6 +9,7 @@
 pub mod backbone;
 pub mod config;
 pub mod error;
+pub mod fsio;
 pub mod loss;
 pub mod metric;
 pub mod metric_module;

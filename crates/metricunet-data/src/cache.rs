@@ -1,9 +1,11 @@
 //! On-disk cache of preprocessed cases, keyed by the input files (path, size, modification
 //! time) and every preprocessing parameter, so a changed file or setting is never served
-//! stale. Entries are written atomically; an unreadable entry is recomputed, not trusted.
+//! stale. Entries are written atomically and end in a checksum of their content (FNV-1a 64 of
+//! every byte before it): an unreadable or altered entry is recomputed with a warning, never
+//! trained on.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::dataset::{load_case, Case};
@@ -11,7 +13,8 @@ use crate::error::{DataError, Result};
 use crate::preprocess::{preprocess, PreprocessParams, Preprocessed};
 use crate::volume::{Geometry, Volume};
 
-const MAGIC: &[u8; 8] = b"MUNETPP1";
+const MAGIC: &[u8; 8] = b"MUNETPP2";
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// A folder of cached preprocessed cases.
 #[derive(Debug, Clone)]
@@ -41,7 +44,9 @@ fn file_fingerprint(path: &Path) -> Result<String> {
 impl Cache {
     /// A cache in `dir` (created on first store).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        let dir = dir.into();
+        metricunet_core::fsio::remove_temporaries(&dir, false);
+        Self { dir }
     }
 
     /// The key of `case` preprocessed with `params` and `label_map`.
@@ -61,7 +66,7 @@ impl Cache {
         Ok(format!(
             "{}-{:016x}",
             case.id,
-            fnv(text.as_bytes(), 0xcbf2_9ce4_8422_2325)
+            fnv(text.as_bytes(), FNV_OFFSET)
         ))
     }
 
@@ -76,7 +81,10 @@ impl Cache {
         match decode(&bytes) {
             Ok(p) => Some(p),
             Err(e) => {
-                tracing::warn!("ignoring unreadable cache entry {}: {e}", path.display());
+                tracing::warn!(
+                    "cache entry {}: {e}; the case is preprocessed again",
+                    path.display()
+                );
                 None
             }
         }
@@ -84,14 +92,10 @@ impl Cache {
 
     /// Store an entry (temporary file, then rename).
     pub fn store(&self, key: &str, p: &Preprocessed) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| DataError::io(&self.dir, e))?;
-        let path = self.path(key);
-        let tmp = self.dir.join(format!(".{key}.tmp{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-        f.write_all(&encode(p))
-            .and_then(|_| f.sync_all())
-            .map_err(|e| DataError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))
+        Ok(metricunet_core::fsio::write_atomic(
+            &self.path(key),
+            &encode(p),
+        )?)
     }
 }
 
@@ -125,6 +129,8 @@ fn encode(p: &Preprocessed) -> Vec<u8> {
     if let Some(l) = &p.label {
         out.extend(&l.data);
     }
+    let sum = fnv(&out, FNV_OFFSET);
+    out.extend(sum.to_le_bytes());
     out
 }
 
@@ -163,10 +169,20 @@ impl Reader<'_> {
 }
 
 fn decode(bytes: &[u8]) -> Result<Preprocessed> {
-    let mut r = Reader(bytes);
-    if &r.take::<8>()? != MAGIC {
-        return Err(DataError::Invalid("not a metricunet cache entry".into()));
+    if bytes.len() < MAGIC.len() + 8 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(DataError::Invalid(
+            "not a metricunet cache entry of this version".into(),
+        ));
     }
+    let (content, sum) = bytes.split_at(bytes.len() - 8);
+    let stored = u64::from_le_bytes(sum.try_into().unwrap_or_default());
+    let computed = fnv(content, FNV_OFFSET);
+    if stored != computed {
+        return Err(DataError::Invalid(format!(
+            "checksum mismatch (stored {stored:016x}, content {computed:016x}): the entry was altered or damaged"
+        )));
+    }
+    let mut r = Reader(&content[MAGIC.len()..]);
     let original = r.geometry()?;
     let resampled = r.geometry()?;
     let crop = r.geometry()?;
@@ -223,6 +239,18 @@ pub fn load_preprocessed(
     let loaded = load_case(case, label_map)?;
     let p = preprocess(&loaded.image.volume, loaded.label.as_ref(), params)
         .map_err(|e| DataError::bad(&case.image, e.to_string()))?;
+    if let (Some(before), Some(after), Some(path)) = (&loaded.label, &p.label, &case.label) {
+        if !after.data.iter().any(|&v| v != 0) {
+            let n = before.data.iter().filter(|&&v| v != 0).count();
+            return Err(DataError::bad(
+                path,
+                format!(
+                    "case {}: the foreground ({n} voxels at {:?} mm) vanishes when resampled to {:?} mm; use a finer data.spacing_mm or leave the case out",
+                    case.id, before.geometry.spacing, params.spacing_mm
+                ),
+            ));
+        }
+    }
     if let (Some(c), Some(k)) = (cache, &key) {
         c.store(k, &p)?;
     }
@@ -311,5 +339,68 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("phantom_001.nii.gz"), "{e}");
+    }
+
+    #[test]
+    fn altered_entries_are_recomputed_never_trained_on() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let size = PhantomSize {
+            in_plane: 64,
+            slices: 16,
+        };
+        let cases = write_dataset(&dir.path().join("data"), 1, 3, &size, &|_| {}).expect("data");
+        let map = BTreeMap::from([(1, 1)]);
+        let params = PreprocessParams {
+            spacing_mm: [4.0, 4.0, 4.0],
+            ..Default::default()
+        };
+        let cache = Cache::new(dir.path().join("cache"));
+        let fresh = load_preprocessed(&cases[0], &map, &params, Some(&cache)).expect("first");
+        let key = Cache::key(&cases[0], &params, &map).expect("key");
+        let path = cache.path(&key);
+        let good = std::fs::read(&path).expect("entry");
+        // one bit of the data section (image voxels), of the label and of the header
+        for at in [good.len() / 2, good.len() - 9, 20] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            std::fs::write(&path, &bad).expect("flip");
+            assert!(cache.load(&key).is_none(), "bit {at} flipped was served");
+            let again = load_preprocessed(&cases[0], &map, &params, Some(&cache)).expect("again");
+            assert_eq!(again.image, fresh.image);
+            assert_eq!(std::fs::read(&path).expect("rewritten"), good);
+        }
+    }
+
+    #[test]
+    fn a_label_that_vanishes_on_resampling_names_the_case_and_can_be_skipped() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let size = PhantomSize {
+            in_plane: 64,
+            slices: 16,
+        };
+        let cases = write_dataset(&dir.path().join("data"), 2, 5, &size, &|_| {}).expect("data");
+        // a one-voxel foreground (11 x 11 x 12.5 mm voxels) between the grid points of a 20 mm resampling
+        let label_path = cases[1].label.clone().expect("label");
+        let mut label = crate::io::read_nifti(&label_path).expect("read").volume;
+        label.data.iter_mut().for_each(|v| *v = 0.0);
+        let [nx, ny, _] = label.geometry.dims;
+        label.data[(3 * ny + 33) * nx + 33] = 1.0;
+        let label = label.map(|v| v as u8);
+        crate::io::write_nifti(&label_path, &label, None).expect("write");
+        let map = BTreeMap::from([(1, 1)]);
+        let params = PreprocessParams {
+            spacing_mm: [20.0, 20.0, 20.0],
+            ..Default::default()
+        };
+        let e = load_all(&cases, &map, &params, None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("case phantom_001") && e.contains("vanishes when resampled"),
+            "{e}"
+        );
+        let (ok, skipped) = load_all(&cases, &map, &params, None, true).expect("skip");
+        assert_eq!((ok.len(), skipped.len()), (1, 1));
+        assert_eq!(skipped[0].0.id, "phantom_001");
     }
 }

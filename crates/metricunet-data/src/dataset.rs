@@ -252,6 +252,8 @@ pub fn cases_for(
                 "phantom-s{seed}-n{n}-{}x{}",
                 size.in_plane, size.slices
             ));
+            // what a killed generator left is removed first (the rest is checked whole)
+            metricunet_core::fsio::remove_temporaries(&dir, true);
             if let Ok(found) = discover_msd(&dir) {
                 if found.len() == n && dir.join("dataset.json").exists() {
                     return Ok(found);

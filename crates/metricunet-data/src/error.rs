@@ -7,6 +7,8 @@ use thiserror::Error;
 /// What can go wrong reading, checking or writing data.
 #[derive(Debug, Error)]
 pub enum DataError {
+    #[error(transparent)]
+    Write(#[from] metricunet_core::fsio::WriteError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

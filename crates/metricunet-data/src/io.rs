@@ -4,10 +4,18 @@
 //! type (int8-64, uint8-64, float32/64). The affine is the sform when its code is set, else
 //! the qform (computed here: nifti-rs 0.18's `qform_affine` is off by up to 1e-3 for
 //! flipped, rotated qforms), else the plain pixel spacing.
+//!
+//! Before any voxel is read, the header is checked: a NIfTI-2 file is named as such (not
+//! read), a volume over [`MAX_VOXELS`] is refused, and a stream shorter than the header
+//! claims is refused, so memory is bounded by what the file really holds. A `scl_slope` of 0
+//! or NaN means "unscaled", as nibabel reads it.
 
 use std::path::{Path, PathBuf};
 
+use std::io::Read as _;
+
 use ndarray::{Array3, ShapeBuilder};
+use nifti::volume::InMemNiftiVolume;
 use nifti::writer::WriterOptions;
 use nifti::{IntoNdArray, NiftiHeader, NiftiObject, ReaderOptions};
 
@@ -35,6 +43,7 @@ pub fn read_nifti(path: &Path) -> Result<NiftiVolume> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
         ));
     }
+    check_header(path)?;
     let obj = ReaderOptions::new()
         .read_file(path)
         .map_err(|e| nifti_err(e.to_string()))?;
@@ -55,8 +64,20 @@ pub fn read_nifti(path: &Path) -> Result<NiftiVolume> {
         )));
     }
     let affine = header_affine(&header);
-    let arr = obj
-        .into_volume()
+    let mut volume = obj.into_volume();
+    let (slope, inter) = (header.scl_slope, header.scl_inter);
+    if !slope.is_finite() || slope == 0.0 || !inter.is_finite() {
+        // nibabel: a slope of 0 or NaN leaves the values unscaled; a NaN intercept is 0
+        let mut scaled = header.clone();
+        (scaled.scl_slope, scaled.scl_inter) = if !slope.is_finite() || slope == 0.0 {
+            (1.0, 0.0)
+        } else {
+            (slope, 0.0)
+        };
+        volume = InMemNiftiVolume::from_raw_data(&scaled, volume.into_raw_data())
+            .map_err(|e| nifti_err(e.to_string()))?;
+    }
+    let arr = volume
         .into_ndarray::<f32>()
         .map_err(|e| nifti_err(e.to_string()))?;
     // nifti-rs returns Fortran order (x fastest) indexed [x, y, z(, t)]: its memory order
@@ -81,6 +102,98 @@ pub fn read_nifti(path: &Path) -> Result<NiftiVolume> {
         header,
         path: path.to_path_buf(),
     })
+}
+
+/// The largest volume read (voxels): 2^29, e.g. 1024 x 1024 x 512. A CT of 512 x 512 x 1000
+/// slices is half of it.
+pub const MAX_VOXELS: u64 = 1 << 29;
+
+/// Whether `path` is gzip-compressed (by its first two bytes, whatever its name).
+fn is_gzip(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 2];
+    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let n = f.read(&mut magic).map_err(|e| DataError::io(path, e))?;
+    Ok(n == 2 && magic == [0x1f, 0x8b])
+}
+
+/// A reader of the file's (decompressed) bytes.
+fn stream(path: &Path) -> Result<Box<dyn std::io::Read>> {
+    let f = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| DataError::io(path, e))?);
+    Ok(if is_gzip(path)? {
+        Box::new(flate2::read::MultiGzDecoder::new(f))
+    } else {
+        Box::new(f)
+    })
+}
+
+/// The file's data length without decompressing: its size, or for gzip the size its last
+/// member records (a lower bound of the whole stream; `None` when it cannot tell).
+fn stored_length(path: &Path) -> Result<Option<u64>> {
+    use std::io::{Seek, SeekFrom};
+    let len = std::fs::metadata(path)
+        .map_err(|e| DataError::io(path, e))?
+        .len();
+    if !is_gzip(path)? {
+        return Ok(Some(len));
+    }
+    if len < 18 {
+        return Ok(None);
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut isize = [0u8; 4];
+    f.seek(SeekFrom::End(-4))
+        .and_then(|_| f.read_exact(&mut isize))
+        .map_err(|e| DataError::io(path, e))?;
+    // ISIZE is the last member's size modulo 2^32: never more than the stream's length
+    Ok(Some(u64::from(u32::from_le_bytes(isize))))
+}
+
+/// Check what a file claims before its data is read: NIfTI-1 (not 2), a size under
+/// [`MAX_VOXELS`], and a stream that holds at least the header's voxel bytes.
+fn check_header(path: &Path) -> Result<()> {
+    let nifti_err = |message: String| DataError::Nifti {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut first = [0u8; 4];
+    stream(path)?
+        .read_exact(&mut first)
+        .map_err(|e| nifti_err(format!("cannot read the header: {e}")))?;
+    match (i32::from_le_bytes(first), i32::from_be_bytes(first)) {
+        (348, _) | (_, 348) => {}
+        (540, _) | (_, 540) => {
+            return Err(nifti_err(
+                "this is a NIfTI-2 file, which metricunet does not read; save it as NIfTI-1 (nibabel: nib.Nifti1Image(img.get_fdata(), img.affine).to_filename(...))".into(),
+            ))
+        }
+        (n, _) => {
+            return Err(nifti_err(format!(
+                "header size {n}: not a NIfTI-1 file (expected 348)"
+            )))
+        }
+    }
+    let header = NiftiHeader::from_reader(stream(path)?).map_err(|e| nifti_err(e.to_string()))?;
+    let dim = header.dim().map_err(|e| nifti_err(e.to_string()))?;
+    let voxels: u64 = dim.iter().map(|&d| u64::from(d)).product();
+    if voxels > MAX_VOXELS {
+        return Err(nifti_err(format!(
+            "the header claims {dim:?} = {voxels} voxels, over the limit of {MAX_VOXELS}"
+        )));
+    }
+    let datatype = header.data_type().map_err(|e| nifti_err(e.to_string()))?;
+    let offset = u64::try_from(header.vox_offset.max(348.0) as i64).unwrap_or(352);
+    let needed = offset + voxels * datatype.size_of() as u64;
+    if stored_length(path)?.is_some_and(|n| n >= needed) {
+        return Ok(());
+    }
+    let held = std::io::copy(&mut stream(path)?.take(needed), &mut std::io::sink())
+        .map_err(|e| nifti_err(format!("the data stream is damaged: {e}")))?;
+    if held < needed {
+        return Err(nifti_err(format!(
+            "the header claims {dim:?} voxels of {datatype:?} ({needed} bytes with the header), the file holds {held}: truncated or a wrong header"
+        )));
+    }
+    Ok(())
 }
 
 /// The voxel-to-world affine: sform, else qform, else the spacing.
@@ -194,47 +307,117 @@ pub fn write_nifti<T: WriteElement>(
             path.display()
         ))
     })?;
-    let ext = if name.ends_with(".nii.gz") {
-        "nii.gz"
-    } else if name.ends_with(".nii") {
-        "nii"
-    } else {
+    if !(name.ends_with(".nii.gz") || name.ends_with(".nii")) {
         return Err(DataError::Invalid(format!(
             "{}: output name must end in .nii or .nii.gz",
             path.display()
         )));
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    // nifti-rs rewrites everything after the first dot of the stem: keep the temporary
-    // name free of other dots.
-    let stem = name
-        .trim_end_matches(".gz")
-        .trim_end_matches(".nii")
-        .replace('.', "_");
-    let tmp = dir.join(format!(".{stem}_tmp{}.{ext}", std::process::id()));
-    let written = WriterOptions::new(&tmp)
-        .reference_header(&header)
-        .write_nifti(&arr);
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(DataError::Nifti {
-            path: path.to_path_buf(),
-            message: format!("writing failed: {e}"),
-        });
     }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        DataError::io(path, e)
-    })
+    // the temporary name ends in the target's name, so the writer sees its extension; for
+    // `.nii` it also rewrites what follows the stem's first dot, so move what it wrote back
+    Ok(metricunet_core::fsio::write_atomic_at(path, |tmp| {
+        WriterOptions::new(tmp)
+            .reference_header(&header)
+            .write_nifti(&arr)
+            .map_err(|e| e.to_string())?;
+        if !tmp.exists() {
+            let ext = if name.ends_with(".gz") {
+                "nii.gz"
+            } else {
+                "nii"
+            };
+            let written = tmp.with_extension("").with_extension(ext);
+            std::fs::rename(&written, tmp).map_err(|e| format!("{}: {e}", written.display()))?;
+        }
+        Ok(())
+    })?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A small i16 volume written as `.nii`, its bytes, and the values.
+    fn small_nii(dir: &Path) -> (PathBuf, Vec<u8>, Vec<f32>) {
+        let v = Volume::new(
+            (0..60).map(|i| i as f32 - 20.0).collect(),
+            Geometry::axis_aligned([5, 4, 3], [1.0, 1.0, 2.0]),
+        )
+        .expect("volume");
+        let p = dir.join("v.nii");
+        write_nifti(&p, &v.map(|x| x as i16), None).expect("write");
+        let bytes = std::fs::read(&p).expect("bytes");
+        (p, bytes, v.data)
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).expect("gzip");
+        e.finish().expect("gzip")
+    }
+
+    #[test]
+    fn nan_or_zero_slope_reads_unscaled_like_nibabel() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (p, bytes, values) = small_nii(dir.path());
+        // scl_slope is the float at byte 112, scl_inter at 116
+        for (slope, inter) in [
+            (f32::NAN, 0.0),
+            (0.0, 5.0),
+            (f32::NAN, f32::NAN),
+            (2.0, f32::NAN),
+        ] {
+            let mut b = bytes.clone();
+            b[112..116].copy_from_slice(&slope.to_le_bytes());
+            b[116..120].copy_from_slice(&inter.to_le_bytes());
+            std::fs::write(&p, &b).expect("patch");
+            let back = read_nifti(&p).expect("read").volume.data;
+            let scale = if slope == 2.0 { 2.0 } else { 1.0 };
+            let want: Vec<f32> = values.iter().map(|v| v * scale).collect();
+            assert_eq!(back, want, "slope {slope} inter {inter}");
+        }
+    }
+
+    #[test]
+    fn header_claims_are_checked_before_reading() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, bytes, _) = small_nii(dir.path());
+        let with_dims = |d: [u16; 3]| {
+            let mut b = bytes.clone();
+            for (i, v) in d.iter().enumerate() {
+                b[42 + 2 * i..44 + 2 * i].copy_from_slice(&v.to_le_bytes());
+            }
+            b
+        };
+        // 30000^3 voxels in a small gzip file: refused by the limit, nothing allocated
+        let p = dir.path().join("huge.nii.gz");
+        std::fs::write(&p, gzip(&with_dims([30000, 30000, 30000]))).expect("w");
+        let e = read_nifti(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("huge.nii.gz") && e.contains("over the limit"),
+            "{e}"
+        );
+        // under the limit but more than the stream holds: refused as truncated
+        for name in ["short.nii.gz", "short.nii"] {
+            let p = dir.path().join(name);
+            let b = with_dims([400, 400, 400]);
+            std::fs::write(&p, if name.ends_with(".gz") { gzip(&b) } else { b }).expect("w");
+            let e = read_nifti(&p).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("the file holds"), "{e}");
+        }
+        // the same dims with the data there read
+        let p = dir.path().join("whole.nii.gz");
+        std::fs::write(&p, gzip(&bytes)).expect("w");
+        assert_eq!(read_nifti(&p).expect("whole").volume.data.len(), 60);
+        // NIfTI-2 is named as such
+        let p = dir.path().join("two.nii");
+        let mut b = vec![0u8; 600];
+        b[..4].copy_from_slice(&540i32.to_le_bytes());
+        std::fs::write(&p, b).expect("w");
+        let e = read_nifti(&p).unwrap_err().to_string();
+        assert!(e.contains("two.nii") && e.contains("NIfTI-2"), "{e}");
+    }
 
     #[test]
     fn write_then_read_keeps_values_and_geometry() {
@@ -245,7 +428,7 @@ mod tests {
         g.affine[2][3] = -12.5;
         let v = Volume::new((0..60).map(|i| i as f32 * 1.5 - 20.0).collect(), g.clone())
             .expect("volume");
-        for name in ["a.nii.gz", "b.nii"] {
+        for name in ["a.nii.gz", "b.nii", "c.d.nii"] {
             let p = dir.path().join(name);
             write_nifti(&p, &v, None).expect("write");
             let back = read_nifti(&p).expect("read");

@@ -538,6 +538,7 @@ pub fn write_dataset(
     on_case: &(dyn Fn(&str) + Sync),
 ) -> crate::Result<Vec<crate::Case>> {
     use crate::io::write_nifti;
+    metricunet_core::fsio::remove_temporaries(out, true);
     let written: Vec<crate::Result<crate::Case>> = (0..cases)
         .into_par_iter()
         .map(|i| {
@@ -566,9 +567,7 @@ pub fn write_dataset(
         training.join(",\n")
     );
     let path = out.join("dataset.json");
-    let tmp = out.join(".dataset.json.tmp");
-    std::fs::write(&tmp, json).map_err(|e| crate::DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| crate::DataError::io(&path, e))?;
+    metricunet_core::fsio::write_atomic(&path, json.as_bytes())?;
     Ok(written)
 }
 

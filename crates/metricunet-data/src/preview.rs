@@ -1,7 +1,6 @@
 //! PNG previews of axial slices (grayscale CT through a HU window, reference contour in
 //! colour), for READMEs and reports.
 
-use std::io::BufWriter;
 use std::path::Path;
 
 use crate::error::{DataError, Result};
@@ -59,19 +58,14 @@ pub fn write_slice_png(
             }
         }
     }
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    }
-    let tmp = path.with_extension("png.tmp");
-    let file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), w as u32, h as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let png_err = |e: png::EncodingError| DataError::Invalid(format!("{}: {e}", path.display()));
-    let mut writer = enc.write_header().map_err(png_err)?;
-    writer.write_image_data(&rgb).map_err(png_err)?;
-    writer.finish().map_err(png_err)?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    Ok(metricunet_core::fsio::write_atomic_with(path, |file| {
+        let mut enc = png::Encoder::new(file, w as u32, h as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().map_err(|e| e.to_string())?;
+        writer.write_image_data(&rgb).map_err(|e| e.to_string())?;
+        writer.finish().map_err(|e| e.to_string())
+    })?)
 }
 
 /// Mean, standard deviation and count of `image` where `select` holds.

@@ -61,12 +61,7 @@ pub fn split(ids: &[String], fractions: [f64; 3], seed: u64) -> Result<Split> {
 pub fn write_split(path: &std::path::Path, s: &Split) -> Result<()> {
     let text = serde_norway::to_string(s)
         .map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))?;
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    }
-    let tmp = path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, text).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    Ok(metricunet_core::fsio::write_atomic(path, text.as_bytes())?)
 }
 
 /// Read a split written by [`write_split`].

@@ -1,4 +1,4 @@
-//! The real pelvic CT in `../shared/data/totalseg-example/` end to end: load, map label 22
+//! The real pelvic CT in `tests/data/totalseg-example/` end to end: load, map label 22
 //! (prostate), resample, crop, extract patches, write a volume back; geometry and values are
 //! compared with what nibabel 5 reads from the same files.
 
@@ -13,11 +13,10 @@ use metricunet_data::preprocess::{stage1_volume, stage2_crop, PreprocessParams};
 use rand::SeedableRng;
 
 fn example_dir() -> PathBuf {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/totalseg-example");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/totalseg-example");
     assert!(
         dir.join("ct.nii.gz").exists(),
-        "the real-data example is expected at {} (the shared/ folder beside the checkout)",
+        "the real-data example is expected at {} (kept in the repository with its licence note)",
         dir.display()
     );
     dir

@@ -158,10 +158,7 @@ pub fn metrics_frame(
 /// Write a table as CSV atomically (temporary file, then rename).
 pub fn write_csv(df: &mut polars::prelude::DataFrame, path: &Path) -> Result<(), DataError> {
     use polars::prelude::{CsvWriter, SerWriter};
-    let tmp = path.with_extension("csv.tmp");
-    let file = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    CsvWriter::new(file)
-        .finish(df)
-        .map_err(|e| DataError::bad(path, e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    Ok(metricunet_core::fsio::write_atomic_with(path, |f| {
+        CsvWriter::new(f).finish(df).map_err(|e| e.to_string())
+    })?)
 }

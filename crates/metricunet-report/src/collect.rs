@@ -108,6 +108,42 @@ fn read_metrics(path: &Path) -> Result<(Vec<String>, Vec<CaseRow>)> {
     Ok((names, rows))
 }
 
+/// A finished cell's `metrics.csv`, checked against what its configuration asked for (the
+/// metric columns) and its record (one row per test case).
+fn checked_metrics(
+    dir: &Path,
+    config: &Experiment,
+    record: &CellRecord,
+) -> Result<(Vec<String>, Vec<CaseRow>)> {
+    let path = dir.join(METRICS);
+    let (names, rows) = read_metrics(&path)?;
+    let want: Vec<String> = config
+        .evaluation
+        .metrics
+        .clone()
+        .unwrap_or_else(metricunet_eval::evaluate::all_metrics)
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    if names != want {
+        return Err(ReportError::file(
+            &path,
+            format!("holds the metrics {names:?}, its configuration asks for {want:?} (damaged or truncated; `metricunet run` evaluates the cell again)"),
+        ));
+    }
+    if rows.len() != record.test_cases.len() {
+        return Err(ReportError::file(
+            &path,
+            format!(
+                "holds {} rows, the cell has {} test cases (damaged or truncated)",
+                rows.len(),
+                record.test_cases.len()
+            ),
+        ));
+    }
+    Ok((names, rows))
+}
+
 impl RunResults {
     /// Read the plan and every finished cell of `root`.
     pub fn load(root: &Path) -> Result<Self> {
@@ -131,7 +167,22 @@ impl RunResults {
                         .map_err(|e| ReportError::io(&config_path, e))?;
                     let config: Experiment = serde_norway::from_str(&text)
                         .map_err(|e| ReportError::file(&config_path, e))?;
-                    let (names, rows) = read_metrics(&dir.join(METRICS))?;
+                    // each cell's file is checked against its own configuration and record,
+                    // so a damaged file is charged to its own cell, never to a healthy one
+                    let (names, rows) = match checked_metrics(&dir, &config, &r) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!("cell {} left out of the report: {e}", pc.index);
+                            missing.push((
+                                pc.index,
+                                pc.label.clone(),
+                                pc.seed,
+                                "damaged".into(),
+                                Some(e.to_string()),
+                            ));
+                            continue;
+                        }
+                    };
                     match &metrics {
                         None => metrics = Some(names),
                         Some(m) if *m != names => {

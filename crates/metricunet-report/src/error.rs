@@ -7,6 +7,8 @@ use thiserror::Error;
 /// What can stop a report.
 #[derive(Debug, Error)]
 pub enum ReportError {
+    #[error(transparent)]
+    Write(#[from] metricunet_core::fsio::WriteError),
     /// Boxed: run errors are large and rare.
     #[error(transparent)]
     Run(Box<metricunet_runner::RunError>),

@@ -10,6 +10,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
 
+use metricunet_core::fsio::write_atomic_at;
+
 use crate::collect::{metric_title, RunResults};
 use crate::error::{ReportError, Result};
 
@@ -82,23 +84,36 @@ fn render<D: Draw>(dir: &Path, stem: &str, size: (u32, u32), d: &D) -> Result<(P
     ensure_font()?;
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
-    let tmp_png = dir.join(format!(".{stem}.tmp.png"));
-    let tmp_svg = dir.join(format!(".{stem}.tmp.svg"));
-    {
-        let root = BitMapBackend::new(&tmp_png, size).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err(stem))?;
-        d.draw(&root)?;
-        root.present().map_err(plot_err(stem))?;
+    // each through the one atomic-write helper; a drawing error is kept whole
+    for (target, is_svg) in [(&png, false), (&svg, true)] {
+        let mut failed = None;
+        let written = write_atomic_at(target, |tmp| {
+            let drawn = if is_svg {
+                draw_on(&SVGBackend::new(tmp, size).into_drawing_area(), stem, d)
+            } else {
+                draw_on(&BitMapBackend::new(tmp, size).into_drawing_area(), stem, d)
+            };
+            drawn.map_err(|e| {
+                let message = e.to_string();
+                failed = Some(e);
+                message
+            })
+        });
+        if let Err(e) = written {
+            return Err(failed.unwrap_or(ReportError::Write(e)));
+        }
     }
-    std::fs::rename(&tmp_png, &png).map_err(|e| ReportError::io(&png, e))?;
-    {
-        let root = SVGBackend::new(&tmp_svg, size).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err(stem))?;
-        d.draw(&root)?;
-        root.present().map_err(plot_err(stem))?;
-    }
-    std::fs::rename(&tmp_svg, &svg).map_err(|e| ReportError::io(&svg, e))?;
     Ok((png, svg))
+}
+
+fn draw_on<DB: DrawingBackend, D: Draw>(
+    root: &DrawingArea<DB, Shift>,
+    stem: &str,
+    d: &D,
+) -> Result<()> {
+    root.fill(&WHITE).map_err(plot_err(stem))?;
+    d.draw(root)?;
+    root.present().map_err(plot_err(stem))
 }
 
 fn axis_range(v: &[f64], lo_floor: Option<f64>, hi_cap: Option<f64>) -> (f64, f64) {

@@ -45,10 +45,32 @@ impl fmt::Display for ReportOutcome {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    Ok(metricunet_runner::fsutil::write_atomic(
-        path,
-        text.as_bytes(),
-    )?)
+    Ok(metricunet_core::fsio::write_atomic(path, text.as_bytes())?)
+}
+
+/// Where a report goes when neither `--out` nor `report.out_dir` says: `reports/<name>` for
+/// the default run root `runs/<name>`, else `<root>/report`, so two run roots of one
+/// experiment never write into one report folder.
+pub fn default_report_dir(root: &Path, experiment: &str) -> PathBuf {
+    let default_root = Path::new("runs").join(experiment);
+    let lexical = |p: &Path| -> Vec<std::ffi::OsString> {
+        p.components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .map(|c| c.as_os_str().to_os_string())
+            .collect()
+    };
+    let same = match (
+        std::fs::canonicalize(root),
+        std::fs::canonicalize(&default_root),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => lexical(root) == lexical(&default_root),
+    };
+    if same {
+        PathBuf::from("reports").join(experiment)
+    } else {
+        root.join("report")
+    }
 }
 
 /// `YYYY-MM-DD HH:MM UTC` of Unix seconds.
@@ -131,8 +153,9 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
             .report
             .out_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from("reports").join(&r.plan.experiment))
+            .unwrap_or_else(|| default_report_dir(root, &r.plan.experiment))
     });
+    metricunet_core::fsio::remove_temporaries(&dir, true);
     let fig_dir = dir.join("figures");
     std::fs::create_dir_all(&fig_dir).map_err(|e| ReportError::io(&fig_dir, e))?;
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use polars::prelude::{Column, CsvWriter, DataFrame, ParquetWriter, SerWriter};
 
 use crate::collect::{lower_is_better, metric_title, RunResults};
-use metricunet_runner::fsutil::write_atomic_with;
+use metricunet_core::fsio::write_atomic_with;
 
 use crate::error::{ReportError, Result};
 use crate::stats::{mean, median, std, wilcoxon};

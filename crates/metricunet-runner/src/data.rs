@@ -1,6 +1,7 @@
 //! The data of an experiment: cases found or generated, preprocessed (cached), split.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use metricunet_core::config::DataConfig;
 use metricunet_data::cache::{load_all, Cache};
@@ -9,6 +10,7 @@ use metricunet_data::preprocess::{PreprocessParams, Preprocessed};
 use metricunet_data::split::{split, Split};
 
 use crate::error::{Result, RunError};
+use crate::lock::DirLock;
 
 /// Preprocessed cases and their split.
 pub struct PreparedData {
@@ -21,7 +23,10 @@ pub struct PreparedData {
 impl PreparedData {
     /// Find, preprocess (through the cache in `work_dir/preprocessed`) and split the cases of
     /// `cfg`; relative paths are taken from `experiment_dir`.
+    /// Phantom generation and preprocessing hold the lock of `work_dir`, so concurrent shards
+    /// never write the same files at once (the later ones find them made).
     pub fn load(cfg: &DataConfig, experiment_dir: &Path, work_dir: &Path) -> Result<Self> {
+        let lock = DirLock::acquire_waiting(work_dir, Duration::from_secs(2))?;
         let cases = cases_for(cfg, experiment_dir, work_dir)?;
         let params = PreprocessParams::from(cfg);
         let cache = Cache::new(work_dir.join("preprocessed"));
@@ -32,6 +37,7 @@ impl PreparedData {
             Some(&cache),
             cfg.skip_bad_cases,
         )?;
+        drop(lock);
         let ids: Vec<String> = cases.iter().map(|(c, _)| c.id.clone()).collect();
         let sp = &cfg.split;
         let split = split(&ids, [sp.train, sp.val, sp.test], sp.seed)?;

@@ -8,6 +8,8 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum RunError {
     #[error(transparent)]
+    Write(#[from] metricunet_core::fsio::WriteError),
+    #[error(transparent)]
     Core(#[from] metricunet_core::CoreError),
     #[error(transparent)]
     Data(#[from] metricunet_data::DataError),

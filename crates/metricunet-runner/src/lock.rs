@@ -8,23 +8,8 @@ use std::time::Duration;
 
 use crate::error::{Result, RunError};
 
-/// This machine's name (for locks and run records).
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".into())
-}
-
-fn pid_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        Path::new("/proc").join(pid.to_string()).exists()
-    } else {
-        true // cannot tell: assume alive
-    }
-}
+pub use metricunet_core::fsio::host_name;
+use metricunet_core::fsio::pid_alive;
 
 /// A held lock; released (file removed) on drop.
 #[derive(Debug)]

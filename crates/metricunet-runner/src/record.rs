@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! RUN_ROOT/                      default runs/<experiment name>
-//!   experiment.yaml              the experiment as given (text, with --set overrides listed)
+//!   plan.yaml                    the cells of the experiment as last run (source, --set, axes)
 //!   stage1/<stage-1 hash>/       one localiser per data + stage-1 settings + seed
 //!   cells/<cell hash>/           one grid cell x seed
 //!     cell.yaml                  this record: state, label, seed, device, times, error
@@ -32,14 +32,36 @@ pub enum CellState {
     Failed,
 }
 
-/// Seconds spent in each phase of a cell (cumulative over resumed attempts).
+/// Seconds spent in each phase of a cell (cumulative over resumed attempts, each phase
+/// recorded as soon as it ends, so a kill loses at most the phase it interrupted).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Timings {
+    /// Training the shared stage 1 (only in the cell that trained it).
     pub stage1_s: f64,
     pub stage2_s: f64,
     pub predict_s: f64,
+    /// Working time, waits excluded.
     pub total_s: f64,
+    /// Waiting for another process's stage 1 (not counted in `total_s`).
+    pub waited_s: f64,
+}
+
+/// One run of a cell by one process: a killed one stays `running` until the next attempt
+/// marks it `interrupted`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub host: String,
+    pub pid: u32,
+    /// Unix seconds.
+    pub started: u64,
+    /// Working seconds of this attempt, as last recorded.
+    pub seconds: f64,
+    /// running, finished, failed or interrupted.
+    pub outcome: String,
+    /// The stage-2 iteration this attempt resumed from (its checkpoint), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage2_resumed_from: Option<usize>,
 }
 
 /// `cells/<hash>/cell.yaml`.
@@ -68,6 +90,9 @@ pub struct CellRecord {
     /// Test cases evaluated, with their files (for the report's figures).
     #[serde(default)]
     pub test_cases: Vec<TestCase>,
+    /// Every attempt at this cell, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
 }
 
 /// A test case's files.

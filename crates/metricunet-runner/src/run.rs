@@ -27,36 +27,57 @@ use crate::data::{work_dir, PreparedData};
 use crate::error::{Result, RunError};
 use crate::fsutil::{copy_atomic, read_yaml, remove_temporaries, write_atomic, write_yaml};
 use crate::lock::{host_name, DirLock};
-use crate::record::{cell_dir, git_revision, stage1_dir, CellRecord, CellState, TestCase, METRICS};
+use crate::record::{
+    cell_dir, git_revision, stage1_dir, Attempt, CellRecord, CellState, TestCase, METRICS,
+};
 use crate::stage::{train_cell_stage, StageRun};
 
-/// `--shard I/N`: this process runs the cells whose index is I modulo N (I in 0..N).
+/// `--shard I/N`: this process runs the cells whose index is I modulo N (I in 0..N);
+/// `--shard I/cells`: it runs cell I alone (one shard per cell). Either way the split is fixed
+/// by the sweep, not by how many shards run at once, so one lost shard can be run again alone
+/// (`sbatch --array=I`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
     pub index: usize,
-    pub count: usize,
+    /// N, or `None` for one cell per shard.
+    pub count: Option<usize>,
 }
 
 impl FromStr for Shard {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("--shard {s}: expected I/N with 0 <= I < N, e.g. 0/4");
+        let bad = || {
+            format!("--shard {s}: expected I/N with 0 <= I < N (e.g. 0/4), or I/cells to run cell I alone")
+        };
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (
-            i.trim().parse().map_err(|_| bad())?,
-            n.trim().parse().map_err(|_| bad())?,
-        );
-        if count == 0 || index >= count {
+        let index: usize = i.trim().parse().map_err(|_| bad())?;
+        let count = match n.trim() {
+            "cells" => None,
+            n => Some(n.parse::<usize>().map_err(|_| bad())?),
+        };
+        if count.is_some_and(|n| n == 0 || index >= n) {
             return Err(bad());
         }
         Ok(Self { index, count })
     }
 }
 
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.count {
+            Some(n) => write!(f, "{}/{n}", self.index),
+            None => write!(f, "{}/cells", self.index),
+        }
+    }
+}
+
 impl Shard {
     /// Whether this shard runs the cell with `index`.
     pub fn owns(&self, index: usize) -> bool {
-        index % self.count == self.index
+        match self.count {
+            Some(n) => index % n == self.index,
+            None => index == self.index,
+        }
     }
 }
 
@@ -264,6 +285,18 @@ pub fn run_plan(
         }
     }
     std::fs::create_dir_all(&opts.root).map_err(|e| RunError::io(&opts.root, e))?;
+    // what killed processes left: at the root here, in cells when they run, and in the data
+    // folders (phantom, cache) now, whether or not this run needs their data
+    remove_temporaries(&opts.root, false);
+    let mut data_dirs: Vec<PathBuf> = plan
+        .cells
+        .iter()
+        .map(|c| work_dir(&c.config.data))
+        .collect();
+    data_dirs.dedup();
+    for d in &data_dirs {
+        remove_temporaries(d, true);
+    }
     write_yaml(&opts.root.join(PLAN), plan_record)?;
     let device = metricunet_train::select_device(opts.device.unwrap_or(base.device))?;
     let device_name = metricunet_train::device::device_name(&device);
@@ -278,6 +311,12 @@ pub fn run_plan(
         .iter()
         .filter(|c| opts.shard.is_none_or(|s| s.owns(c.index)))
         .collect();
+    if let (Some(s), true) = (opts.shard, mine.is_empty()) {
+        tracing::warn!(
+            "shard {s}: no cell of the experiment's {} is this shard's; nothing to do",
+            plan.cells.len()
+        );
+    }
     let overall = multi.add(ProgressBar::new(mine.len() as u64));
     overall.set_style(
         ProgressStyle::with_template("cells [{bar:25}] {pos}/{len} {msg} (run eta {eta})")
@@ -351,6 +390,9 @@ pub fn run_plan(
                             tracing::error!("cell {} ({}): {message}", cell.index, summary.label);
                             record.state = CellState::Failed;
                             record.error = Some(message.clone());
+                            if let Some(a) = record.attempts.last_mut() {
+                                a.outcome = "failed".into();
+                            }
                             record.write(&dir)?;
                             CellOutcome::Failed(message)
                         }
@@ -401,12 +443,18 @@ fn reevaluate_if_needed(cell: &Cell, dir: &Path, record: &CellRecord) -> Result<
         .filter(|c| *c != "case" && !c.ends_with("_flag"))
         .collect();
     let want: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
-    if have == want {
+    let rows = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    if have == want && rows == record.test_cases.len() {
         return Ok(false);
     }
     tracing::info!(
-        "cell {}: metrics {have:?} -> {want:?}, evaluated again from its predictions",
-        cell.index
+        "cell {}: metrics {have:?} in {rows} rows -> {want:?} for {} test cases, evaluated again from its predictions",
+        cell.index,
+        record.test_cases.len()
     );
     let mut rows = Vec::with_capacity(record.test_cases.len());
     for tc in &record.test_cases {
@@ -460,11 +508,64 @@ fn new_record(
         host: host_name(),
         metricunet_version: env!("CARGO_PKG_VERSION").to_string(),
         git_revision: git_revision(),
-        // resumed attempts add to the time already spent
-        timings: previous.map(|p| p.timings).unwrap_or_default(),
         updated: 0,
         test_cases: Vec::new(),
+        // resumed attempts add to the time already spent; an earlier attempt still marked
+        // running was killed (this process holds the cell's lock)
+        attempts: previous
+            .as_ref()
+            .map(|p| p.attempts.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut a| {
+                if a.outcome == "running" {
+                    a.outcome = "interrupted".into();
+                }
+                a
+            })
+            .chain([Attempt {
+                host: host_name(),
+                pid: std::process::id(),
+                started: crate::record::now(),
+                seconds: 0.0,
+                outcome: "running".into(),
+                stage2_resumed_from: None,
+            }])
+            .collect(),
+        timings: previous.map(|p| p.timings).unwrap_or_default(),
     })
+}
+
+/// The working time of this attempt (waits excluded), kept in the record as it goes.
+struct AttemptClock {
+    start: Instant,
+    /// `total_s` of the earlier attempts.
+    before: f64,
+    waited: Duration,
+}
+
+impl AttemptClock {
+    fn new(record: &CellRecord) -> Self {
+        Self {
+            start: Instant::now(),
+            before: record.timings.total_s,
+            waited: Duration::ZERO,
+        }
+    }
+    /// Record the time so far (and `outcome`) and write the record.
+    fn save(&self, record: &mut CellRecord, dir: &Path, outcome: &str) -> Result<()> {
+        let seconds = self
+            .start
+            .elapsed()
+            .saturating_sub(self.waited)
+            .as_secs_f64();
+        record.timings.total_s = self.before + seconds;
+        if let Some(a) = record.attempts.last_mut() {
+            a.seconds = seconds;
+            a.outcome = outcome.into();
+        }
+        record.write(dir)
+    }
 }
 
 struct CellContext<'a> {
@@ -482,8 +583,8 @@ fn run_cell(
 ) -> Result<()> {
     let (cell, dir) = (ctx.cell, ctx.dir);
     let cfg = &cell.config;
-    let t0 = Instant::now();
-    remove_temporaries(dir);
+    let mut clock = AttemptClock::new(record);
+    remove_temporaries(dir, true);
     record.write(dir)?;
     write_atomic(&dir.join("config.yaml"), cell.to_yaml()?.as_bytes())?;
     write_atomic(
@@ -528,7 +629,10 @@ fn run_cell(
     let s1 = stage1_dir(&ctx.opts.root, &record.stage1_hash);
     let s1_model = s1.join("model.safetensors");
     if !s1_model.exists() {
+        let wait = Instant::now();
         let _lock = DirLock::acquire_waiting(&s1, Duration::from_secs(5))?;
+        clock.waited += wait.elapsed();
+        record.timings.waited_s += wait.elapsed().as_secs_f64();
         if !s1_model.exists() {
             let out = train_cell_stage(
                 cell,
@@ -546,6 +650,7 @@ fn run_cell(
             .map_err(|e| RunError::Invalid(format!("stage 1 ({}): {e}", s1.display())))?;
             record.timings.stage1_s += out.seconds;
         }
+        clock.save(record, dir, "running")?;
     }
     copy_atomic(&s1_model, &dir.join("stage1").join("model.safetensors"))?;
     let s1_log = s1.join("train_log.csv");
@@ -571,7 +676,10 @@ fn run_cell(
         )
         .map_err(|e| RunError::Invalid(format!("stage 2: {e}")))?;
         record.timings.stage2_s += out.seconds;
-        record.write(dir)?;
+        if let Some(a) = record.attempts.last_mut() {
+            a.stage2_resumed_from = out.resumed_from;
+        }
+        clock.save(record, dir, "running")?;
     }
 
     // Prediction and evaluation of the test cases.
@@ -581,7 +689,6 @@ fn run_cell(
         metrics_frame(&rows).map_err(|e| RunError::file(dir.join(METRICS), e.to_string()))?;
     write_csv(&mut table, &dir.join(METRICS))?;
     record.timings.predict_s += t.elapsed().as_secs_f64();
-    record.timings.total_s += t0.elapsed().as_secs_f64();
     record.test_cases = data
         .split
         .test
@@ -597,7 +704,7 @@ fn run_cell(
         })
         .collect();
     record.state = CellState::Finished;
-    record.write(dir)
+    clock.save(record, dir, "finished")
 }
 
 /// Predict every test case with the cell's two stages, write the masks (and the

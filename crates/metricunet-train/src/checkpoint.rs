@@ -10,6 +10,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use safetensors::tensor::{Dtype, TensorView};
 
+use metricunet_core::fsio::write_atomic_at;
+
 use crate::error::{Result, TrainError};
 use crate::optim::Sgd;
 
@@ -85,38 +87,16 @@ pub fn save(path: &Path, vars: &VarMap, opt: &Sgd, meta: &CheckpointMeta) -> Res
         ("rng_word_pos".to_string(), meta.rng_word_pos.to_string()),
         ("config_hash".to_string(), meta.config_hash.clone()),
     ]);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt"),
-        std::process::id()
-    ));
-    safetensors::serialize_to_file(views, Some(info), &tmp).map_err(|e| {
-        TrainError::Checkpoint {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+    Ok(write_atomic_at(path, |tmp| {
+        safetensors::serialize_to_file(views, Some(info), tmp).map_err(|e| e.to_string())
+    })?)
 }
 
 /// Save the weights alone (the model a prediction loads), atomically.
 pub fn save_weights(path: &Path, vars: &VarMap) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    let tmp = dir.join(format!(".weights.tmp{}", std::process::id()));
-    vars.save(&tmp).map_err(|e| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+    Ok(write_atomic_at(path, |tmp| {
+        vars.save(tmp).map_err(|e| e.to_string())
+    })?)
 }
 
 /// Load a checkpoint into `vars` (every variable must be present with its shape) and

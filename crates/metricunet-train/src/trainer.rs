@@ -211,24 +211,8 @@ fn truncate_log(path: &Path, iteration: usize) -> Result<Option<String>> {
             out.push('\n');
         }
     }
-    let tmp = path.with_extension("csv.tmp");
-    std::fs::write(&tmp, &out).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
+    metricunet_core::fsio::write_atomic(path, out.as_bytes())?;
     Ok(Some(header.to_string()))
-}
-
-/// Temporary files a killed process left behind (`.name.tmpPID`); the files they were
-/// meant to replace are intact, so they are only clutter.
-fn remove_stale_temporaries(dir: &Path) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp") {
-            let path = entry.path();
-            std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, e))?;
-        }
-    }
-    Ok(())
 }
 
 /// Train one stage in `dir` (created). With `resume`, a checkpoint there is continued
@@ -253,7 +237,8 @@ pub fn train_stage(
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    remove_stale_temporaries(dir)?;
+    // temporary files of a killed run: the files they were meant to replace are intact
+    metricunet_core::fsio::remove_temporaries(dir, false);
     let ckpt_path = dir.join(CHECKPOINT);
     let log_path = dir.join(LOG);
     let vars = VarMap::new();
