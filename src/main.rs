@@ -485,6 +485,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// mimalloc's `purge_delay` option (number 15 in mimalloc 2.x and 3.x).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// An error and its causes on one line, each cause once: our errors already name their
+/// cause (`path: No such file or directory`), so a cause their text holds is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    text
+}
+
 fn main() -> ExitCode {
     // Keep freed memory for reuse instead of returning it to the kernel 10 ms later: a
     // training step frees and allocates the same tensor sizes every iteration, and each
@@ -503,7 +516,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(2)
         }
     }

@@ -250,3 +250,11 @@ fn damaged_cells_temporaries_and_report_folders() {
     let (ok, stdout, _) = cli(&["report", root.to_str().expect("utf8")]);
     assert!(ok && stdout.contains("2 of 2 cells finished"), "{stdout}");
 }
+
+#[test]
+fn a_cause_is_said_once() {
+    let (ok, _, stderr) = cli(&["eval", "--pred", "/no/a.nii.gz", "--ref", "/no/b.nii.gz"]);
+    assert!(!ok);
+    assert_eq!(stderr.matches("file not found").count(), 1, "{stderr}");
+    assert!(stderr.contains("/no/a.nii.gz"), "{stderr}");
+}

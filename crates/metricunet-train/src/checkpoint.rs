@@ -170,3 +170,41 @@ pub fn load(path: &Path, vars: &VarMap, opt: &mut Sgd, device: &Device) -> Resul
         config_hash: field("config_hash")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_says_so_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let vars = VarMap::new();
+        vars.get(
+            (2, 3),
+            "w",
+            candle_nn::Init::Const(1.0),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .expect("var");
+        // a folder that cannot be made (a file is in its place) stands for a full disk
+        let blocker = dir.path().join("full");
+        std::fs::write(&blocker, b"x").expect("file");
+        let e = save_weights(&blocker.join("model.safetensors"), &vars)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.safetensors") || e.contains("full"), "{e}");
+        assert!(
+            e.contains("cannot write") && !e.contains("not a usable checkpoint"),
+            "{e}"
+        );
+        // and a write that works replaces the file whole
+        let ok = dir.path().join("model.safetensors");
+        save_weights(&ok, &vars).expect("save");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+}
