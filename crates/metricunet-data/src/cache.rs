@@ -289,15 +289,20 @@ mod tests {
     use super::*;
     use crate::phantom::{write_dataset, PhantomSize};
 
-    #[test]
-    fn cache_round_trip_invalidation_and_skipping() {
+    /// `n` small phantom cases (64 x 64 x 16) of `seed` in a temporary folder.
+    fn phantom_cases(n: usize, seed: u64) -> (tempfile::TempDir, Vec<Case>) {
         let dir = tempfile::tempdir().expect("tmp");
         let size = PhantomSize {
             in_plane: 64,
             slices: 16,
         };
-        let mut cases =
-            write_dataset(&dir.path().join("data"), 2, 1, &size, &|_| {}).expect("data");
+        let cases = write_dataset(&dir.path().join("data"), n, seed, &size, &|_| {}).expect("data");
+        (dir, cases)
+    }
+
+    #[test]
+    fn cache_round_trip_invalidation_and_skipping() {
+        let (dir, mut cases) = phantom_cases(2, 1);
         let map = BTreeMap::from([(1, 1)]);
         let params = PreprocessParams {
             spacing_mm: [4.0, 4.0, 4.0],
@@ -343,12 +348,7 @@ mod tests {
 
     #[test]
     fn altered_entries_are_recomputed_never_trained_on() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let size = PhantomSize {
-            in_plane: 64,
-            slices: 16,
-        };
-        let cases = write_dataset(&dir.path().join("data"), 1, 3, &size, &|_| {}).expect("data");
+        let (dir, cases) = phantom_cases(1, 3);
         let map = BTreeMap::from([(1, 1)]);
         let params = PreprocessParams {
             spacing_mm: [4.0, 4.0, 4.0],
@@ -373,12 +373,7 @@ mod tests {
 
     #[test]
     fn a_label_that_vanishes_on_resampling_names_the_case_and_can_be_skipped() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let size = PhantomSize {
-            in_plane: 64,
-            slices: 16,
-        };
-        let cases = write_dataset(&dir.path().join("data"), 2, 5, &size, &|_| {}).expect("data");
+        let (_dir, cases) = phantom_cases(2, 5);
         // a one-voxel foreground (11 x 11 x 12.5 mm voxels) between the grid points of a 20 mm resampling
         let label_path = cases[1].label.clone().expect("label");
         let mut label = crate::io::read_nifti(&label_path).expect("read").volume;
