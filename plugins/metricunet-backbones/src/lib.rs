@@ -8,12 +8,10 @@
 //!   detached, so the layers up to conv6d learn only from the metric loss and the head only
 //!   from cross-entropy.
 //! - `unet-light`: the light stage-1 UNet on 5-slice inputs (fewer, narrower levels).
+//!
+//! The networks only: the ops they run on (the CPU convolution, transposed convolution and
+//! fused BatchNorm + ReLU kernels) live in `metricunet-ops`.
 
-pub mod bn_relu;
-pub mod conv;
-pub mod conv_cpu;
-pub mod conv_transpose;
-mod cpu_values;
 mod unet;
 mod unet_light;
 

@@ -114,20 +114,20 @@ impl ConvBnRelu {
 
     /// On the channel concatenation `[a, b]` (not formed on the CPU).
     fn forward_cat(&self, a: &Tensor, b: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = crate::conv::conv2d_same_cat(a, b, self.conv.weight())?;
-        crate::bn_relu::bias_batch_norm_relu(&y, self.conv.bias(), &self.bn, train)
+        let y = metricunet_ops::conv::conv2d_same_cat(a, b, self.conv.weight())?;
+        metricunet_ops::bn_relu::bias_batch_norm_relu(&y, self.conv.bias(), &self.bn, train)
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = crate::conv::conv2d_same(x, self.conv.weight())?;
-        crate::bn_relu::bias_batch_norm_relu(&y, self.conv.bias(), &self.bn, train)
+        let y = metricunet_ops::conv::conv2d_same(x, self.conv.weight())?;
+        metricunet_ops::bn_relu::bias_batch_norm_relu(&y, self.conv.bias(), &self.bn, train)
     }
 }
 
-/// `conv` (stride 1, padding k / 2) through [`crate::conv::conv2d_same`], whose backward is
+/// `conv` (stride 1, padding k / 2) through [`metricunet_ops::conv::conv2d_same`], whose backward is
 /// faster on the CPU than candle's.
 fn conv_same(conv: &Conv2d, x: &Tensor) -> candle_core::Result<Tensor> {
-    let y = crate::conv::conv2d_same(x, conv.weight())?;
+    let y = metricunet_ops::conv::conv2d_same(x, conv.weight())?;
     match conv.bias() {
         Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
         None => Ok(y),
@@ -229,7 +229,8 @@ impl Backbone for UNet {
             }
         }
         for ((up, (c, d)), skip) in self.up.iter().zip(&self.decoder).zip(skips.iter().rev()) {
-            let u = crate::conv_transpose::conv_transpose_2x2(&cur, up.weight(), up.bias())?;
+            let u =
+                metricunet_ops::conv_transpose::conv_transpose_2x2(&cur, up.weight(), up.bias())?;
             cur = d.forward_t(&c.forward_cat(&u, skip, train)?, train)?;
         }
         let head_in = if self.cfg.detach_head {

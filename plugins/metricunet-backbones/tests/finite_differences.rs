@@ -2,61 +2,13 @@
 //! central finite differences in f64 (candle 0.11's own `max_pool2d` backward is wrong,
 //! which is why each op is checked rather than trusted).
 
-use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
+use candle_core::{DType, Device, Module, ModuleT, Tensor};
 use candle_nn::{
     BatchNorm, BatchNormConfig, Conv2dConfig, ConvTranspose2dConfig, VarBuilder, VarMap,
 };
 use metricunet_backbones::{max_pool_2x2, UNet, UNetConfig};
 use metricunet_core::Backbone;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
-fn random(n: usize, seed: u64) -> Vec<f64> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
-}
-
-/// Compare d f / d x from backward with central differences at every element of `x`
-/// (or at `max_checks` evenly spread elements).
-fn check(name: &str, x: &[f64], shape: &[usize], max_checks: usize, f: &dyn Fn(&Tensor) -> Tensor) {
-    let var = Var::from_vec(x.to_vec(), shape, &Device::Cpu).expect("var");
-    let grads = f(var.as_tensor()).backward().expect("backward");
-    let g = grads
-        .get(&var)
-        .expect("gradient")
-        .flatten_all()
-        .and_then(|t| t.to_vec1::<f64>())
-        .expect("vec");
-    let eval = |v: Vec<f64>| {
-        f(&Tensor::from_vec(v, shape, &Device::Cpu).expect("t"))
-            .to_scalar::<f64>()
-            .expect("scalar")
-    };
-    let eps = 1e-5;
-    let step = (x.len() / max_checks).max(1);
-    let mut worst: f64 = 0.0;
-    for i in (0..x.len()).step_by(step) {
-        let (mut up, mut down) = (x.to_vec(), x.to_vec());
-        up[i] += eps;
-        down[i] -= eps;
-        let fd = (eval(up) - eval(down)) / (2.0 * eps);
-        let err = (fd - g[i]).abs() / fd.abs().max(g[i].abs()).max(1e-3);
-        worst = worst.max(err);
-        assert!(
-            err < 1e-4,
-            "{name}: d/dx[{i}] finite difference {fd}, backward {}",
-            g[i]
-        );
-    }
-    assert!(g.iter().any(|v| *v != 0.0), "{name}: gradient is all zero");
-    eprintln!("{name}: worst relative error {worst:.2e}");
-}
-
-/// A fixed random weighting so that the scalar depends on every output element.
-fn weighted_sum(t: &Tensor, seed: u64) -> Tensor {
-    let w = Tensor::from_vec(random(t.elem_count(), seed), t.dims(), &Device::Cpu).expect("w");
-    (t * w).and_then(|p| p.sum_all()).expect("sum")
-}
+use metricunet_ops::testing::{check_gradient, random, weighted_sum};
 
 fn vb(vars: &VarMap) -> VarBuilder<'_> {
     VarBuilder::from_varmap(vars, DType::F64, &Device::Cpu)
@@ -78,7 +30,7 @@ fn conv2d_3x3_and_1x1() {
         )
         .expect("conv");
         let x = random(2 * 3 * 5 * 6, 1);
-        check(
+        check_gradient(
             &format!("conv2d {k}x{k} (input)"),
             &x,
             &[2, 3, 5, 6],
@@ -94,7 +46,7 @@ fn conv2d_3x3_and_1x1() {
         let xt = Tensor::from_vec(x.clone(), (2, 3, 5, 6), &Device::Cpu).expect("x");
         let bias = conv.bias().cloned();
         let dims = conv.weight().dims().to_vec();
-        check(&format!("conv2d {k}x{k} (weight)"), &w, &dims, 200, &|wt| {
+        check_gradient(&format!("conv2d {k}x{k} (weight)"), &w, &dims, 200, &|wt| {
             let c = candle_nn::Conv2d::new(
                 wt.clone(),
                 bias.clone(),
@@ -109,58 +61,8 @@ fn conv2d_3x3_and_1x1() {
 }
 
 /// The custom "same" convolution (own backward): input and weight gradients against finite
+
 /// differences, and equal to candle's own conv2d backward.
-#[test]
-fn conv2d_same_custom_backward() {
-    use metricunet_backbones::conv::conv2d_same;
-    for k in [3usize, 1] {
-        let (xs, ws) = ([2usize, 3, 5, 6], [4usize, 3, k, k]);
-        let x = random(xs.iter().product(), 11);
-        let w = random(ws.iter().product(), 12);
-        let wt = Tensor::from_vec(w.clone(), &ws[..], &Device::Cpu).expect("w");
-        let xt = Tensor::from_vec(x.clone(), &xs[..], &Device::Cpu).expect("x");
-        check(&format!("conv2d_same {k}x{k} input"), &x, &xs, 60, &|t| {
-            weighted_sum(&conv2d_same(t, &wt).expect("conv"), 13)
-        });
-        check(&format!("conv2d_same {k}x{k} weight"), &w, &ws, 60, &|t| {
-            weighted_sum(&conv2d_same(&xt, t).expect("conv"), 13)
-        });
-        // the same gradients as candle's conv2d backward
-        let (xv, wv) = (
-            Var::from_vec(x.clone(), &xs[..], &Device::Cpu).expect("x"),
-            Var::from_vec(w.clone(), &ws[..], &Device::Cpu).expect("w"),
-        );
-        let ours = weighted_sum(&conv2d_same(&xv, &wv).expect("ours"), 14)
-            .backward()
-            .expect("bwd");
-        let theirs = weighted_sum(&xv.conv2d(&wv, k / 2, 1, 1, 1).expect("candle"), 14)
-            .backward()
-            .expect("bwd");
-        for v in [&xv, &wv] {
-            let a = ours
-                .get(v)
-                .expect("g")
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f64>())
-                .expect("a");
-            let b = theirs
-                .get(v)
-                .expect("g")
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f64>())
-                .expect("b");
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0, f64::max);
-            assert!(
-                worst < 1e-10,
-                "{k}x{k}: differs from candle's backward by {worst}"
-            );
-        }
-    }
-}
 
 #[test]
 fn conv_transpose_2x2_stride_2() {
@@ -171,7 +73,7 @@ fn conv_transpose_2x2_stride_2() {
     };
     let up = candle_nn::conv_transpose2d(4, 3, 2, cfg, vb(&vars).pp("u")).expect("tconv");
     let x = random(2 * 4 * 3 * 3, 3);
-    check("conv_transpose2d (input)", &x, &[2, 4, 3, 3], 72, &|t| {
+    check_gradient("conv_transpose2d (input)", &x, &[2, 4, 3, 3], 72, &|t| {
         weighted_sum(&up.forward(t).expect("fwd"), 4)
     });
     let w = up
@@ -181,47 +83,15 @@ fn conv_transpose_2x2_stride_2() {
         .expect("w");
     let xt = Tensor::from_vec(x, (2, 4, 3, 3), &Device::Cpu).expect("x");
     let bias = up.bias().cloned();
-    check("conv_transpose2d (weight)", &w, &[4, 3, 2, 2], 48, &|wt| {
+    check_gradient("conv_transpose2d (weight)", &w, &[4, 3, 2, 2], 48, &|wt| {
         let c = candle_nn::ConvTranspose2d::new(wt.clone(), bias.clone(), cfg);
         weighted_sum(&c.forward(&xt).expect("fwd"), 4)
     });
 }
 
 /// The project's own 2 x 2 transposed convolution (the decoder's upsampling on the CPU):
+
 /// input, kernel and bias gradients, at a batch below and above the thread count.
-#[test]
-fn conv_transpose_2x2_custom_backward() {
-    use metricunet_backbones::conv_transpose::conv_transpose_2x2;
-    for n in [1, 3] {
-        let (xs, ws) = ([n, 4, 3, 5], [4, 3, 2, 2]);
-        let x = random(xs.iter().product(), 31);
-        let w = random(ws.iter().product(), 32);
-        let b = random(3, 33);
-        let t = |v: &[f64], s: &[usize]| Tensor::from_vec(v.to_vec(), s, &Device::Cpu).expect("t");
-        let (xt, wt, bt) = (t(&x, &xs), t(&w, &ws), t(&b, &[3]));
-        check(
-            &format!("conv_transpose_2x2 input (batch {n})"),
-            &x,
-            &xs,
-            60,
-            &|v| weighted_sum(&conv_transpose_2x2(v, &wt, Some(&bt)).expect("up"), 34),
-        );
-        check(
-            &format!("conv_transpose_2x2 kernel (batch {n})"),
-            &w,
-            &ws,
-            48,
-            &|v| weighted_sum(&conv_transpose_2x2(&xt, v, Some(&bt)).expect("up"), 34),
-        );
-        check(
-            &format!("conv_transpose_2x2 bias (batch {n})"),
-            &b,
-            &[3],
-            3,
-            &|v| weighted_sum(&conv_transpose_2x2(&xt, &wt, Some(v)).expect("up"), 34),
-        );
-    }
-}
 
 #[test]
 fn batch_norm_in_training_mode() {
@@ -229,39 +99,14 @@ fn batch_norm_in_training_mode() {
     let bn: BatchNorm =
         candle_nn::batch_norm(3, BatchNormConfig::default(), vb(&vars).pp("bn")).expect("bn");
     let x = random(4 * 3 * 3 * 3, 5);
-    check("batch_norm (train)", &x, &[4, 3, 3, 3], 108, &|t| {
+    check_gradient("batch_norm (train)", &x, &[4, 3, 3, 3], 108, &|t| {
         weighted_sum(&bn.forward_t(t, true).expect("fwd"), 6)
     });
 }
 
 /// The project's fused BatchNorm + ReLU with a convolution bias, in training mode (batch
+
 /// statistics) and in inference mode (running statistics): input gradient.
-#[test]
-fn fused_batch_norm_relu_both_modes() {
-    use metricunet_backbones::bn_relu::bias_batch_norm_relu;
-    let vars = VarMap::new();
-    let bn: BatchNorm =
-        candle_nn::batch_norm(3, BatchNormConfig::default(), vb(&vars).pp("bn")).expect("bn");
-    let bias = Tensor::from_vec(random(3, 40), 3, &Device::Cpu).expect("bias");
-    let x = random(4 * 3 * 3 * 3, 41);
-    // move the running statistics away from (0, 1) first
-    bias_batch_norm_relu(
-        &Tensor::from_vec(x.clone(), (4, 3, 3, 3), &Device::Cpu).expect("x"),
-        Some(&bias),
-        &bn,
-        true,
-    )
-    .expect("train step");
-    for train in [false, true] {
-        let name = format!("bias_batch_norm_relu (train {train})");
-        check(&name, &x, &[4, 3, 3, 3], 108, &|t| {
-            weighted_sum(
-                &bias_batch_norm_relu(t, Some(&bias), &bn, train).expect("fwd"),
-                42,
-            )
-        });
-    }
-}
 
 #[test]
 fn relu_cat_pool_and_cross_entropy() {
@@ -270,14 +115,14 @@ fn relu_cat_pool_and_cross_entropy() {
         .into_iter()
         .map(|v| if v.abs() < 0.05 { v + 0.1 } else { v })
         .collect();
-    check("relu", &x, &[2, 2, 4, 4], 64, &|t| {
+    check_gradient("relu", &x, &[2, 2, 4, 4], 64, &|t| {
         weighted_sum(&t.relu().expect("relu"), 8)
     });
-    check("max_pool_2x2", &x, &[2, 2, 4, 4], 64, &|t| {
+    check_gradient("max_pool_2x2", &x, &[2, 2, 4, 4], 64, &|t| {
         weighted_sum(&max_pool_2x2(t).expect("pool"), 9)
     });
     let other = Tensor::from_vec(random(2 * 3 * 4 * 4, 10), (2, 3, 4, 4), &Device::Cpu).expect("o");
-    check("cat", &x, &[2, 2, 4, 4], 64, &|t| {
+    check_gradient("cat", &x, &[2, 2, 4, 4], 64, &|t| {
         weighted_sum(&Tensor::cat(&[t, &other], 1).expect("cat"), 11)
     });
     let target = Tensor::from_vec(
@@ -286,12 +131,13 @@ fn relu_cat_pool_and_cross_entropy() {
         &Device::Cpu,
     )
     .expect("t");
-    check("cross_entropy", &random(32 * 2, 12), &[32, 2], 64, &|t| {
+    check_gradient("cross_entropy", &random(32 * 2, 12), &[32, 2], 64, &|t| {
         candle_nn::loss::cross_entropy(t, &target).expect("ce")
     });
 }
 
 /// The whole (small) UNet in training mode: d(loss)/d(input) and d(loss)/d(weights).
+
 #[test]
 fn whole_small_unet() {
     let vars = VarMap::new();
@@ -351,7 +197,7 @@ fn whole_small_unet() {
         };
         (ce + weighted_sum(&out.embedding, 14) * 0.01).expect("loss")
     };
-    check("UNet (input)", &x, &[2, 3, 8, 8], 60, &|t| {
+    check_gradient("UNet (input)", &x, &[2, 3, 8, 8], 60, &|t| {
         loss(net.forward_t(t, true).expect("fwd"))
     });
     // weights deep in the encoder and in the decoder, through every layer after them
