@@ -4,67 +4,33 @@
 mod common;
 
 use metricunet_core::{
-    draw_tuples, inventory, ParamSpec, Params, Result, SampleBatch, Sampler, SamplerPlugin, Tuples,
-    VoxelMetricModule,
+    register_sampler, Draw, Result, SampleBatch, SampleItem, Sampler, VoxelMetricModule,
 };
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
 
 // --- README example starts ---
 /// Anchors deep inside the organ: foreground voxels whose 4 neighbours are foreground too.
 #[derive(Debug)]
-struct InteriorSampler {
-    k: usize,
-    m: usize,
-}
+struct InteriorSampler(Draw);
 
 impl Sampler for InteriorSampler {
-    fn sample(&self, batch: &SampleBatch<'_>, rng: &mut dyn RngCore) -> Result<Tuples> {
-        let (h, w) = batch.dims();
-        let mut out = Tuples::empty(self.m);
-        for i in 0..batch.batch_size() {
-            let labels = batch.item_labels(i);
-            let fg = |y: usize, x: usize| labels[y * w + x] != 0;
-            let interior: Vec<usize> = (0..h * w)
-                .filter(|&v| {
-                    let (y, x) = (v / w, v % w);
-                    y > 0
-                        && x > 0
-                        && y + 1 < h
-                        && x + 1 < w
-                        && fg(y, x)
-                        && fg(y - 1, x)
-                        && fg(y + 1, x)
-                        && fg(y, x - 1)
-                        && fg(y, x + 1)
-                })
-                .collect();
-            draw_tuples(
-                i * batch.item_len(),
-                labels,
-                &interior,
-                self.k,
-                self.m,
-                rng,
-                &mut out,
-            );
-        }
-        Ok(out)
+    fn draw(&self) -> Draw {
+        self.0
+    }
+    fn candidates(&self, item: &SampleItem<'_>) -> Result<Vec<usize>> {
+        let (h, w) = item.dims();
+        let fg = |v: usize| item.is_foreground(v);
+        let inside = |v: usize| v / w > 0 && v % w > 0 && v / w + 1 < h && v % w + 1 < w;
+        let around = |v: usize| [v, v - 1, v + 1, v - w, v + w];
+        Ok((0..h * w)
+            .filter(|&v| inside(v) && around(v).into_iter().all(fg))
+            .collect())
     }
 }
 
-inventory::submit! {
-    SamplerPlugin {
-        name: "interior",
-        description: "anchors on foreground voxels away from the boundary",
-        params: &[
-            ParamSpec::int("k", 20, 1, "anchors drawn per image"),
-            ParamSpec::int("m", 1, 1, "positives and negatives per anchor"),
-        ],
-        build: |p: &Params| -> Result<Box<dyn Sampler>> {
-            Ok(Box::new(InteriorSampler { k: p.usize("k")?, m: p.usize("m")? }))
-        },
-    }
-}
+register_sampler!("interior", "anchors away from the boundary", |d, _| Ok(
+    InteriorSampler(d)
+));
 // --- README example ends ---
 
 #[test]
@@ -91,4 +57,28 @@ fn a_sampler_registered_outside_the_core_is_usable_by_name() {
     assert_eq!(t.anchors, vec![12]);
     let e = common::plan_err("metric:\n  samplers: [{name: interior, kk: 2}]\n");
     assert!(e.contains("did you mean `k`"), "{e}");
+}
+
+/// The README's "Adding a sampler" block is the code above (whitespace aside), and short.
+#[test]
+fn the_readme_shows_this_sampler() {
+    let squash = |t: &str| t.split_whitespace().collect::<String>();
+    let here = include_str!("custom_sampler.rs");
+    let start = "// --- README example starts ---";
+    let code = &here[here.find(start).expect("start") + start.len()
+        ..here.find("// --- README example ends ---").expect("end")];
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find("## Adding a sampler").expect("section")..];
+    let block = section
+        .split("```rust")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("block");
+    let block_code = block
+        .split_once("\n\n")
+        .map(|(_use_line, rest)| rest)
+        .expect("use line");
+    assert_eq!(squash(block_code), squash(code), "README and test differ");
+    let lines = block_code.lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(lines <= 20, "the example sampler takes {lines} lines");
 }

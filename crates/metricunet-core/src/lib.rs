@@ -26,7 +26,7 @@ pub use metric::{Comparison, MaskRef, Metric, MetricValue};
 pub use metric_module::{StepLoss, VoxelMetricModule};
 pub use params::{ParamKind, ParamSpec, ParamValue, Params};
 pub use registry::{BackbonePlugin, LossPlugin, MetricPlugin, PluginKind, SamplerPlugin};
-pub use sampler::{draw_tuples, SampleBatch, Sampler, Tuples};
+pub use sampler::{draw_tuples, Draw, SampleBatch, SampleItem, Sampler, Tuples};
 
 // Re-exported so plugin crates register without depending on inventory's version directly.
 pub use inventory;

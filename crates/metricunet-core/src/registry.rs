@@ -4,14 +4,16 @@
 //! runner finds it by name and never names a concrete type:
 //!
 //! ```
-//! use metricunet_core::{registry, ParamSpec, Params, Result, SampleBatch, Sampler, SamplerPlugin, Tuples};
-//! use rand::RngCore;
+//! use metricunet_core::{registry, Draw, Params, Result, SampleItem, Sampler, SamplerPlugin};
 //!
 //! #[derive(Debug)]
 //! struct Nothing;
 //! impl Sampler for Nothing {
-//!     fn sample(&self, _: &SampleBatch<'_>, _: &mut dyn RngCore) -> Result<Tuples> {
-//!         Ok(Tuples::empty(1))
+//!     fn draw(&self) -> Draw {
+//!         Draw { k: 1, m: 1 }
+//!     }
+//!     fn candidates(&self, _: &SampleItem<'_>) -> Result<Vec<usize>> {
+//!         Ok(Vec::new())
 //!     }
 //! }
 //!

@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use rand::{Rng, RngCore};
 
 use crate::error::{CoreError, Result};
+use crate::params::{ParamSpec, Params};
 
 /// What a sampler sees of one training batch: the binary reference labels and (when the
 /// sampler asks for them) the segmentation head's foreground probabilities, both flat in
@@ -72,12 +73,72 @@ impl<'a> SampleBatch<'a> {
     /// Foreground probabilities of item `i`, or an error naming `sampler` when the batch
     /// was built without them.
     pub fn item_probs(&self, i: usize, sampler: &str) -> Result<&'a [f32]> {
-        let p = self.fg_prob.ok_or_else(|| {
+        self.item(i).probs(sampler)
+    }
+    /// Item `i` as a sampler's [`candidates`](Sampler::candidates) sees it.
+    pub fn item(&self, i: usize) -> SampleItem<'a> {
+        let range = i * self.item_len()..(i + 1) * self.item_len();
+        SampleItem {
+            labels: &self.labels[range.clone()],
+            probs: self.fg_prob.map(|p| &p[range]),
+            h: self.h,
+            w: self.w,
+        }
+    }
+}
+
+/// One image of a batch: its labels and (when computed) foreground probabilities, flat
+/// `H x W` (`index = y * W + x`).
+#[derive(Debug, Clone, Copy)]
+pub struct SampleItem<'a> {
+    /// 0 = background, anything else = foreground.
+    pub labels: &'a [u8],
+    probs: Option<&'a [f32]>,
+    h: usize,
+    w: usize,
+}
+
+impl<'a> SampleItem<'a> {
+    /// `(H, W)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.h, self.w)
+    }
+    /// Whether voxel `v` is foreground.
+    pub fn is_foreground(&self, v: usize) -> bool {
+        self.labels[v] != 0
+    }
+    /// The foreground probabilities, or an error naming `sampler` when the batch was built
+    /// without them (a sampler that reads them says so by
+    /// [`needs_probabilities`](Sampler::needs_probabilities)).
+    pub fn probs(&self, sampler: &str) -> Result<&'a [f32]> {
+        self.probs.ok_or_else(|| {
             CoreError::Shape(format!(
                 "sampler `{sampler}` needs foreground probabilities, the batch has none"
             ))
-        })?;
-        Ok(&p[i * self.item_len()..(i + 1) * self.item_len()])
+        })
+    }
+}
+
+/// How many tuples a sampler draws: up to `k` anchors per image, each with `m` positives and
+/// `m` negatives. Every sampler declares both parameters ([`Draw::K`], [`Draw::M`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draw {
+    pub k: usize,
+    pub m: usize,
+}
+
+impl Draw {
+    /// `k` as samplers declare it (paper: 20).
+    pub const K: ParamSpec = ParamSpec::int("k", 20, 1, "anchors drawn per image");
+    /// `m` as samplers declare it (paper: 1).
+    pub const M: ParamSpec = ParamSpec::int("m", 1, 1, "positives and negatives drawn per anchor");
+
+    /// `k` and `m` from a sampler's validated parameters.
+    pub fn from_params(p: &Params) -> Result<Self> {
+        Ok(Self {
+            k: p.usize("k")?,
+            m: p.usize("m")?,
+        })
     }
 }
 
@@ -129,48 +190,128 @@ impl Tuples {
 
 /// A strategy that draws voxel tuples from a batch.
 ///
-/// A sampler only chooses voxels; distances and losses are the job of a
-/// [`MetricLoss`](crate::MetricLoss). Most samplers only decide which voxels may be
-/// anchors and leave the rest to [`draw_tuples`]:
+/// A sampler only says which voxels of an image may be anchors
+/// ([`candidates`](Sampler::candidates)) and how many tuples it draws
+/// ([`draw`](Sampler::draw)); the provided [`sample`](Sampler::sample) does the rest for every
+/// image: up to `k` anchors among the candidates, each with `m` positives and negatives
+/// ([`draw_tuples`]). Distances and losses are the job of a
+/// [`MetricLoss`](crate::MetricLoss).
 ///
 /// ```
-/// use metricunet_core::{draw_tuples, Result, SampleBatch, Sampler, Tuples};
-/// use rand::{RngCore, SeedableRng};
+/// use metricunet_core::{Draw, Result, SampleBatch, SampleItem, Sampler};
+/// use rand::SeedableRng;
 ///
-/// /// Anchors anywhere in the foreground, 4 per image, one positive and negative each.
+/// /// Anchors anywhere in the foreground.
 /// #[derive(Debug)]
-/// struct Everywhere;
+/// struct Everywhere(Draw);
 ///
 /// impl Sampler for Everywhere {
-///     fn sample(&self, batch: &SampleBatch<'_>, rng: &mut dyn RngCore) -> Result<Tuples> {
-///         let mut out = Tuples::empty(1);
-///         for i in 0..batch.batch_size() {
-///             let labels = batch.item_labels(i);
-///             let fg: Vec<usize> = (0..labels.len()).filter(|&v| labels[v] != 0).collect();
-///             draw_tuples(i * batch.item_len(), labels, &fg, 4, 1, rng, &mut out);
-///         }
-///         Ok(out)
+///     fn draw(&self) -> Draw {
+///         self.0
+///     }
+///     fn candidates(&self, item: &SampleItem<'_>) -> Result<Vec<usize>> {
+///         Ok((0..item.labels.len()).filter(|&v| item.is_foreground(v)).collect())
 ///     }
 /// }
 ///
 /// let labels = [0u8, 1, 1, 0, 1, 1, 0, 0, 0];
 /// let batch = SampleBatch::new(&labels, None, 1, 3, 3)?;
 /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-/// let t = Everywhere.sample(&batch, &mut rng)?;
+/// let t = Everywhere(Draw { k: 4, m: 1 }).sample(&batch, &mut rng)?;
 /// assert_eq!(t.len(), 4);
 /// assert!(t.anchors.iter().chain(&t.positives).all(|&v| labels[v] == 1));
 /// assert!(t.negatives.iter().all(|&v| labels[v] == 0));
 /// # Ok::<(), metricunet_core::CoreError>(())
 /// ```
 pub trait Sampler: Send + Sync + Debug {
-    /// Whether [`sample`](Sampler::sample) reads the foreground probabilities; when no
-    /// configured sampler does, the module skips computing them.
+    /// Whether [`candidates`](Sampler::candidates) reads the foreground probabilities; when
+    /// no configured sampler does, the module skips computing them.
     fn needs_probabilities(&self) -> bool {
         false
     }
-    /// Draw tuples from `batch` with the caller's seeded `rng`. A batch item without
-    /// enough candidates contributes fewer or no tuples; this is never an error.
-    fn sample(&self, batch: &SampleBatch<'_>, rng: &mut dyn RngCore) -> Result<Tuples>;
+    /// Anchors per image and positives / negatives per anchor.
+    fn draw(&self) -> Draw;
+    /// The voxels of one image (item-local indices) that may be anchors. Fewer than `k`
+    /// (or none) is fine: that image then gives fewer (or no) tuples.
+    fn candidates(&self, item: &SampleItem<'_>) -> Result<Vec<usize>>;
+    /// Draw tuples from `batch` with the caller's seeded `rng`: per image, up to `k` of its
+    /// candidates as anchors, each with `m` positives and negatives. Override it only for a
+    /// sampler that pairs voxels some other way.
+    fn sample(&self, batch: &SampleBatch<'_>, rng: &mut dyn RngCore) -> Result<Tuples> {
+        let Draw { k, m } = self.draw();
+        let mut out = Tuples::empty(m);
+        for i in 0..batch.batch_size() {
+            let item = batch.item(i);
+            let candidates = self.candidates(&item)?;
+            draw_tuples(
+                i * batch.item_len(),
+                item.labels,
+                &candidates,
+                k,
+                m,
+                rng,
+                &mut out,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Register a sampler by name: its parameters are `k` and `m` ([`Draw::K`], [`Draw::M`])
+/// plus any further [`ParamSpec`]s listed after the constructor, which receives the
+/// validated `Draw` and all parameters:
+///
+/// ```
+/// use metricunet_core::{register_sampler, Draw, ParamSpec, Result, SampleItem, Sampler};
+///
+/// #[derive(Debug)]
+/// struct Bright(Draw, f32);
+/// impl Sampler for Bright {
+///     fn needs_probabilities(&self) -> bool {
+///         true
+///     }
+///     fn draw(&self) -> Draw {
+///         self.0
+///     }
+///     fn candidates(&self, item: &SampleItem<'_>) -> Result<Vec<usize>> {
+///         let p = item.probs("doc-bright")?;
+///         Ok((0..p.len()).filter(|&v| p[v] > self.1).collect())
+///     }
+/// }
+///
+/// register_sampler!(
+///     "doc-bright",
+///     "anchors where the network says foreground",
+///     |draw, p| Ok(Bright(draw, p.f64("above")? as f32)),
+///     ParamSpec::float("above", 0.5, Some(0.0), Some(1.0), "probability threshold"),
+/// );
+///
+/// let plugin = metricunet_core::registry::sampler("doc-bright", "metric.samplers[0]")?;
+/// assert_eq!(plugin.params.iter().map(|p| p.name).collect::<Vec<_>>(), ["k", "m", "above"]);
+/// # Ok::<(), metricunet_core::CoreError>(())
+/// ```
+#[macro_export]
+macro_rules! register_sampler {
+    ($name:literal, $description:literal, $build:expr $(, $extra:expr)* $(,)?) => {
+        $crate::inventory::submit! {
+            $crate::SamplerPlugin {
+                name: $name,
+                description: $description,
+                params: &[$crate::Draw::K, $crate::Draw::M $(, $extra)*],
+                build: |p: &$crate::Params| -> $crate::Result<::std::boxed::Box<dyn $crate::Sampler>> {
+                    $crate::sampler::build_sampler(p, $build)
+                },
+            }
+        }
+    };
+}
+
+/// The constructor [`register_sampler!`] registers: `k` and `m` read, then `build`.
+pub fn build_sampler<S: Sampler + 'static>(
+    params: &Params,
+    build: impl FnOnce(Draw, &Params) -> Result<S>,
+) -> Result<Box<dyn Sampler>> {
+    Ok(Box::new(build(Draw::from_params(params)?, params)?))
 }
 
 /// The shared second half of every sampler: pick up to `k` anchors out of `candidates`

@@ -3,19 +3,11 @@
 //! the image do not count as background, so a patch edge cutting through the organ is not
 //! a contour.
 
-use metricunet_core::{
-    draw_tuples, inventory, Params, Result, SampleBatch, Sampler, SamplerPlugin, Tuples,
-};
-use rand::RngCore;
-
-use crate::{K, M};
+use metricunet_core::{register_sampler, Draw, Result, SampleItem, Sampler};
 
 /// Contour-aware sampling: `k` anchors on the reference boundary per image.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContourAwareSampler {
-    pub k: usize,
-    pub m: usize,
-}
+pub struct ContourAwareSampler(pub Draw);
 
 /// Foreground voxels of an `h x w` slice that have a background 4-neighbour inside it.
 pub fn boundary_voxels(labels: &[u8], h: usize, w: usize) -> Vec<usize> {
@@ -33,36 +25,20 @@ pub fn boundary_voxels(labels: &[u8], h: usize, w: usize) -> Vec<usize> {
 }
 
 impl Sampler for ContourAwareSampler {
-    fn sample(&self, batch: &SampleBatch<'_>, rng: &mut dyn RngCore) -> Result<Tuples> {
-        let (h, w) = batch.dims();
-        let mut out = Tuples::empty(self.m);
-        for i in 0..batch.batch_size() {
-            let labels = batch.item_labels(i);
-            let contour = boundary_voxels(labels, h, w);
-            draw_tuples(
-                i * batch.item_len(),
-                labels,
-                &contour,
-                self.k,
-                self.m,
-                rng,
-                &mut out,
-            );
-        }
-        Ok(out)
+    fn draw(&self) -> Draw {
+        self.0
+    }
+    fn candidates(&self, item: &SampleItem<'_>) -> Result<Vec<usize>> {
+        let (h, w) = item.dims();
+        Ok(boundary_voxels(item.labels, h, w))
     }
 }
 
-inventory::submit! {
-    SamplerPlugin {
-        name: "contour-aware",
-        description: "anchors on the reference boundary: foreground with a background 4-neighbour (paper Fig. 5c)",
-        params: &[K, M],
-        build: |p: &Params| -> Result<Box<dyn Sampler>> {
-            Ok(Box::new(ContourAwareSampler { k: p.usize("k")?, m: p.usize("m")? }))
-        },
-    }
-}
+register_sampler!(
+    "contour-aware",
+    "anchors on the reference boundary: foreground with a background 4-neighbour (paper Fig. 5c)",
+    |draw, _| Ok(ContourAwareSampler(draw)),
+);
 
 #[cfg(test)]
 mod tests {
@@ -96,7 +72,7 @@ mod tests {
         let labels = square();
         let ring = boundary_voxels(&labels, 8, 8);
         let t = draw(
-            &ContourAwareSampler { k: 5, m: 3 },
+            &ContourAwareSampler(Draw { k: 5, m: 3 }),
             &labels,
             None,
             1,

@@ -2,18 +2,12 @@
 //! when the segmentation head's foreground probability is off its label by more than
 //! `tau`; anchors are drawn among the hard foreground voxels.
 
-use metricunet_core::{
-    draw_tuples, inventory, ParamSpec, Params, Result, SampleBatch, Sampler, SamplerPlugin, Tuples,
-};
-use rand::RngCore;
-
-use crate::{K, M};
+use metricunet_core::{register_sampler, Draw, ParamSpec, Result, SampleItem, Sampler};
 
 /// Focal hard-negative sampling: anchors in `{|p - y| > tau} AND {y = 1}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HardNegativeSampler {
-    pub k: usize,
-    pub m: usize,
+    pub draw: Draw,
     pub tau: f32,
 }
 
@@ -21,40 +15,33 @@ impl Sampler for HardNegativeSampler {
     fn needs_probabilities(&self) -> bool {
         true
     }
-
-    fn sample(&self, batch: &SampleBatch<'_>, rng: &mut dyn RngCore) -> Result<Tuples> {
-        let mut out = Tuples::empty(self.m);
-        for i in 0..batch.batch_size() {
-            let labels = batch.item_labels(i);
-            let probs = batch.item_probs(i, "hard-negative")?;
-            // Eq. 1 on the foreground: |p - 1| > tau. A NaN probability is never hard.
-            let hard: Vec<usize> = (0..labels.len())
-                .filter(|&v| labels[v] != 0 && (1.0 - probs[v]).abs() > self.tau)
-                .collect();
-            draw_tuples(
-                i * batch.item_len(),
-                labels,
-                &hard,
-                self.k,
-                self.m,
-                rng,
-                &mut out,
-            );
-        }
-        Ok(out)
+    fn draw(&self) -> Draw {
+        self.draw
+    }
+    fn candidates(&self, item: &SampleItem<'_>) -> Result<Vec<usize>> {
+        let probs = item.probs("hard-negative")?;
+        // Eq. 1 on the foreground: |p - 1| > tau. A NaN probability is never hard.
+        Ok((0..item.labels.len())
+            .filter(|&v| item.is_foreground(v) && (1.0 - probs[v]).abs() > self.tau)
+            .collect())
     }
 }
 
-inventory::submit! {
-    SamplerPlugin {
-        name: "hard-negative",
-        description: "focal hard-negative sampling: anchors on foreground voxels with |p - y| > tau (paper Eq. 1)",
-        params: &[K, M, ParamSpec::float("tau", 0.1, Some(0.0), Some(1.0), "threshold on |p - y| (paper: 0.1)")],
-        build: |p: &Params| -> Result<Box<dyn Sampler>> {
-            Ok(Box::new(HardNegativeSampler { k: p.usize("k")?, m: p.usize("m")?, tau: p.f64("tau")? as f32 }))
-        },
-    }
-}
+register_sampler!(
+    "hard-negative",
+    "focal hard-negative sampling: anchors on foreground voxels with |p - y| > tau (paper Eq. 1)",
+    |draw, p| Ok(HardNegativeSampler {
+        draw,
+        tau: p.f64("tau")? as f32
+    }),
+    ParamSpec::float(
+        "tau",
+        0.1,
+        Some(0.0),
+        Some(1.0),
+        "threshold on |p - y| (paper: 0.1)"
+    ),
+);
 
 #[cfg(test)]
 mod tests {
@@ -72,8 +59,7 @@ mod tests {
         probs[0] = 0.9;
         let t = draw(
             &HardNegativeSampler {
-                k: 20,
-                m: 1,
+                draw: Draw { k: 20, m: 1 },
                 tau: 0.1,
             },
             &labels,
@@ -96,7 +82,10 @@ mod tests {
             .iter()
             .map(|&l| if l == 1 { 0.75 } else { 0.0 })
             .collect();
-        let s = |tau| HardNegativeSampler { k: 20, m: 1, tau };
+        let s = |tau| HardNegativeSampler {
+            draw: Draw { k: 20, m: 1 },
+            tau,
+        };
         assert!(draw(&s(0.25), &labels, Some(&probs), 1, 8, 8, 1).is_empty()); // |0.75-1| = 0.25, not > 0.25
         assert_eq!(draw(&s(0.2), &labels, Some(&probs), 1, 8, 8, 1).len(), 16);
     }
@@ -106,8 +95,7 @@ mod tests {
         let labels = square();
         let perfect: Vec<f32> = labels.iter().map(|&l| f32::from(l)).collect();
         let s = HardNegativeSampler {
-            k: 20,
-            m: 1,
+            draw: Draw { k: 20, m: 1 },
             tau: 0.1,
         };
         assert!(draw(&s, &labels, Some(&perfect), 1, 8, 8, 1).is_empty());
@@ -117,11 +105,10 @@ mod tests {
     #[test]
     fn missing_probabilities_is_an_error_not_a_panic() {
         let labels = square();
-        let batch = SampleBatch::new(&labels, None, 1, 8, 8).expect("batch");
+        let batch = metricunet_core::SampleBatch::new(&labels, None, 1, 8, 8).expect("batch");
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
         let s = HardNegativeSampler {
-            k: 20,
-            m: 1,
+            draw: Draw { k: 20, m: 1 },
             tau: 0.1,
         };
         assert!(s.sample(&batch, &mut rng).is_err());

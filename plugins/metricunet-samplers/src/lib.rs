@@ -1,8 +1,9 @@
 //! The voxel samplers of the MetricUNet paper (Section III.B.2), one file each, registered
 //! by name with `inventory`: `random`, `hard-negative` (Eq. 1) and `contour-aware`.
 //!
-//! Every sampler only decides which voxels may be anchors; `metricunet_core::draw_tuples`
-//! then picks `k` of them per image and pairs each with `m` positives and `m` negatives.
+//! Every sampler only says which voxels of an image may be anchors (`Sampler::candidates`);
+//! the trait's provided `sample` then picks `k` of them per image and pairs each with `m`
+//! positives and `m` negatives.
 
 mod contour_aware;
 mod hard_negative;
@@ -11,13 +12,6 @@ mod random;
 pub use contour_aware::{boundary_voxels, ContourAwareSampler};
 pub use hard_negative::HardNegativeSampler;
 pub use random::RandomSampler;
-
-use metricunet_core::ParamSpec;
-
-/// `k` and `m` as every sampler declares them (paper defaults: k = 20, m = 1).
-pub(crate) const K: ParamSpec = ParamSpec::int("k", 20, 1, "anchors drawn per image");
-pub(crate) const M: ParamSpec =
-    ParamSpec::int("m", 1, 1, "positives and negatives drawn per anchor");
 
 /// Call from a binary to make sure this crate (and its registrations) is linked.
 pub fn link() {}

@@ -1,49 +1,27 @@
 //! `random`: anchors drawn uniformly among the foreground voxels (paper Fig. 5a).
 
-use metricunet_core::{
-    draw_tuples, inventory, Params, Result, SampleBatch, Sampler, SamplerPlugin, Tuples,
-};
-use rand::RngCore;
-
-use crate::{K, M};
+use metricunet_core::{register_sampler, Draw, Result, SampleItem, Sampler};
 
 /// Random sampling: `k` foreground anchors per image, `m` random positives and negatives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RandomSampler {
-    pub k: usize,
-    pub m: usize,
-}
+pub struct RandomSampler(pub Draw);
 
 impl Sampler for RandomSampler {
-    fn sample(&self, batch: &SampleBatch<'_>, rng: &mut dyn RngCore) -> Result<Tuples> {
-        let mut out = Tuples::empty(self.m);
-        for i in 0..batch.batch_size() {
-            let labels = batch.item_labels(i);
-            let fg: Vec<usize> = (0..labels.len()).filter(|&v| labels[v] != 0).collect();
-            draw_tuples(
-                i * batch.item_len(),
-                labels,
-                &fg,
-                self.k,
-                self.m,
-                rng,
-                &mut out,
-            );
-        }
-        Ok(out)
+    fn draw(&self) -> Draw {
+        self.0
+    }
+    fn candidates(&self, item: &SampleItem<'_>) -> Result<Vec<usize>> {
+        Ok((0..item.labels.len())
+            .filter(|&v| item.is_foreground(v))
+            .collect())
     }
 }
 
-inventory::submit! {
-    SamplerPlugin {
-        name: "random",
-        description: "anchors drawn at random among foreground voxels (paper Fig. 5a)",
-        params: &[K, M],
-        build: |p: &Params| -> Result<Box<dyn Sampler>> {
-            Ok(Box::new(RandomSampler { k: p.usize("k")?, m: p.usize("m")? }))
-        },
-    }
-}
+register_sampler!(
+    "random",
+    "anchors drawn at random among foreground voxels (paper Fig. 5a)",
+    |draw, _| Ok(RandomSampler(draw)),
+);
 
 #[cfg(test)]
 mod tests {
@@ -54,7 +32,15 @@ mod tests {
     fn draws_k_foreground_anchors_per_image() {
         let mut labels = square();
         labels.extend(square());
-        let t = draw(&RandomSampler { k: 5, m: 2 }, &labels, None, 2, 8, 8, 3);
+        let t = draw(
+            &RandomSampler(Draw { k: 5, m: 2 }),
+            &labels,
+            None,
+            2,
+            8,
+            8,
+            3,
+        );
         assert_eq!(t.len(), 10);
         assert_labels(&t, &labels);
         // anchors of image 1 stay in image 1, distinct within an image
@@ -68,7 +54,7 @@ mod tests {
     #[test]
     fn same_seed_same_tuples() {
         let labels = square();
-        let s = RandomSampler { k: 20, m: 1 };
+        let s = RandomSampler(Draw { k: 20, m: 1 });
         assert_eq!(
             draw(&s, &labels, None, 1, 8, 8, 9),
             draw(&s, &labels, None, 1, 8, 8, 9)
@@ -82,13 +68,21 @@ mod tests {
     #[test]
     fn fewer_candidates_than_k_gives_fewer_tuples() {
         let labels = square(); // 16 foreground voxels
-        let t = draw(&RandomSampler { k: 20, m: 1 }, &labels, None, 1, 8, 8, 1);
+        let t = draw(
+            &RandomSampler(Draw { k: 20, m: 1 }),
+            &labels,
+            None,
+            1,
+            8,
+            8,
+            1,
+        );
         assert_eq!(t.len(), 16);
     }
 
     #[test]
     fn empty_or_full_images_give_no_tuples() {
-        let s = RandomSampler { k: 20, m: 1 };
+        let s = RandomSampler(Draw { k: 20, m: 1 });
         assert!(draw(&s, &[0; 64], None, 1, 8, 8, 1).is_empty());
         assert!(draw(&s, &[1; 64], None, 1, 8, 8, 1).is_empty());
         let mut single = vec![0u8; 64];
