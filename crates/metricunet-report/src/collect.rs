@@ -301,21 +301,27 @@ impl RunResults {
     }
 }
 
-/// The unit a registered metric declares (`""` or `"mm"`); `""` for a name not registered.
-pub fn metric_unit(name: &str) -> &'static str {
+/// The unit and direction (higher is better) a registered metric declares; `("", true)`
+/// for a name not registered.
+fn declared(name: &str) -> (&'static str, bool) {
     use metricunet_core::registry;
     registry::metric(name, "evaluation.metrics")
         .and_then(|p| {
             p.params(&Default::default(), "")
                 .and_then(|ps| (p.build)(&ps))
         })
-        .map(|m| m.unit())
-        .unwrap_or("")
+        .map(|m| (m.unit(), m.higher_is_better()))
+        .unwrap_or(("", true))
 }
 
-/// Whether a lower value is better: distances (a length unit) are, overlaps are not.
+/// The unit a registered metric declares (`""`, `"mm"`, `"mL"`, ...).
+pub fn metric_unit(name: &str) -> &'static str {
+    declared(name).0
+}
+
+/// Whether a lower value is better, as the metric declares it (ASD, HD95, a volume error).
 pub fn lower_is_better(name: &str) -> bool {
-    metric_unit(name) == "mm"
+    !declared(name).1
 }
 
 /// `DSC`, `ASD (mm)`.
@@ -325,5 +331,45 @@ pub fn metric_title(name: &str) -> String {
         name.to_uppercase()
     } else {
         format!("{} ({u})", name.to_uppercase())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metricunet_core::{
+        inventory, Comparison, Metric, MetricPlugin, MetricValue, Params, Result,
+    };
+
+    /// A metric in mL where lower is better: its direction comes from the metric, not its unit.
+    #[derive(Debug)]
+    struct VolumeError;
+    impl Metric for VolumeError {
+        fn unit(&self) -> &'static str {
+            "mL"
+        }
+        fn higher_is_better(&self) -> bool {
+            false
+        }
+        fn compute(&self, _: &Comparison<'_>) -> Result<MetricValue> {
+            Ok(MetricValue::ok(0.0))
+        }
+    }
+    inventory::submit! {
+        MetricPlugin {
+            name: "test-volume-error",
+            description: "a test metric",
+            params: &[],
+            build: |_: &Params| -> Result<Box<dyn Metric>> { Ok(Box::new(VolumeError)) },
+        }
+    }
+
+    #[test]
+    fn direction_and_unit_come_from_the_metric() {
+        assert!(super::lower_is_better("test-volume-error"));
+        assert_eq!(
+            super::metric_title("test-volume-error"),
+            "TEST-VOLUME-ERROR (mL)"
+        );
+        assert!(!super::lower_is_better("not-registered"));
     }
 }
