@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use metricunet_core::config::DeviceChoice;
 use metricunet_core::ExperimentPlan;
-use metricunet_runner::{run_plan, PlanRecord, RunOptions, Shard};
+use metricunet_runner::{run_plan, RunOptions, Shard};
+use metricunet_store::PlanRecord;
 
 /// Options of `metricunet run` besides the experiment.
 pub struct RunArgs {

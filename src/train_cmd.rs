@@ -7,8 +7,8 @@ use metricunet_core::config::{Cell, DeviceChoice};
 use metricunet_data::split::write_split;
 use metricunet_runner::data::{work_dir, PreparedData};
 use metricunet_runner::lock::DirLock;
-use metricunet_runner::record::git_revision;
-use metricunet_runner::stage::{stage_dir, train_cell_stage, StageRun};
+use metricunet_runner::stage::{train_cell_stage, StageRun};
+use metricunet_store::{stage_dir, RunInfo, CONFIG, SPLIT};
 use metricunet_train::select_device;
 
 /// Options of `metricunet train` besides the experiment.
@@ -16,10 +16,6 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     pub device: Option<DeviceChoice>,
     pub resume: bool,
-}
-
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    Ok(metricunet_core::fsio::write_atomic(path, text.as_bytes())?)
 }
 
 /// Train the stages of `cell` into `out` (default `runs/<name>/<hash>`).
@@ -42,21 +38,13 @@ pub fn train(cell: &Cell, experiment_dir: &Path, args: &TrainArgs) -> Result<Str
     };
     let device = select_device(args.device.unwrap_or(cfg.device))?;
     let device_name = metricunet_train::device::device_name(&device);
-    write_atomic(&run_dir.join("config.yaml"), &cell.to_yaml()?)?;
-    write_atomic(
-        &run_dir.join("run.yaml"),
-        &format!(
-            "metricunet_version: {}\ngit_revision: {}\nconfig_hash: {hash}\nseed: {}\ndevice: {device_name}\n",
-            env!("CARGO_PKG_VERSION"),
-            git_revision(),
-            cell.seed
-        ),
-    )?;
+    metricunet_core::fsio::write_atomic(&run_dir.join(CONFIG), cell.to_yaml()?.as_bytes())?;
+    RunInfo::current(&hash, &cell.stage1_hash()?, cell.seed, &device_name).write(&run_dir)?;
     let data = PreparedData::load(&cfg.data, experiment_dir, &work_dir(&cfg.data))?;
     for (c, why) in &data.skipped {
         tracing::warn!("skipped case {}: {why}", c.id);
     }
-    write_split(&run_dir.join("split.yaml"), &data.split)?;
+    write_split(&run_dir.join(SPLIT), &data.split)?;
     let mut report = format!(
         "run folder: {}\ndevice: {device_name}\ncases: {}\n",
         run_dir.display(),

@@ -94,7 +94,7 @@ impl Pipeline {
     /// Load a run folder written by `metricunet train` (its `config.yaml` and both stages'
     /// `model.safetensors`).
     pub fn load(run_dir: &Path, device: Device) -> Result<Self, PredictError> {
-        let cfg_path = run_dir.join("config.yaml");
+        let cfg_path = run_dir.join(metricunet_store::CONFIG);
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
             PredictError::Model(format!(
                 "{}: {e} (is this a run folder of `metricunet train`?)",
@@ -104,8 +104,9 @@ impl Pipeline {
         let config: Experiment = serde_norway::from_str(&text)
             .map_err(|e| PredictError::Model(format!("{}: {e}", cfg_path.display())))?;
         let load = |stage: StageName| -> Result<(VarMap, Box<dyn Backbone>), PredictError> {
-            let dir = run_dir.join(format!("{stage:?}").to_lowercase());
-            let weights = dir.join("model.safetensors");
+            let weights = run_dir
+                .join(metricunet_store::stage_dir(stage))
+                .join(metricunet_store::WEIGHTS);
             if !weights.exists() {
                 return Err(PredictError::Model(format!(
                     "{}: missing; train this stage to the end first",

@@ -9,6 +9,8 @@ fn vb(vars: &VarMap) -> VarBuilder<'_> {
     VarBuilder::from_varmap(vars, DType::F64, &Device::Cpu)
 }
 
+/// The custom "same" convolution (own backward): input and weight gradients against finite
+/// differences, and equal to candle's own conv2d backward.
 #[test]
 fn conv2d_same_custom_backward() {
     use metricunet_ops::conv::conv2d_same;
@@ -61,6 +63,8 @@ fn conv2d_same_custom_backward() {
     }
 }
 
+/// The project's own 2 x 2 transposed convolution (the decoder's upsampling on the CPU):
+/// input, kernel and bias gradients, at a batch below and above the thread count.
 #[test]
 fn conv_transpose_2x2_custom_backward() {
     use metricunet_ops::conv_transpose::conv_transpose_2x2;
@@ -95,6 +99,8 @@ fn conv_transpose_2x2_custom_backward() {
     }
 }
 
+/// The project's fused BatchNorm + ReLU with a convolution bias, in training mode (batch
+/// statistics) and in inference mode (running statistics): input gradient.
 #[test]
 fn fused_batch_norm_relu_both_modes() {
     use metricunet_ops::bn_relu::bias_batch_norm_relu;

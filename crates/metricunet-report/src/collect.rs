@@ -3,8 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use metricunet_core::config::Experiment;
-use metricunet_runner::record::{cell_dir, CellRecord, CellState, METRICS};
-use metricunet_runner::PlanRecord;
+use metricunet_store::{cell_dir, CellRecord, CellState, PlanRecord, CONFIG, METRICS};
 use polars::prelude::{CsvReadOptions, DataType, SerReader};
 
 use crate::error::{ReportError, Result};
@@ -162,7 +161,7 @@ impl RunResults {
             };
             match record {
                 Some(r) if r.state == CellState::Finished && dir.join(METRICS).exists() => {
-                    let config_path = dir.join("config.yaml");
+                    let config_path = dir.join(CONFIG);
                     let text = std::fs::read_to_string(&config_path)
                         .map_err(|e| ReportError::io(&config_path, e))?;
                     let config: Experiment = serde_norway::from_str(&text)

@@ -9,9 +9,8 @@ use thiserror::Error;
 pub enum ReportError {
     #[error(transparent)]
     Write(#[from] metricunet_core::fsio::WriteError),
-    /// Boxed: run errors are large and rare.
     #[error(transparent)]
-    Run(Box<metricunet_runner::RunError>),
+    Store(#[from] metricunet_store::StoreError),
     #[error(transparent)]
     Data(#[from] metricunet_data::DataError),
     #[error("{}: {source}", path.display())]
@@ -26,12 +25,6 @@ pub enum ReportError {
     Plot { name: String, message: String },
     #[error("{0}")]
     Invalid(String),
-}
-
-impl From<metricunet_runner::RunError> for ReportError {
-    fn from(e: metricunet_runner::RunError) -> Self {
-        Self::Run(Box::new(e))
-    }
 }
 
 impl ReportError {

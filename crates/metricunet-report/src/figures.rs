@@ -10,6 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
 
+use metricunet_core::config::StageName;
 use metricunet_core::fsio::write_atomic_at;
 
 use crate::collect::{metric_title, RunResults};
@@ -483,7 +484,10 @@ pub fn fig7(r: &RunResults, dir: &Path) -> Result<Option<Figure>> {
     let mut longest = 0;
     for g in &r.groups {
         let cell = &r.cells[g.cells[0]];
-        let log = cell.dir.join("stage2").join("train_log.csv");
+        let log = cell
+            .dir
+            .join(metricunet_store::stage_dir(StageName::Stage2))
+            .join(metricunet_store::LOG);
         if !log.exists() {
             continue;
         }
@@ -672,10 +676,7 @@ fn centroid_slice(m: &Volume<bool>) -> Option<usize> {
         .min_by_key(|&k| k.abs_diff(z))
 }
 
-fn load_case_slice(
-    r: &RunResults,
-    case: &metricunet_runner::TestCase,
-) -> Result<Option<CaseSlice>> {
+fn load_case_slice(r: &RunResults, case: &metricunet_store::TestCase) -> Result<Option<CaseSlice>> {
     let first = &r.cells[r.groups[0].cells[0]];
     let loaded = load_case(
         &Case {
@@ -698,10 +699,7 @@ fn load_case_slice(
     let mut configs = Vec::new();
     for grp in &r.groups {
         let cell = &r.cells[grp.cells[0]];
-        let pred_path = cell
-            .dir
-            .join("predictions")
-            .join(format!("{}.nii.gz", case.id));
+        let pred_path = metricunet_store::prediction_path(&cell.dir, &case.id);
         if !pred_path.exists() {
             continue;
         }
@@ -713,10 +711,7 @@ fn load_case_slice(
             ));
         }
         let mask: Vec<bool> = pred.slice(z).iter().map(|&v| v != 0.0).collect();
-        let prob_path = cell
-            .dir
-            .join("probabilities")
-            .join(format!("{}.nii.gz", case.id));
+        let prob_path = metricunet_store::probability_path(&cell.dir, &case.id);
         let prob = if prob_path.exists() {
             Some(read_nifti(&prob_path)?.volume.slice(z).to_vec())
         } else {

@@ -111,7 +111,7 @@ fn data_text(r: &RunResults) -> Vec<String> {
         ),
         DataSource::List => format!("Source: {} listed cases.", d.cases.len()),
     }];
-    if let Ok(s) = metricunet_data::split::read_split(&c.dir.join("split.yaml")) {
+    if let Ok(s) = metricunet_data::split::read_split(&c.dir.join(metricunet_store::SPLIT)) {
         v.push(format!(
             "Split (seed {}): {} training, {} validation, {} test cases. Test cases: {}.",
             s.seed,
@@ -187,7 +187,7 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
     }
     blocks.push(Block::Para(format!(
         "Written {} by metricunet {} from `{}` (experiment `{}`{}); {} of {} cells finished.",
-        utc_text(metricunet_runner::record::now()),
+        utc_text(metricunet_store::now()),
         env!("CARGO_PKG_VERSION"),
         root.display(),
         r.plan.source,
@@ -283,8 +283,9 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
             r.plan.axes.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
         )
     }));
-    let config_text = std::fs::read_to_string(first.dir.join("config.yaml"))
-        .map_err(|e| ReportError::io(first.dir.join("config.yaml"), e))?;
+    let config_path = first.dir.join(metricunet_store::CONFIG);
+    let config_text =
+        std::fs::read_to_string(&config_path).map_err(|e| ReportError::io(&config_path, e))?;
     blocks.push(Block::Code(config_text));
 
     write_atomic(&dir.join("report.md"), &document::markdown(&blocks))?;

@@ -14,6 +14,8 @@ pub enum RunError {
     #[error(transparent)]
     Data(#[from] metricunet_data::DataError),
     #[error(transparent)]
+    Store(#[from] metricunet_store::StoreError),
+    #[error(transparent)]
     Train(#[from] metricunet_train::TrainError),
     /// Boxed: prediction errors are large and rare.
     #[error(transparent)]

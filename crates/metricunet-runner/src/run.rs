@@ -21,16 +21,16 @@ use metricunet_data::io::write_nifti;
 use metricunet_data::Volume;
 use metricunet_eval::evaluate::{all_metrics, metrics_frame, write_csv};
 use metricunet_eval::{evaluate_masks, CaseMetrics, Pipeline, PredictError};
-use serde::{Deserialize, Serialize};
 
 use crate::data::{work_dir, PreparedData};
 use crate::error::{Result, RunError};
-use crate::fsutil::{copy_atomic, read_yaml, remove_temporaries, write_atomic, write_yaml};
 use crate::lock::{host_name, DirLock};
-use crate::record::{
-    cell_dir, git_revision, stage1_dir, Attempt, CellRecord, CellState, TestCase, METRICS,
-};
 use crate::stage::{train_cell_stage, StageRun};
+use metricunet_core::fsio::{copy_atomic, remove_temporaries, write_atomic};
+use metricunet_store::{
+    cell_dir, prediction_path, probability_path, stage1_dir, stage_dir, Attempt, CellRecord,
+    CellState, PlanRecord, RunInfo, TestCase, CONFIG, LOG, METRICS, SPLIT, WEIGHTS,
+};
 
 /// `--shard I/N`: this process runs the cells whose index is I modulo N (I in 0..N);
 /// `--shard I/cells`: it runs cell I alone (one shard per cell). Either way the split is fixed
@@ -201,73 +201,6 @@ impl fmt::Display for RunSummary {
     }
 }
 
-/// `RUN_ROOT/plan.yaml`: the cells of the experiment as last run, for `report`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlanRecord {
-    pub experiment: String,
-    pub description: String,
-    /// The experiment file and the `--set` overrides it was run with.
-    pub source: String,
-    pub sets: Vec<String>,
-    /// Grid axes (dotted paths) in grid order.
-    pub axes: Vec<String>,
-    pub cells: Vec<PlanCell>,
-}
-
-/// One cell of [`PlanRecord`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlanCell {
-    pub index: usize,
-    pub label: String,
-    pub seed: u64,
-    pub hash: String,
-}
-
-impl PlanRecord {
-    /// The plan of `plan` as run from `source` with `sets`.
-    pub fn of(plan: &ExperimentPlan, source: &str, sets: &[String]) -> Result<Self> {
-        let cells = plan
-            .cells
-            .iter()
-            .map(|c| {
-                Ok(PlanCell {
-                    index: c.index,
-                    label: c.label(),
-                    seed: c.seed,
-                    hash: c.run_hash()?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            experiment: plan.base.name.clone(),
-            description: plan.base.description.clone(),
-            source: source.to_string(),
-            sets: sets.to_vec(),
-            // from the cells, so that a grid given with --set counts too
-            axes: plan
-                .cells
-                .first()
-                .map(|c| c.overrides.iter().map(|(k, _)| k.clone()).collect())
-                .unwrap_or_default(),
-            cells,
-        })
-    }
-
-    /// Read `root/plan.yaml`.
-    pub fn read(root: &Path) -> Result<Self> {
-        let p = root.join(PLAN);
-        if !p.exists() {
-            return Err(RunError::file(
-                &p,
-                "missing: is this a run folder of `metricunet run`?",
-            ));
-        }
-        read_yaml(&p)
-    }
-}
-
-pub const PLAN: &str = "plan.yaml";
-
 /// Run (or resume) every cell of `plan` that belongs to this shard. Errors of single cells
 /// are recorded in their folders and do not stop the others.
 pub fn run_plan(
@@ -297,7 +230,7 @@ pub fn run_plan(
     for d in &data_dirs {
         remove_temporaries(d, true);
     }
-    write_yaml(&opts.root.join(PLAN), plan_record)?;
+    plan_record.write(&opts.root)?;
     let device = metricunet_train::select_device(opts.device.unwrap_or(base.device))?;
     let device_name = metricunet_train::device::device_name(&device);
 
@@ -464,7 +397,7 @@ fn reevaluate_if_needed(cell: &Cell, dir: &Path, record: &CellRecord) -> Result<
             label: tc.label.clone(),
         };
         let (_, reference) = load_with_reference(&case, &cfg.data.label_map)?;
-        let pred_path = dir.join("predictions").join(format!("{}.nii.gz", tc.id));
+        let pred_path = prediction_path(dir, &tc.id);
         let pred = metricunet_eval::evaluate::read_mask(&pred_path, None)?;
         rows.push(evaluate_masks(&tc.id, &pred, &reference, &metrics)?);
     }
@@ -507,7 +440,7 @@ fn new_record(
         device: device.to_string(),
         host: host_name(),
         metricunet_version: env!("CARGO_PKG_VERSION").to_string(),
-        git_revision: git_revision(),
+        git_revision: metricunet_store::git_revision(),
         updated: 0,
         test_cases: Vec::new(),
         // resumed attempts add to the time already spent; an earlier attempt still marked
@@ -526,7 +459,7 @@ fn new_record(
             .chain([Attempt {
                 host: host_name(),
                 pid: std::process::id(),
-                started: crate::record::now(),
+                started: metricunet_store::now(),
                 seconds: 0.0,
                 outcome: "running".into(),
                 stage2_resumed_from: None,
@@ -564,7 +497,7 @@ impl AttemptClock {
             a.seconds = seconds;
             a.outcome = outcome.into();
         }
-        record.write(dir)
+        Ok(record.write(dir)?)
     }
 }
 
@@ -586,21 +519,8 @@ fn run_cell(
     let mut clock = AttemptClock::new(record);
     remove_temporaries(dir, true);
     record.write(dir)?;
-    write_atomic(&dir.join("config.yaml"), cell.to_yaml()?.as_bytes())?;
-    write_atomic(
-        &dir.join("run.yaml"),
-        format!(
-            "metricunet_version: {}\ngit_revision: {}\nconfig_hash: {}\nstage1_hash: {}\nseed: {}\ndevice: {}\nhost: {}\n",
-            record.metricunet_version,
-            record.git_revision,
-            record.hash,
-            record.stage1_hash,
-            cell.seed,
-            record.device,
-            record.host
-        )
-        .as_bytes(),
-    )?;
+    write_atomic(&dir.join(CONFIG), cell.to_yaml()?.as_bytes())?;
+    RunInfo::from(&*record).write(dir)?;
     let data_key = stable_hash(
         &serde_norway::to_string(&cfg.data).map_err(|e| RunError::Invalid(e.to_string()))?,
     );
@@ -622,12 +542,12 @@ fn run_cell(
             data.cases.len()
         )));
     }
-    metricunet_data::split::write_split(&dir.join("split.yaml"), &data.split)?;
+    metricunet_data::split::write_split(&dir.join(SPLIT), &data.split)?;
     let prefix = format!("cell {} ", cell.index);
 
     // Stage 1, shared.
     let s1 = stage1_dir(&ctx.opts.root, &record.stage1_hash);
-    let s1_model = s1.join("model.safetensors");
+    let s1_model = s1.join(WEIGHTS);
     if !s1_model.exists() {
         let wait = Instant::now();
         let _lock = DirLock::acquire_waiting(&s1, Duration::from_secs(5))?;
@@ -652,15 +572,16 @@ fn run_cell(
         }
         clock.save(record, dir, "running")?;
     }
-    copy_atomic(&s1_model, &dir.join("stage1").join("model.safetensors"))?;
-    let s1_log = s1.join("train_log.csv");
+    let own_s1 = dir.join(stage_dir(StageName::Stage1));
+    copy_atomic(&s1_model, &own_s1.join(WEIGHTS))?;
+    let s1_log = s1.join(LOG);
     if s1_log.exists() {
-        copy_atomic(&s1_log, &dir.join("stage1").join("train_log.csv"))?;
+        copy_atomic(&s1_log, &own_s1.join(LOG))?;
     }
 
     // Stage 2.
-    let s2 = dir.join("stage2");
-    if !s2.join("model.safetensors").exists() {
+    let s2 = dir.join(stage_dir(StageName::Stage2));
+    if !s2.join(WEIGHTS).exists() {
         let out = train_cell_stage(
             cell,
             StageName::Stage2,
@@ -738,18 +659,10 @@ fn predict_and_evaluate(ctx: &CellContext, data: &PreparedData) -> Result<Vec<Ca
             ),
             Err(e) => return Err(e.into()),
         };
-        write_nifti(
-            &dir.join("predictions").join(format!("{id}.nii.gz")),
-            &mask,
-            Some(&loaded.image.header),
-        )?;
+        write_nifti(&prediction_path(dir, id), &mask, Some(&loaded.image.header))?;
         if k < cfg.report.figure_cases.max(FIGURE_CASES_KEPT) {
             if let Some(p) = &probabilities {
-                write_nifti(
-                    &dir.join("probabilities").join(format!("{id}.nii.gz")),
-                    p,
-                    Some(&loaded.image.header),
-                )?;
+                write_nifti(&probability_path(dir, id), p, Some(&loaded.image.header))?;
             }
         }
         let pred = mask.map(|v| v != 0);

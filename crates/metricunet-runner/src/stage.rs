@@ -9,16 +9,10 @@ use metricunet_core::config::{Cell, MetricConfig, StageName};
 use metricunet_train::pool::stage_pool;
 use metricunet_train::{train_stage, StageSpec, TrainOutcome};
 
+use metricunet_store::stage_dir;
+
 use crate::data::PreparedData;
 use crate::error::{Result, RunError};
-
-/// `stage1` or `stage2`.
-pub fn stage_dir(stage: StageName) -> &'static str {
-    match stage {
-        StageName::Stage1 => "stage1",
-        StageName::Stage2 => "stage2",
-    }
-}
 
 /// What a stage run needs besides the cell.
 pub struct StageRun<'a> {

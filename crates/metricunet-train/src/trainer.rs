@@ -69,10 +69,8 @@ pub struct TrainOutcome {
     pub weights: PathBuf,
 }
 
-/// File names inside a stage folder.
-pub const CHECKPOINT: &str = "checkpoint.safetensors";
-pub const WEIGHTS: &str = "model.safetensors";
-pub const LOG: &str = "train_log.csv";
+/// A stage folder's file names (the run store's).
+pub use metricunet_store::{CHECKPOINT, LOG, WEIGHTS};
 
 /// Build the stage's network in `vars` (weights as candle initialises them).
 pub fn build_backbone(

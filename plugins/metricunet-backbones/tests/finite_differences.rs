@@ -60,10 +60,6 @@ fn conv2d_3x3_and_1x1() {
     }
 }
 
-/// The custom "same" convolution (own backward): input and weight gradients against finite
-
-/// differences, and equal to candle's own conv2d backward.
-
 #[test]
 fn conv_transpose_2x2_stride_2() {
     let vars = VarMap::new();
@@ -89,10 +85,6 @@ fn conv_transpose_2x2_stride_2() {
     });
 }
 
-/// The project's own 2 x 2 transposed convolution (the decoder's upsampling on the CPU):
-
-/// input, kernel and bias gradients, at a batch below and above the thread count.
-
 #[test]
 fn batch_norm_in_training_mode() {
     let vars = VarMap::new();
@@ -103,10 +95,6 @@ fn batch_norm_in_training_mode() {
         weighted_sum(&bn.forward_t(t, true).expect("fwd"), 6)
     });
 }
-
-/// The project's fused BatchNorm + ReLU with a convolution bias, in training mode (batch
-
-/// statistics) and in inference mode (running statistics): input gradient.
 
 #[test]
 fn relu_cat_pool_and_cross_entropy() {
