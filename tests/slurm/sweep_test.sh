@@ -120,7 +120,9 @@ cell_of() { # the folder of cell $1
 job=$(submit --array=0-3)
 echo "submitted array job $job"
 killed=no
-for _ in $(seq 1200); do
+# tasks 2 and 3 wait for a free CPU; the loop ends when task 2 is cancelled, its cell has
+# finished (too fast to catch), or the job is gone
+for _ in $(seq 6000); do
   d=$(cell_of 2)
   if [ -n "$d" ] && [ -f "$d/stage2/checkpoint.safetensors" ]; then
     scancel "${job}_2" && killed=yes
