@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use metricunet_core::config::{Experiment, MetricConfig, StageName};
+use metricunet_core::config::{Experiment, StageName};
 use metricunet_core::Backbone;
 use metricunet_data::io::{read_nifti, write_nifti, NiftiVolume};
 use metricunet_data::morphology::{centroid, largest_component};
@@ -25,7 +25,7 @@ use metricunet_data::preprocess::{
 };
 use metricunet_data::resample::resample_linear;
 use metricunet_data::Volume;
-use metricunet_train::trainer::{load_model, StageSpec};
+use metricunet_model::{seeded_init, ModelSpec};
 use thiserror::Error;
 
 /// Why a case could not be predicted.
@@ -34,7 +34,7 @@ pub enum PredictError {
     #[error(transparent)]
     Data(#[from] metricunet_data::DataError),
     #[error(transparent)]
-    Train(#[from] metricunet_train::TrainError),
+    Network(#[from] metricunet_model::ModelError),
     #[error(transparent)]
     Core(#[from] metricunet_core::CoreError),
     #[error(transparent)]
@@ -66,30 +66,6 @@ pub struct Prediction {
     pub centroid: [f64; 3],
 }
 
-fn spec_for(config: &Experiment, stage: StageName) -> StageSpec {
-    let (backbone, slices, training) = match stage {
-        StageName::Stage1 => (
-            &config.stage1.backbone,
-            config.stage1.patches.slices,
-            &config.stage1.training,
-        ),
-        StageName::Stage2 => (
-            &config.model.backbone,
-            config.model.patches.slices,
-            &config.training,
-        ),
-    };
-    StageSpec {
-        name: format!("{stage:?}").to_lowercase(),
-        backbone: backbone.clone(),
-        in_channels: slices,
-        training: training.clone(),
-        metric: MetricConfig::default(),
-        seed: 0,
-        config_hash: String::new(),
-    }
-}
-
 impl Pipeline {
     /// Load a run folder written by `metricunet train` (its `config.yaml` and both stages'
     /// `model.safetensors`).
@@ -113,7 +89,7 @@ impl Pipeline {
                     weights.display()
                 )));
             }
-            Ok(load_model(&spec_for(&config, stage), &weights, &device)?)
+            Ok(ModelSpec::of(&config, stage).load(&weights, &device)?)
         };
         Self::with_stages(config.clone(), device.clone(), load)
     }
@@ -140,12 +116,8 @@ impl Pipeline {
     pub fn untrained(config: Experiment, device: Device, seed: u64) -> Result<Self, PredictError> {
         let build = |stage: StageName| -> Result<(VarMap, Box<dyn Backbone>), PredictError> {
             let vars = VarMap::new();
-            let net = metricunet_train::trainer::build_backbone(
-                &spec_for(&config, stage),
-                &vars,
-                &device,
-            )?;
-            metricunet_train::trainer::seeded_init(&vars, seed)?;
+            let net = ModelSpec::of(&config, stage).build(&vars, &device)?;
+            seeded_init(&vars, seed)?;
             Ok((vars, net))
         };
         Self::with_stages(config.clone(), device.clone(), build)

@@ -7,7 +7,7 @@ use std::time::Instant;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use metricunet_core::config::{Cell, MetricConfig, StageName};
 use metricunet_train::pool::stage_pool;
-use metricunet_train::{train_stage, StageSpec, TrainOutcome};
+use metricunet_train::{train_stage, ModelSpec, StageSpec, TrainOutcome};
 
 use metricunet_store::stage_dir;
 
@@ -33,9 +33,8 @@ pub struct StageRun<'a> {
 /// Train `stage` of `cell` on the training split, validating on the validation split.
 pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result<TrainOutcome> {
     let cfg = &cell.config;
-    let (backbone, patches, training, metric) = match stage {
+    let (patches, training, metric) = match stage {
         StageName::Stage1 => (
-            &cfg.stage1.backbone,
             &cfg.stage1.patches,
             &cfg.stage1.training,
             MetricConfig {
@@ -43,12 +42,7 @@ pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result
                 ..cfg.metric.clone()
             },
         ),
-        StageName::Stage2 => (
-            &cfg.model.backbone,
-            &cfg.model.patches,
-            &cfg.training,
-            cfg.metric.clone(),
-        ),
+        StageName::Stage2 => (&cfg.model.patches, &cfg.training, cfg.metric.clone()),
     };
     let (train_cases, val_cases) = (
         run.data.pick(&run.data.split.train),
@@ -88,9 +82,7 @@ pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result
         training.iterations = (epochs * train.n).div_ceil(training.batch_size).max(1);
     }
     let spec = StageSpec {
-        name: stage_dir(stage).into(),
-        backbone: backbone.clone(),
-        in_channels: patches.slices,
+        model: ModelSpec::of(cfg, stage),
         training: training.clone(),
         metric,
         seed: seed

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::checkpoint::named_vars;
 use crate::error::Result;
 use crate::optim::Sgd;
-use crate::trainer::{build_backbone_as, seeded_init, StageSpec};
+use crate::trainer::{seeded_init, ModelSpec, StageSpec};
 
 /// One configuration to time.
 #[derive(Debug, Clone)]
@@ -32,9 +32,11 @@ impl StepCase {
     /// The stage of this case (seed 0, default training settings).
     fn stage_spec(&self, name: &str) -> StageSpec {
         StageSpec {
-            name: name.into(),
-            backbone: self.backbone.clone(),
-            in_channels: self.in_channels,
+            model: ModelSpec {
+                name: name.into(),
+                backbone: self.backbone.clone(),
+                in_channels: self.in_channels,
+            },
             training: TrainingConfig::default(),
             metric: self.metric.clone(),
             seed: 0,
@@ -59,7 +61,7 @@ impl Setup {
     fn new(case: &StepCase, name: &str, device: &Device, dtype: DType) -> Result<Self> {
         let spec = case.stage_spec(name);
         let vars = VarMap::new();
-        let net = build_backbone_as(&spec, &vars, device, dtype)?;
+        let net = spec.model.build_as(&vars, device, dtype)?;
         seeded_init(&vars, 0)?;
         let (x, labels) = synthetic_batch(case, device, 2)?;
         Ok(Self {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -28,16 +28,7 @@ pub struct CheckpointMeta {
     pub config_hash: String,
 }
 
-/// Variables of a VarMap sorted by name.
-pub fn named_vars(vars: &VarMap) -> Result<Vec<(String, Var)>> {
-    let data = vars
-        .data()
-        .lock()
-        .map_err(|_| TrainError::Invalid("variable map lock poisoned".into()))?;
-    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(v)
-}
+pub use metricunet_model::named_vars;
 
 fn bytes_f32(t: &Tensor) -> Result<Vec<u8>> {
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;

@@ -15,6 +15,9 @@ pub enum TrainError {
     Data(#[from] metricunet_data::DataError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// Boxed: network errors are large and rare.
+    #[error(transparent)]
+    Model(Box<metricunet_model::ModelError>),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -33,6 +36,12 @@ pub enum TrainError {
     Device(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<metricunet_model::ModelError> for TrainError {
+    fn from(e: metricunet_model::ModelError) -> Self {
+        Self::Model(Box::new(e))
+    }
 }
 
 impl TrainError {

@@ -15,4 +15,4 @@ pub use device::select_device;
 pub use error::{Result, TrainError};
 pub use optim::{poly_lr, Sgd};
 pub use pool::PatchPool;
-pub use trainer::{train_stage, IterationLog, StageSpec, TrainOutcome};
+pub use trainer::{train_stage, IterationLog, ModelSpec, StageSpec, TrainOutcome};

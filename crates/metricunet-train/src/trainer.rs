@@ -5,14 +5,15 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
-use metricunet_core::config::{MetricConfig, PluginSpec, TrainingConfig};
-use metricunet_core::{registry, Backbone, BackboneContext, VoxelMetricModule};
+use candle_core::Device;
+use candle_nn::VarMap;
+use metricunet_core::config::{MetricConfig, TrainingConfig};
+use metricunet_core::{Backbone, VoxelMetricModule};
+pub use metricunet_model::{named_vars, seeded_init, ModelSpec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::checkpoint::{self, named_vars, CheckpointMeta};
+use crate::checkpoint::{self, CheckpointMeta};
 use crate::error::{Result, TrainError};
 use crate::optim::{poly_lr, Sgd};
 use crate::pool::PatchPool;
@@ -20,10 +21,8 @@ use crate::pool::PatchPool;
 /// What to train.
 #[derive(Debug, Clone)]
 pub struct StageSpec {
-    /// `stage1` or `stage2` (used in messages).
-    pub name: String,
-    pub backbone: PluginSpec,
-    pub in_channels: usize,
+    /// The network (its name, `stage1` or `stage2`, is used in messages).
+    pub model: ModelSpec,
     pub training: TrainingConfig,
     /// The voxel-metric module (no samplers: cross-entropy alone).
     pub metric: MetricConfig,
@@ -71,82 +70,6 @@ pub struct TrainOutcome {
 
 /// A stage folder's file names (the run store's).
 pub use metricunet_store::{CHECKPOINT, LOG, WEIGHTS};
-
-/// Build the stage's network in `vars` (weights as candle initialises them).
-pub fn build_backbone(
-    spec: &StageSpec,
-    vars: &VarMap,
-    device: &Device,
-) -> Result<Box<dyn Backbone>> {
-    build_backbone_as(spec, vars, device, DType::F32)
-}
-
-/// [`build_backbone`] with variables of another float type (f64 for reference computations).
-pub fn build_backbone_as(
-    spec: &StageSpec,
-    vars: &VarMap,
-    device: &Device,
-    dtype: DType,
-) -> Result<Box<dyn Backbone>> {
-    let path = format!("{}.backbone", spec.name);
-    let plugin = registry::backbone(&spec.backbone.name, &path)?;
-    let params = plugin.params(&spec.backbone.params, &path)?;
-    let vb = VarBuilder::from_varmap(vars, dtype, device);
-    Ok((plugin.build)(
-        &params,
-        &BackboneContext {
-            in_channels: spec.in_channels,
-        },
-        vb,
-    )?)
-}
-
-/// Re-initialise every variable from `seed`, so that the same seed gives the same network
-/// (candle draws initial weights from an unseeded thread RNG). The distributions are
-/// candle's and PyTorch's defaults: convolution and transposed-convolution weights Kaiming
-/// normal (fan-in = `dims[1] * kh * kw`, ReLU gain), their biases uniform in
-/// `+-1 / sqrt(fan_in)`; BatchNorm scale 1, shift 0, running mean 0, running variance 1.
-pub fn seeded_init(vars: &VarMap, seed: u64) -> Result<()> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_1A17_0000_0001);
-    let named = named_vars(vars)?;
-    let fan_in = |weight: &str| -> Option<usize> {
-        named
-            .iter()
-            .find(|(n, _)| n == weight)
-            .map(|(_, v)| v.dims().iter().skip(1).product::<usize>())
-    };
-    for (name, var) in &named {
-        let n = var.elem_count();
-        let dims = var.dims().to_vec();
-        let values: Vec<f32> = if name.ends_with("running_var")
-            || (name.contains(".bn.") && name.ends_with(".weight"))
-        {
-            vec![1.0; n]
-        } else if name.ends_with("running_mean")
-            || (name.contains(".bn.") && name.ends_with(".bias"))
-        {
-            vec![0.0; n]
-        } else if name.ends_with(".weight") && dims.len() == 4 {
-            let std = (2.0 / fan_in(name).unwrap_or(1).max(1) as f64).sqrt();
-            let normal = rand_distr::Normal::new(0.0, std)
-                .map_err(|e| TrainError::Invalid(e.to_string()))?;
-            (0..n)
-                .map(|_| rand_distr::Distribution::sample(&normal, &mut rng) as f32)
-                .collect()
-        } else if let Some(base) = name.strip_suffix(".bias") {
-            let bound = 1.0 / (fan_in(&format!("{base}.weight")).unwrap_or(1).max(1) as f64).sqrt();
-            (0..n)
-                .map(|_| rng.random_range(-bound..bound) as f32)
-                .collect()
-        } else {
-            return Err(TrainError::Invalid(format!(
-                "seeded_init: no rule for variable `{name}` {dims:?}"
-            )));
-        };
-        var.set(&Tensor::from_vec(values, dims.as_slice(), var.device())?.to_dtype(var.dtype())?)?;
-    }
-    Ok(())
-}
 
 /// Pooled DSC of the network's argmax on every patch of `pool` (BatchNorm in inference
 /// mode): `2 |P and G| / (|P| + |G|)` over all voxels; `None` when both are empty.
@@ -231,7 +154,7 @@ pub fn train_stage(
     if train.is_empty() {
         return Err(TrainError::Invalid(format!(
             "{}: no training patch",
-            spec.name
+            spec.model.name
         )));
     }
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
@@ -240,7 +163,7 @@ pub fn train_stage(
     let ckpt_path = dir.join(CHECKPOINT);
     let log_path = dir.join(LOG);
     let vars = VarMap::new();
-    let net = build_backbone(spec, &vars, device)?;
+    let net = spec.model.build(&vars, device)?;
     seeded_init(&vars, spec.seed)?;
     let module = VoxelMetricModule::from_config(&spec.metric)?;
     let mut opt = Sgd::new(cfg.momentum, cfg.weight_decay);
@@ -273,7 +196,7 @@ pub fn train_stage(
         header = truncate_log(&log_path, start)?;
         tracing::info!(
             "{}: resuming at iteration {start} from {}",
-            spec.name,
+            spec.model.name,
             dir.display()
         );
     } else if log_path.exists() {
@@ -381,7 +304,11 @@ pub fn train_stage(
         }
     }
     if start >= cfg.iterations {
-        tracing::info!("{}: already trained ({} iterations)", spec.name, start);
+        tracing::info!(
+            "{}: already trained ({} iterations)",
+            spec.model.name,
+            start
+        );
     }
     let weights = dir.join(WEIGHTS);
     checkpoint::save_weights(&weights, &vars)?;
@@ -394,19 +321,4 @@ pub fn train_stage(
         seconds: t0.elapsed().as_secs_f64(),
         weights,
     })
-}
-
-/// Load trained weights into a freshly built network of `spec` (for prediction).
-pub fn load_model(
-    spec: &StageSpec,
-    weights: &Path,
-    device: &Device,
-) -> Result<(VarMap, Box<dyn Backbone>)> {
-    let mut vars = VarMap::new();
-    let net = build_backbone(spec, &vars, device)?;
-    vars.load(weights).map_err(|e| TrainError::Checkpoint {
-        path: weights.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok((vars, net))
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::Device;
 use metricunet_core::config::{MetricConfig, PluginSpec, TrainingConfig};
 use metricunet_data::patches::Patches;
-use metricunet_train::{train_stage, PatchPool, StageSpec, TrainError};
+use metricunet_train::{train_stage, ModelSpec, PatchPool, StageSpec, TrainError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_norway::{Mapping, Value};
@@ -59,12 +59,14 @@ fn spec(iterations: usize, samplers: &[&str]) -> StageSpec {
     bb.insert("encoder".into(), Value::Sequence(vec![4.into(), 8.into()]));
     bb.insert("decoder".into(), Value::Sequence(vec![6.into()]));
     StageSpec {
-        name: "stage2".into(),
-        backbone: PluginSpec {
-            name: "metricunet".into(),
-            params: bb,
+        model: ModelSpec {
+            name: "stage2".into(),
+            backbone: PluginSpec {
+                name: "metricunet".into(),
+                params: bb,
+            },
+            in_channels: 3,
         },
-        in_channels: 3,
         training: TrainingConfig {
             iterations,
             batch_size: 4,
