@@ -7,6 +7,7 @@
 //! and register themselves (see [`registry`]).
 
 pub mod backbone;
+pub mod checks;
 pub mod config;
 pub mod error;
 pub mod fsio;
@@ -14,9 +15,12 @@ pub mod loss;
 pub mod metric;
 pub mod metric_module;
 pub mod params;
+pub mod plan;
 pub mod presets;
 pub mod registry;
 pub mod sampler;
+pub mod schema;
+pub mod yaml_path;
 
 pub use backbone::{Backbone, BackboneContext, BackboneOutput};
 pub use config::{Cell, Experiment, ExperimentPlan, PluginSpec};

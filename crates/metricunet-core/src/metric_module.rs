@@ -88,7 +88,7 @@ impl VoxelMetricModule {
     }
 
     /// Build samplers and loss from the registry as `metric` configures them.
-    pub fn from_config(metric: &crate::config::MetricConfig) -> Result<Self> {
+    pub fn from_config(metric: &crate::schema::MetricConfig) -> Result<Self> {
         let mut samplers = Vec::new();
         for (i, spec) in metric.samplers.iter().enumerate() {
             let path = format!("metric.samplers[{i}]");

@@ -8,8 +8,9 @@
 
 use serde_norway::{Mapping, Value};
 
-use crate::config::{get_path, set_path, MetricConfig};
 use crate::registry;
+use crate::schema::MetricConfig;
+use crate::yaml_path::{get_path, set_path};
 
 /// One Table II row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
