@@ -1,5 +1,20 @@
 //! The `metricunet` command line: links every plugin crate and implements the
-//! subcommands on top of `metricunet-core`.
+//! subcommands on top of `metricunet-core`. [`cli::main`] is the whole program, for the
+//! `metricunet` binary and for a researcher's own binary with more plugins.
+
+mod bench_cmds;
+pub mod cli;
+mod data_cmds;
+mod eval_cmds;
+mod run_cmd;
+mod train_cmd;
+
+/// mimalloc keeps freed pages for reuse; with the system allocator every large tensor was
+/// fresh pages the kernel had to zero (about 15 % of a training step, see bench/NOTES.md).
+/// Declared here, so a binary built on this crate gets it too (it then must not declare a
+/// global allocator of its own).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::fmt::Write as _;
 

@@ -3,35 +3,12 @@
 
 mod common;
 
-use metricunet_core::{
-    register_sampler, Draw, Result, SampleBatch, SampleItem, Sampler, VoxelMetricModule,
-};
+use metricunet_core::{SampleBatch, VoxelMetricModule};
 use rand::SeedableRng;
 
-// --- README example starts ---
-/// Anchors deep inside the organ: foreground voxels whose 4 neighbours are foreground too.
-#[derive(Debug)]
-struct InteriorSampler(Draw);
-
-impl Sampler for InteriorSampler {
-    fn draw(&self) -> Draw {
-        self.0
-    }
-    fn candidates(&self, item: &SampleItem<'_>) -> Result<Vec<usize>> {
-        let (h, w) = item.dims();
-        let fg = |v: usize| item.is_foreground(v);
-        let inside = |v: usize| v / w > 0 && v % w > 0 && v / w + 1 < h && v % w + 1 < w;
-        let around = |v: usize| [v, v - 1, v + 1, v - w, v + w];
-        Ok((0..h * w)
-            .filter(|&v| inside(v) && around(v).into_iter().all(fg))
-            .collect())
-    }
-}
-
-register_sampler!("interior", "anchors away from the boundary", |d, _| Ok(
-    InteriorSampler(d)
-));
-// --- README example ends ---
+// The README's example, compiled here from the out-of-tree example crate's file (its binary is
+// tested in examples/custom-sampler/tests).
+include!("../examples/custom-sampler/src/interior.rs");
 
 #[test]
 fn a_sampler_registered_outside_the_core_is_usable_by_name() {
@@ -59,14 +36,17 @@ fn a_sampler_registered_outside_the_core_is_usable_by_name() {
     assert!(e.contains("did you mean `k`"), "{e}");
 }
 
-/// The README's "Adding a sampler" block is the code above (whitespace aside), and short.
+/// The README's "Adding a sampler" block is the example crate's sampler file (its module
+/// header and whitespace aside), and short.
 #[test]
 fn the_readme_shows_this_sampler() {
     let squash = |t: &str| t.split_whitespace().collect::<String>();
-    let here = include_str!("custom_sampler.rs");
-    let start = "// --- README example starts ---";
-    let code = &here[here.find(start).expect("start") + start.len()
-        ..here.find("// --- README example ends ---").expect("end")];
+    let file = include_str!("../examples/custom-sampler/src/interior.rs");
+    let code: String = file
+        .lines()
+        .filter(|l| !l.starts_with("// "))
+        .collect::<Vec<_>>()
+        .join("\n");
     let readme = include_str!("../README.md");
     let section = &readme[readme.find("## Adding a sampler").expect("section")..];
     let block = section
@@ -74,11 +54,10 @@ fn the_readme_shows_this_sampler() {
         .nth(1)
         .and_then(|b| b.split("```").next())
         .expect("block");
-    let block_code = block
-        .split_once("\n\n")
-        .map(|(_use_line, rest)| rest)
-        .expect("use line");
-    assert_eq!(squash(block_code), squash(code), "README and test differ");
-    let lines = block_code.lines().filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(squash(block), squash(&code), "README and example differ");
+    let lines = block
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("use "))
+        .count();
     assert!(lines <= 20, "the example sampler takes {lines} lines");
 }

@@ -154,7 +154,6 @@ impl ExperimentPlan {
         if raw.is_null() {
             raw = Value::Mapping(Mapping::new());
         }
-        let file_raw = raw.clone();
         // a --set error is the command line's, not the file's
         let set_err = |s: &str, message: String| CoreError::Config {
             source_name: format!("--set `{s}`"),
@@ -166,9 +165,11 @@ impl ExperimentPlan {
                 .ok_or_else(|| set_err(s, "expected path=value, e.g. metric.lambda=0.1".into()))?;
             let value: Value = serde_norway::from_str(value)
                 .map_err(|e| set_err(s, format!("the value is not YAML: {e}")))?;
+            let before = raw.clone();
             set_path(&mut raw, path.trim(), value.clone()).map_err(|m| set_err(s, m))?;
             // a value the schema refuses is named here, by its --set, not later as the file's
-            if let Some(message) = set_refused(&file_raw, path.trim(), value) {
+            // (checked on the file with the earlier --set values, which it may rely on)
+            if let Some(message) = set_refused(&before, path.trim(), value) {
                 return Err(set_err(s, message));
             }
         }
@@ -313,8 +314,8 @@ impl ExperimentPlan {
     }
 }
 
-/// Why the file `raw` with only `path` set to `value` does not resolve, when the file alone
-/// does (grid and seeds aside): the refusal is that value's.
+/// Why `raw` (the file with the earlier `--set` values) with `path` set to `value` does not
+/// resolve, when `raw` alone does (grid and seeds aside): the refusal is that value's.
 fn set_refused(raw: &Value, path: &str, value: Value) -> Option<String> {
     let top = path.split('.').next().unwrap_or_default();
     let Value::Mapping(base) = raw else {
