@@ -7,7 +7,11 @@ pub mod data;
 pub mod error;
 pub mod lock;
 pub mod run;
+pub mod shard;
 pub mod stage;
+pub mod summary;
 
 pub use error::{Result, RunError};
-pub use run::{run_plan, CellOutcome, RunOptions, RunSummary, Shard};
+pub use run::{run_plan, RunOptions};
+pub use shard::Shard;
+pub use summary::{CellOutcome, CellSummary, RunSummary};

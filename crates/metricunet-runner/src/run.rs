@@ -8,9 +8,7 @@
 //! each cell.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -25,61 +23,14 @@ use metricunet_eval::{evaluate_masks, CaseMetrics, Pipeline, PredictError};
 use crate::data::{work_dir, PreparedData};
 use crate::error::{Result, RunError};
 use crate::lock::{host_name, DirLock};
+use crate::shard::Shard;
 use crate::stage::{train_cell_stage, StageRun};
+use crate::summary::{CellOutcome, CellSummary, RunSummary};
 use metricunet_core::fsio::{copy_atomic, remove_temporaries, write_atomic};
 use metricunet_store::{
     cell_dir, prediction_path, probability_path, stage1_dir, stage_dir, Attempt, CellRecord,
     CellState, PlanRecord, RunInfo, TestCase, CONFIG, LOG, METRICS, SPLIT, WEIGHTS,
 };
-
-/// `--shard I/N`: this process runs the cells whose index is I modulo N (I in 0..N);
-/// `--shard I/cells`: it runs cell I alone (one shard per cell). Either way the split is fixed
-/// by the sweep, not by how many shards run at once, so one lost shard can be run again alone
-/// (`sbatch --array=I`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    /// N, or `None` for one cell per shard.
-    pub count: Option<usize>,
-}
-
-impl FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || {
-            format!("--shard {s}: expected I/N with 0 <= I < N (e.g. 0/4), or I/cells to run cell I alone")
-        };
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let index: usize = i.trim().parse().map_err(|_| bad())?;
-        let count = match n.trim() {
-            "cells" => None,
-            n => Some(n.parse::<usize>().map_err(|_| bad())?),
-        };
-        if count.is_some_and(|n| n == 0 || index >= n) {
-            return Err(bad());
-        }
-        Ok(Self { index, count })
-    }
-}
-
-impl fmt::Display for Shard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.count {
-            Some(n) => write!(f, "{}/{n}", self.index),
-            None => write!(f, "{}/cells", self.index),
-        }
-    }
-}
-
-impl Shard {
-    /// Whether this shard runs the cell with `index`.
-    pub fn owns(&self, index: usize) -> bool {
-        match self.count {
-            Some(n) => index % n == self.index,
-            None => index == self.index,
-        }
-    }
-}
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -95,110 +46,6 @@ pub struct RunOptions {
     pub retry_failed: bool,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
-}
-
-/// What happened to one cell in this run.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CellOutcome {
-    /// Trained and evaluated now.
-    Finished,
-    /// Found finished; nothing recomputed.
-    AlreadyFinished,
-    /// Found finished with other metrics than configured: evaluated again from its saved
-    /// predictions (no training).
-    Reevaluated,
-    /// Failed now (the error is recorded in its `cell.yaml`).
-    Failed(String),
-    /// Recorded as failed by an earlier run and not retried.
-    FailedBefore(String),
-    /// Another process holds the cell's lock.
-    Busy(String),
-    /// Another shard's cell.
-    OtherShard,
-}
-
-/// One cell's line of the run summary.
-#[derive(Debug, Clone)]
-pub struct CellSummary {
-    pub index: usize,
-    pub label: String,
-    pub seed: u64,
-    pub hash: String,
-    pub outcome: CellOutcome,
-    pub seconds: f64,
-    /// Mean DSC over the test cases, when finished.
-    pub mean_dsc: Option<f64>,
-}
-
-/// What `run_plan` did.
-#[derive(Debug, Clone)]
-pub struct RunSummary {
-    pub root: PathBuf,
-    pub device: String,
-    pub cells: Vec<CellSummary>,
-}
-
-impl RunSummary {
-    /// Cells that failed now or before.
-    pub fn failed(&self) -> usize {
-        self.cells
-            .iter()
-            .filter(|c| {
-                matches!(
-                    c.outcome,
-                    CellOutcome::Failed(_) | CellOutcome::FailedBefore(_)
-                )
-            })
-            .count()
-    }
-}
-
-impl fmt::Display for RunSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "run folder: {} (device {})",
-            self.root.display(),
-            self.device
-        )?;
-        writeln!(
-            f,
-            "{:>4}  {:<16}  {:>5}  {:<14}  {:>8}  {:>6}  label",
-            "cell", "hash", "seed", "state", "time", "DSC"
-        )?;
-        for c in &self.cells {
-            let state = match &c.outcome {
-                CellOutcome::Finished => "finished",
-                CellOutcome::AlreadyFinished => "was finished",
-                CellOutcome::Reevaluated => "re-evaluated",
-                CellOutcome::Failed(_) => "FAILED",
-                CellOutcome::FailedBefore(_) => "failed before",
-                CellOutcome::Busy(_) => "busy elsewhere",
-                CellOutcome::OtherShard => "other shard",
-            };
-            writeln!(
-                f,
-                "{:>4}  {:<16}  {:>5}  {:<14}  {:>7.0}s  {:>6}  {}",
-                c.index,
-                c.hash,
-                c.seed,
-                state,
-                c.seconds,
-                c.mean_dsc
-                    .map(|d| format!("{d:.3}"))
-                    .unwrap_or_else(|| "-".into()),
-                c.label
-            )?;
-            match &c.outcome {
-                CellOutcome::Failed(e) | CellOutcome::FailedBefore(e) => {
-                    writeln!(f, "      error: {e}")?
-                }
-                CellOutcome::Busy(h) => writeln!(f, "      held by {h}")?,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Run (or resume) every cell of `plan` that belongs to this shard. Errors of single cells
