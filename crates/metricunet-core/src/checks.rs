@@ -3,7 +3,7 @@
 //! types cannot express.
 
 use crate::backbone::BackboneContext;
-use crate::error::{CoreError, Result};
+use crate::error::Result;
 use crate::registry;
 use crate::schema::*;
 
@@ -11,23 +11,10 @@ use crate::schema::*;
 /// constraints between parameters are checked before any work starts), and write the full
 /// parameter set (defaults included) back into the spec.
 pub(crate) fn resolve_plugins(exp: &mut Experiment) -> Result<()> {
-    fn at(path: &str, e: CoreError) -> CoreError {
-        match e {
-            CoreError::Param { path: p, message } => CoreError::Param {
-                path: format!("{path}.{p}"),
-                message,
-            },
-            other => CoreError::Param {
-                path: path.to_string(),
-                message: other.to_string(),
-            },
-        }
-    }
     let backbone = |spec: &mut PluginSpec, path: &str, in_channels: usize| -> Result<()> {
-        let plugin = registry::backbone(&spec.name, path)?;
-        let params = plugin.params(&spec.params, path)?;
         let vb = candle_nn::VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu);
-        (plugin.build)(&params, &BackboneContext { in_channels }, vb).map_err(|e| at(path, e))?;
+        let (_, params) =
+            registry::build_backbone(spec, path, &BackboneContext { in_channels }, vb)?;
         spec.params = params.to_yaml();
         Ok(())
     };
@@ -41,17 +28,10 @@ pub(crate) fn resolve_plugins(exp: &mut Experiment) -> Result<()> {
         "model.backbone",
         exp.model.patches.slices,
     )?;
-
-    let plugin = registry::loss(&exp.metric.loss.name, "metric.loss")?;
-    let params = plugin.params(&exp.metric.loss.params, "metric.loss")?;
-    (plugin.build)(&params).map_err(|e| at("metric.loss", e))?;
+    let (_, params) = registry::build_loss(&exp.metric.loss, "metric.loss")?;
     exp.metric.loss.params = params.to_yaml();
-
     for (i, s) in exp.metric.samplers.iter_mut().enumerate() {
-        let path = format!("metric.samplers[{i}]");
-        let plugin = registry::sampler(&s.name, &path)?;
-        let params = plugin.params(&s.params, &path)?;
-        (plugin.build)(&params).map_err(|e| at(&path, e))?;
+        let (_, params) = registry::build_sampler(s, &format!("metric.samplers[{i}]"))?;
         s.params = params.to_yaml();
     }
     let metrics = match exp.evaluation.metrics.take() {
@@ -63,10 +43,7 @@ pub(crate) fn resolve_plugins(exp: &mut Experiment) -> Result<()> {
     };
     let mut resolved = Vec::with_capacity(metrics.len());
     for (i, mut m) in metrics.into_iter().enumerate() {
-        let path = format!("evaluation.metrics[{i}]");
-        let plugin = registry::metric(&m.name, &path)?;
-        let params = plugin.params(&m.params, &path)?;
-        (plugin.build)(&params).map_err(|e| at(&path, e))?;
+        let (_, params) = registry::build_metric(&m, &format!("evaluation.metrics[{i}]"))?;
         m.params = params.to_yaml();
         resolved.push(m);
     }

@@ -91,9 +91,7 @@ impl VoxelMetricModule {
     pub fn from_config(metric: &crate::schema::MetricConfig) -> Result<Self> {
         let mut samplers = Vec::new();
         for (i, spec) in metric.samplers.iter().enumerate() {
-            let path = format!("metric.samplers[{i}]");
-            let plugin = registry::sampler(&spec.name, &path)?;
-            let params = plugin.params(&spec.params, &path)?;
+            let (sampler, _) = registry::build_sampler(spec, &format!("metric.samplers[{i}]"))?;
             let seen = metric.samplers[..i]
                 .iter()
                 .filter(|s| s.name == spec.name)
@@ -103,14 +101,10 @@ impl VoxelMetricModule {
             } else {
                 format!("{}#{}", spec.name, seen + 1)
             };
-            samplers.push(NamedSampler {
-                name,
-                sampler: (plugin.build)(&params)?,
-            });
+            samplers.push(NamedSampler { name, sampler });
         }
-        let plugin = registry::loss(&metric.loss.name, "metric.loss")?;
-        let params = plugin.params(&metric.loss.params, "metric.loss")?;
-        Self::new(samplers, (plugin.build)(&params)?, metric.lambda)
+        let (loss, _) = registry::build_loss(&metric.loss, "metric.loss")?;
+        Self::new(samplers, loss, metric.lambda)
     }
 
     /// Configured samplers, in order.

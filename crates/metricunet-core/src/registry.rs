@@ -41,6 +41,7 @@ use crate::loss::MetricLoss;
 use crate::metric::Metric;
 use crate::params::{ParamSpec, Params};
 use crate::sampler::Sampler;
+use crate::schema::PluginSpec;
 
 /// One registered implementation: a name, a one-line description, declared parameters and
 /// a constructor of type `C`.
@@ -166,6 +167,61 @@ pub fn list(kind: PluginKind) -> Vec<PluginInfo> {
         PluginKind::Backbone => infos(kind, inventory::iter::<BackbonePlugin>()),
         PluginKind::Metric => infos(kind, inventory::iter::<MetricPlugin>()),
     }
+}
+
+/// A parameter error of the plugin at YAML `path`, with its path under it.
+fn at(path: &str, e: CoreError) -> CoreError {
+    match e {
+        CoreError::Param { path: p, message } => CoreError::Param {
+            path: format!("{path}.{p}"),
+            message,
+        },
+        other => CoreError::Param {
+            path: path.to_string(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// The one way from a YAML plugin spec to a plugin: `plugin`'s declared parameters validate
+/// `spec`'s (defaults filled in), then `build` makes it. Returns the plugin and the validated
+/// parameters it was built from; every error names `path`.
+fn instantiate<C: 'static, T>(
+    plugin: &'static Plugin<C>,
+    spec: &PluginSpec,
+    path: &str,
+    build: impl FnOnce(&C, &Params) -> Result<T>,
+) -> Result<(T, Params)> {
+    let params = plugin.params(&spec.params, path)?;
+    let built = build(&plugin.build, &params).map_err(|e| at(path, e))?;
+    Ok((built, params))
+}
+
+/// The sampler `spec` names (at YAML `path`), built, with its validated parameters.
+pub fn build_sampler(spec: &PluginSpec, path: &str) -> Result<(Box<dyn Sampler>, Params)> {
+    instantiate(sampler(&spec.name, path)?, spec, path, |b, p| b(p))
+}
+
+/// The metric loss `spec` names, built, with its validated parameters.
+pub fn build_loss(spec: &PluginSpec, path: &str) -> Result<(Box<dyn MetricLoss>, Params)> {
+    instantiate(loss(&spec.name, path)?, spec, path, |b, p| b(p))
+}
+
+/// The evaluation metric `spec` names, built, with its validated parameters.
+pub fn build_metric(spec: &PluginSpec, path: &str) -> Result<(Box<dyn Metric>, Params)> {
+    instantiate(metric(&spec.name, path)?, spec, path, |b, p| b(p))
+}
+
+/// The backbone `spec` names, its weights in `vb`, with its validated parameters.
+pub fn build_backbone(
+    spec: &PluginSpec,
+    path: &str,
+    ctx: &BackboneContext,
+    vb: VarBuilder<'_>,
+) -> Result<(Box<dyn Backbone>, Params)> {
+    instantiate(backbone(&spec.name, path)?, spec, path, |b, p| {
+        b(p, ctx, vb)
+    })
 }
 
 /// The metrics the paper reports, in its order (Table III: DSC, ASD, SEN, PPV), then the

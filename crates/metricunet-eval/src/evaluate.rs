@@ -56,9 +56,7 @@ pub fn evaluate_masks(
     let c = Comparison::new(p, r, spacing)?;
     let mut values = Vec::with_capacity(metrics.len());
     for (i, spec) in metrics.iter().enumerate() {
-        let path = format!("evaluation.metrics[{i}]");
-        let plugin = registry::metric(&spec.name, &path)?;
-        let m = (plugin.build)(&plugin.params(&spec.params, &path)?)?;
+        let (m, _) = registry::build_metric(spec, &format!("evaluation.metrics[{i}]"))?;
         let v = m.compute(&c)?;
         values.push(MetricEntry {
             name: spec.name.clone(),

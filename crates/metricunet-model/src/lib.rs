@@ -69,17 +69,12 @@ impl ModelSpec {
         device: &Device,
         dtype: DType,
     ) -> Result<Box<dyn Backbone>> {
-        let path = format!("{}.backbone", self.name);
-        let plugin = registry::backbone(&self.backbone.name, &path)?;
-        let params = plugin.params(&self.backbone.params, &path)?;
+        let ctx = BackboneContext {
+            in_channels: self.in_channels,
+        };
         let vb = VarBuilder::from_varmap(vars, dtype, device);
-        Ok((plugin.build)(
-            &params,
-            &BackboneContext {
-                in_channels: self.in_channels,
-            },
-            vb,
-        )?)
+        let path = format!("{}.backbone", self.name);
+        Ok(registry::build_backbone(&self.backbone, &path, &ctx, vb)?.0)
     }
 
     /// Build the network and load trained weights into it (every variable must be in the

@@ -304,12 +304,9 @@ impl RunResults {
 /// for a name not registered.
 fn declared(name: &str) -> (&'static str, bool) {
     use metricunet_core::registry;
-    registry::metric(name, "evaluation.metrics")
-        .and_then(|p| {
-            p.params(&Default::default(), "")
-                .and_then(|ps| (p.build)(&ps))
-        })
-        .map(|m| (m.unit(), m.higher_is_better()))
+    let spec = metricunet_core::PluginSpec::named(name);
+    registry::build_metric(&spec, "evaluation.metrics")
+        .map(|(m, _)| (m.unit(), m.higher_is_better()))
         .unwrap_or(("", true))
 }
 

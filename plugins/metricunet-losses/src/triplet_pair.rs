@@ -45,19 +45,6 @@ pub struct TripletPairLoss {
     pub reduction: Reduction,
 }
 
-impl Default for TripletPairLoss {
-    fn default() -> Self {
-        Self {
-            sigma: 0.7,
-            epsilon: 0.01,
-            beta: 0.1,
-            squared: true,
-            normalize: false,
-            reduction: Reduction::Mean,
-        }
-    }
-}
-
 impl TripletPairLoss {
     fn distance(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let d2 = (a - b)?.sqr()?.sum(D::Minus1)?;
@@ -128,28 +115,71 @@ impl MetricLoss for TripletPairLoss {
     }
 }
 
+/// The declared parameters, the one place their defaults (the paper's values) are written.
+pub const PARAMS: &[ParamSpec] = &[
+    ParamSpec::float(
+        "sigma",
+        0.7,
+        Some(0.0),
+        None,
+        "triplet margin (paper: 0.7; Table III: 1.0)",
+    ),
+    ParamSpec::float(
+        "epsilon",
+        0.01,
+        Some(0.0),
+        None,
+        "offset of the positive-pair term (paper: 0.01)",
+    ),
+    ParamSpec::float(
+        "beta",
+        0.1,
+        Some(0.0),
+        None,
+        "weight of the positive-pair term (paper: 0.1; 0 = triplet only)",
+    ),
+    ParamSpec::bool(
+        "squared",
+        true,
+        "squared L2 distance as in the paper; false = plain L2",
+    ),
+    ParamSpec::bool(
+        "normalize",
+        false,
+        "scale embeddings to unit length before distances",
+    ),
+    ParamSpec::choice(
+        "reduction",
+        &["mean", "sum"],
+        "mean",
+        "mean over tuples, or Eq. 2's literal sum",
+    ),
+];
+
+impl TripletPairLoss {
+    /// The loss from validated parameters (every one of [`PARAMS`] present).
+    pub fn from_params(p: &Params) -> Result<Self> {
+        Ok(TripletPairLoss {
+            sigma: p.f64("sigma")?,
+            epsilon: p.f64("epsilon")?,
+            beta: p.f64("beta")?,
+            squared: p.bool("squared")?,
+            normalize: p.bool("normalize")?,
+            reduction: if p.str("reduction")? == "sum" {
+                Reduction::Sum
+            } else {
+                Reduction::Mean
+            },
+        })
+    }
+}
+
 inventory::submit! {
     LossPlugin {
         name: "triplet-pair",
         description: "hinged triplet term + beta * positive-pair term on squared L2 distances (paper Eq. 2)",
-        params: &[
-            ParamSpec::float("sigma", 0.7, Some(0.0), None, "triplet margin (paper: 0.7; Table III: 1.0)"),
-            ParamSpec::float("epsilon", 0.01, Some(0.0), None, "offset of the positive-pair term (paper: 0.01)"),
-            ParamSpec::float("beta", 0.1, Some(0.0), None, "weight of the positive-pair term (paper: 0.1; 0 = triplet only)"),
-            ParamSpec::bool("squared", true, "squared L2 distance as in the paper; false = plain L2"),
-            ParamSpec::bool("normalize", false, "scale embeddings to unit length before distances"),
-            ParamSpec::choice("reduction", &["mean", "sum"], "mean", "mean over tuples, or Eq. 2's literal sum"),
-        ],
-        build: |p: &Params| -> Result<Box<dyn MetricLoss>> {
-            Ok(Box::new(TripletPairLoss {
-                sigma: p.f64("sigma")?,
-                epsilon: p.f64("epsilon")?,
-                beta: p.f64("beta")?,
-                squared: p.bool("squared")?,
-                normalize: p.bool("normalize")?,
-                reduction: if p.str("reduction")? == "sum" { Reduction::Sum } else { Reduction::Mean },
-            }))
-        },
+        params: PARAMS,
+        build: |p: &Params| -> Result<Box<dyn MetricLoss>> { Ok(Box::new(TripletPairLoss::from_params(p)?)) },
     }
 }
 
@@ -177,6 +207,11 @@ mod tests {
         (s(&out.parts[0].1), s(&out.parts[1].1), s(&out.total))
     }
 
+    /// The declared defaults (the paper's values).
+    fn paper() -> TripletPairLoss {
+        TripletPairLoss::from_params(&Params::defaults(PARAMS)).expect("declared defaults")
+    }
+
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-6
     }
@@ -192,7 +227,7 @@ mod tests {
         };
         let l = TripletPairLoss {
             sigma: 3.5,
-            ..Default::default()
+            ..paper()
         };
         let (tr, pa, to) = parts(&l, &emb(), &t);
         assert!(
@@ -200,14 +235,14 @@ mod tests {
             "{tr} {pa} {to}"
         );
         // margin satisfied: hinge is zero
-        let (tr, _, _) = parts(&TripletPairLoss::default(), &emb(), &t);
+        let (tr, _, _) = parts(&paper(), &emb(), &t);
         assert_eq!(tr, 0.0);
         // plain distances: d_ap = 1, d_an = 2
         let l = TripletPairLoss {
             sigma: 1.5,
             beta: 0.0,
             squared: false,
-            ..Default::default()
+            ..paper()
         };
         let (tr, pa, _) = parts(&l, &emb(), &t);
         assert!(close(tr, 0.5) && pa == 0.0, "{tr} {pa}");
@@ -227,7 +262,7 @@ mod tests {
             beta: 0.5,
             epsilon: 0.0,
             reduction: Reduction::Sum,
-            ..Default::default()
+            ..paper()
         };
         // triplets: (1-5+1)+=0, (1-1+1)=1, (20-5+1)=16, (20-1+1)=20 -> 37; pair 0.5 * (1 + 20)
         let (tr, pa, to) = parts(&l, &emb(), &t);
@@ -257,7 +292,7 @@ mod tests {
             beta: 1.0,
             epsilon: 0.0,
             normalize: true,
-            ..Default::default()
+            ..paper()
         };
         let d_ap: f64 = 0.4 * 0.4 + 0.8 * 0.8; // (0.6-1)^2 + 0.8^2
         let d_an: f64 = 0.6 * 0.6 + 0.2 * 0.2; // 0.6^2 + (0.8-1)^2
@@ -267,7 +302,7 @@ mod tests {
 
     #[test]
     fn empty_tuples_give_zero_not_nan() {
-        let l = TripletPairLoss::default();
+        let l = paper();
         let (tr, pa, to) = parts(&l, &emb(), &Tuples::empty(1));
         assert_eq!((tr, pa, to), (0.0, 0.0, 0.0));
     }
