@@ -100,6 +100,26 @@ pub enum StageName {
     Stage2,
 }
 
+impl StageName {
+    /// `stage1` or `stage2`: the stage's folder and its name in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageName::Stage1 => "stage1",
+            StageName::Stage2 => "stage2",
+        }
+    }
+}
+
+/// What one stage trains: its network, patches and optimisation settings, and the
+/// voxel-metric module (stage 1 trains with cross-entropy alone: no samplers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageConfig<'a> {
+    pub backbone: &'a PluginSpec,
+    pub patches: &'a PatchConfig,
+    pub training: &'a TrainingConfig,
+    pub metric: MetricConfig,
+}
+
 /// Where the cases come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -424,6 +444,30 @@ impl Default for Experiment {
             evaluation: EvaluationConfig::default(),
             report: ReportConfig::default(),
             grid: Mapping::new(),
+        }
+    }
+}
+
+impl Experiment {
+    /// The settings of `stage`: stage 1 is `stage1.*` without samplers, stage 2 is `model.*`,
+    /// `training` and `metric` (the one place that maps a stage to its settings).
+    pub fn stage(&self, stage: StageName) -> StageConfig<'_> {
+        match stage {
+            StageName::Stage1 => StageConfig {
+                backbone: &self.stage1.backbone,
+                patches: &self.stage1.patches,
+                training: &self.stage1.training,
+                metric: MetricConfig {
+                    samplers: Vec::new(),
+                    ..self.metric.clone()
+                },
+            },
+            StageName::Stage2 => StageConfig {
+                backbone: &self.model.backbone,
+                patches: &self.model.patches,
+                training: &self.training,
+                metric: self.metric.clone(),
+            },
         }
     }
 }

@@ -182,10 +182,7 @@ impl Pipeline {
     }
 
     fn multiple(&self, stage: StageName) -> usize {
-        let b = match stage {
-            StageName::Stage1 => &self.config.stage1.backbone,
-            StageName::Stage2 => &self.config.model.backbone,
-        };
+        let b = self.config.stage(stage).backbone;
         let levels = b
             .params
             .get("encoder")

@@ -42,18 +42,11 @@ impl ModelSpec {
     /// The network of `stage` in `config`: stage 1 is `stage1.backbone` on
     /// `stage1.patches.slices` channels, stage 2 `model.backbone` on `model.patches.slices`.
     pub fn of(config: &Experiment, stage: StageName) -> Self {
-        let (backbone, slices) = match stage {
-            StageName::Stage1 => (&config.stage1.backbone, config.stage1.patches.slices),
-            StageName::Stage2 => (&config.model.backbone, config.model.patches.slices),
-        };
+        let s = config.stage(stage);
         Self {
-            name: match stage {
-                StageName::Stage1 => "stage1",
-                StageName::Stage2 => "stage2",
-            }
-            .into(),
-            backbone: backbone.clone(),
-            in_channels: slices,
+            name: stage.as_str().into(),
+            backbone: s.backbone.clone(),
+            in_channels: s.patches.slices,
         }
     }
 

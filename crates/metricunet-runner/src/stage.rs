@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use metricunet_core::config::{Cell, MetricConfig, StageName};
+use metricunet_core::config::{Cell, StageConfig, StageName};
 use metricunet_train::pool::stage_pool;
 use metricunet_train::{train_stage, ModelSpec, StageSpec, TrainOutcome};
 
@@ -33,17 +33,12 @@ pub struct StageRun<'a> {
 /// Train `stage` of `cell` on the training split, validating on the validation split.
 pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result<TrainOutcome> {
     let cfg = &cell.config;
-    let (patches, training, metric) = match stage {
-        StageName::Stage1 => (
-            &cfg.stage1.patches,
-            &cfg.stage1.training,
-            MetricConfig {
-                samplers: Vec::new(),
-                ..cfg.metric.clone()
-            },
-        ),
-        StageName::Stage2 => (&cfg.model.patches, &cfg.training, cfg.metric.clone()),
-    };
+    let StageConfig {
+        patches,
+        training,
+        metric,
+        ..
+    } = cfg.stage(stage);
     let (train_cases, val_cases) = (
         run.data.pick(&run.data.split.train),
         run.data.pick(&run.data.split.val),

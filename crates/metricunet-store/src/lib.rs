@@ -53,10 +53,7 @@ pub const LOG: &str = "train_log.csv";
 
 /// `stage1` or `stage2`: a stage's folder inside a cell or `train` folder.
 pub fn stage_dir(stage: StageName) -> &'static str {
-    match stage {
-        StageName::Stage1 => "stage1",
-        StageName::Stage2 => "stage2",
-    }
+    stage.as_str()
 }
 
 /// `root/cells/<hash>`.
