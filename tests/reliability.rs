@@ -224,16 +224,14 @@ fn damaged_cells_temporaries_and_report_folders() {
 
     // temporary files a killed process left at the root, in the report and in the phantom
     // folder go with the next successful run; the damaged cell is evaluated again
-    let host = metricunet_core::fsio::host_name().replace(['.', '-', '/'], "_");
+    let dead = |p: PathBuf| metricunet_core::fsio::temporary_path_of(&p, 4294967);
     let leftovers = [
-        root.join(format!(".tmp-4294967-{host}-plan.yaml")),
-        root.join("report")
-            .join(format!(".tmp-4294967-{host}-report.md")),
-        dir.path()
-            .join("cache")
-            .join("phantom-s3-n5-64x16")
-            .join("imagesTr")
-            .join(format!(".tmp-4294967-{host}-phantom_000.nii.gz")),
+        dead(root.join("plan.yaml")),
+        dead(root.join("report").join("report.md")),
+        dead(
+            dir.path()
+                .join("cache/phantom-s3-n5-64x16/imagesTr/phantom_000.nii.gz"),
+        ),
     ];
     for p in &leftovers {
         assert!(p.parent().expect("parent").is_dir(), "{}", p.display());

@@ -63,15 +63,16 @@ pub const FOREIGN_TEMPORARY_AGE: Duration = Duration::from_secs(3600);
 
 /// The temporary name this process writes `path` through.
 pub fn temporary_path(path: &Path) -> PathBuf {
+    temporary_path_of(path, std::process::id())
+}
+
+/// The temporary name process `pid` of this host writes `path` through.
+pub fn temporary_path_of(path: &Path, pid: u32) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(
-        "{PREFIX}{}-{}-{name}",
-        std::process::id(),
-        host_tag()
-    ))
+    path.with_file_name(format!("{PREFIX}{pid}-{}-{name}", host_tag()))
 }
 
 /// The writer (pid, host tag) of a temporary file name, `None` for any other name.
@@ -216,25 +217,20 @@ mod tests {
     fn cleanup_removes_only_abandoned_temporaries() {
         let dir = std::env::temp_dir().join(format!("fsio-clean-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
-        let host = host_tag();
         // a dead process of this host (pid beyond pid_max), at the top and in a sub-folder
-        let dead = format!(".tmp-4294967-{host}-plan.yaml");
-        let dead_sub = format!(".tmp-4294967-{host}-x.nii.gz");
+        let dead = temporary_path_of(&dir.join("plan.yaml"), 4294967);
+        let dead_sub = temporary_path_of(&dir.join("sub").join("x.nii.gz"), 4294967);
         // this (running) process, another host's fresh file, and ordinary files
         let mine = temporary_path(&dir.join("m.yaml"));
         let foreign = ".tmp-12-elsewhere-cell.yaml";
-        for p in [
-            dir.join(&dead),
-            dir.join("sub").join(&dead_sub),
-            mine.clone(),
-        ] {
+        for p in [&dead, &dead_sub, &mine] {
             std::fs::write(p, "x").unwrap();
         }
         for n in [foreign, ".lock", "plan.yaml", ".hidden.tmp"] {
             std::fs::write(dir.join(n), "x").unwrap();
         }
         assert_eq!(remove_temporaries(&dir, false), 1);
-        assert!(dir.join("sub").join(&dead_sub).exists());
+        assert!(dead_sub.exists());
         assert_eq!(remove_temporaries(&dir, true), 1);
         for n in [foreign, ".lock", "plan.yaml", ".hidden.tmp"] {
             assert!(dir.join(n).exists(), "{n} kept");

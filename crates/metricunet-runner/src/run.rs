@@ -28,8 +28,8 @@ use crate::stage::{train_cell_stage, StageRun};
 use crate::summary::{CellOutcome, CellSummary, RunSummary};
 use metricunet_core::fsio::{copy_atomic, remove_temporaries, write_atomic};
 use metricunet_store::{
-    cell_dir, prediction_path, probability_path, stage1_dir, stage_dir, Attempt, CellRecord,
-    CellState, PlanRecord, RunInfo, TestCase, CONFIG, LOG, METRICS, SPLIT, WEIGHTS,
+    cell_dir, prediction_path, probability_path, stage1_dir, stage_dir, Attempt, AttemptOutcome,
+    CellRecord, CellState, PlanRecord, RunInfo, TestCase, CONFIG, LOG, METRICS, SPLIT, WEIGHTS,
 };
 
 /// How to run.
@@ -73,6 +73,7 @@ pub fn run_plan(
         .iter()
         .map(|c| work_dir(&c.config.data))
         .collect();
+    data_dirs.sort();
     data_dirs.dedup();
     for d in &data_dirs {
         remove_temporaries(d, true);
@@ -171,7 +172,7 @@ pub fn run_plan(
                             record.state = CellState::Failed;
                             record.error = Some(message.clone());
                             if let Some(a) = record.attempts.last_mut() {
-                                a.outcome = "failed".into();
+                                a.outcome = AttemptOutcome::Failed;
                             }
                             record.write(&dir)?;
                             CellOutcome::Failed(message)
@@ -298,8 +299,8 @@ fn new_record(
             .unwrap_or_default()
             .into_iter()
             .map(|mut a| {
-                if a.outcome == "running" {
-                    a.outcome = "interrupted".into();
+                if a.outcome == AttemptOutcome::Running {
+                    a.outcome = AttemptOutcome::Interrupted;
                 }
                 a
             })
@@ -308,7 +309,7 @@ fn new_record(
                 pid: std::process::id(),
                 started: metricunet_store::now(),
                 seconds: 0.0,
-                outcome: "running".into(),
+                outcome: AttemptOutcome::Running,
                 stage2_resumed_from: None,
             }])
             .collect(),
@@ -333,7 +334,7 @@ impl AttemptClock {
         }
     }
     /// Record the time so far (and `outcome`) and write the record.
-    fn save(&self, record: &mut CellRecord, dir: &Path, outcome: &str) -> Result<()> {
+    fn save(&self, record: &mut CellRecord, dir: &Path, outcome: AttemptOutcome) -> Result<()> {
         let seconds = self
             .start
             .elapsed()
@@ -342,7 +343,7 @@ impl AttemptClock {
         record.timings.total_s = self.before + seconds;
         if let Some(a) = record.attempts.last_mut() {
             a.seconds = seconds;
-            a.outcome = outcome.into();
+            a.outcome = outcome;
         }
         Ok(record.write(dir)?)
     }
@@ -398,8 +399,9 @@ fn run_cell(
     if !s1_model.exists() {
         let wait = Instant::now();
         let _lock = DirLock::acquire_waiting(&s1, Duration::from_secs(5))?;
-        clock.waited += wait.elapsed();
-        record.timings.waited_s += wait.elapsed().as_secs_f64();
+        let waited = wait.elapsed();
+        clock.waited += waited;
+        record.timings.waited_s += waited.as_secs_f64();
         if !s1_model.exists() {
             let out = train_cell_stage(
                 cell,
@@ -417,7 +419,7 @@ fn run_cell(
             .map_err(|e| RunError::Invalid(format!("stage 1 ({}): {e}", s1.display())))?;
             record.timings.stage1_s += out.seconds;
         }
-        clock.save(record, dir, "running")?;
+        clock.save(record, dir, AttemptOutcome::Running)?;
     }
     let own_s1 = dir.join(stage_dir(StageName::Stage1));
     copy_atomic(&s1_model, &own_s1.join(WEIGHTS))?;
@@ -447,7 +449,7 @@ fn run_cell(
         if let Some(a) = record.attempts.last_mut() {
             a.stage2_resumed_from = out.resumed_from;
         }
-        clock.save(record, dir, "running")?;
+        clock.save(record, dir, AttemptOutcome::Running)?;
     }
 
     // Prediction and evaluation of the test cases.
@@ -472,7 +474,7 @@ fn run_cell(
         })
         .collect();
     record.state = CellState::Finished;
-    clock.save(record, dir, "finished")
+    clock.save(record, dir, AttemptOutcome::Finished)
 }
 
 /// Predict every test case with the cell's two stages, write the masks (and the

@@ -28,8 +28,8 @@ use metricunet_core::config::StageName;
 use thiserror::Error;
 
 pub use records::{
-    git_revision, now, Attempt, CellRecord, CellState, PlanCell, PlanRecord, RunInfo, TestCase,
-    Timings,
+    git_revision, now, Attempt, AttemptOutcome, CellRecord, CellState, PlanCell, PlanRecord,
+    RunInfo, TestCase, Timings,
 };
 
 /// `RUN_ROOT/plan.yaml`.

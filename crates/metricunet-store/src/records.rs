@@ -33,6 +33,18 @@ pub struct Timings {
     pub waited_s: f64,
 }
 
+/// How an attempt ended (`running` while it runs, or when its process was killed before the
+/// next attempt looked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Running,
+    Finished,
+    Failed,
+    /// Killed: marked so by the next attempt at the cell.
+    Interrupted,
+}
+
 /// One run of a cell by one process: a killed one stays `running` until the next attempt
 /// marks it `interrupted`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,8 +55,7 @@ pub struct Attempt {
     pub started: u64,
     /// Working seconds of this attempt, as last recorded.
     pub seconds: f64,
-    /// running, finished, failed or interrupted.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     /// The stage-2 iteration this attempt resumed from (its checkpoint), if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage2_resumed_from: Option<usize>,
