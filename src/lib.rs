@@ -6,6 +6,7 @@ mod bench_cmds;
 pub mod cli;
 mod data_cmds;
 mod eval_cmds;
+mod progress;
 mod run_cmd;
 mod train_cmd;
 

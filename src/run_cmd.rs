@@ -36,7 +36,7 @@ pub fn run(experiment: &Path, args: &RunArgs) -> Result<String> {
         device: args.device,
         shard: args.shard,
         retry_failed: args.retry_failed,
-        progress: true,
+        progress: std::sync::Arc::new(crate::progress::Bars::stderr()),
     };
     let summary = run_plan(&plan, &record, &opts)?;
     let mut out = summary.to_string();

@@ -50,6 +50,7 @@ pub fn train(cell: &Cell, experiment_dir: &Path, args: &TrainArgs) -> Result<Str
         run_dir.display(),
         data.summary()
     );
+    let bars = crate::progress::Bars::stderr();
     for stage in &cfg.stages {
         let config_hash = match stage {
             metricunet_core::config::StageName::Stage1 => cell.stage1_hash()?,
@@ -64,7 +65,7 @@ pub fn train(cell: &Cell, experiment_dir: &Path, args: &TrainArgs) -> Result<Str
                 dir: &run_dir.join(stage_dir(*stage)),
                 resume: args.resume,
                 config_hash,
-                progress: None,
+                progress: &bars,
                 prefix: String::new(),
             },
         )?;
@@ -87,6 +88,9 @@ pub fn train(cell: &Cell, experiment_dir: &Path, args: &TrainArgs) -> Result<Str
                 .map(|d| format!("{d:.3}"))
                 .unwrap_or_else(|| "-".into())
         ));
+        if let Some(reason) = &outcome.stopped_early {
+            report.push_str(&format!("  stopped early: {reason}\n"));
+        }
     }
     Ok(report)
 }

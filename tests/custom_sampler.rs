@@ -36,28 +36,47 @@ fn a_sampler_registered_outside_the_core_is_usable_by_name() {
     assert!(e.contains("did you mean `k`"), "{e}");
 }
 
-/// The README's "Adding a sampler" block is the example crate's sampler file (its module
-/// header and whitespace aside), and short.
-#[test]
-fn the_readme_shows_this_sampler() {
+/// The first Rust block of the README's section `heading`, and `file` without its `// `
+/// comment lines, both with whitespace removed.
+fn readme_block_and_file(heading: &str, file: &str) -> (String, String, usize) {
     let squash = |t: &str| t.split_whitespace().collect::<String>();
-    let file = include_str!("../examples/custom-sampler/src/interior.rs");
     let code: String = file
         .lines()
         .filter(|l| !l.starts_with("// "))
         .collect::<Vec<_>>()
         .join("\n");
     let readme = include_str!("../README.md");
-    let section = &readme[readme.find("## Adding a sampler").expect("section")..];
+    let section = &readme[readme.find(heading).expect("section")..];
     let block = section
         .split("```rust")
         .nth(1)
         .and_then(|b| b.split("```").next())
         .expect("block");
-    assert_eq!(squash(block), squash(&code), "README and example differ");
     let lines = block
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with("use "))
         .count();
+    (squash(block), squash(&code), lines)
+}
+
+/// The README's "Adding a sampler" block is the example crate's sampler file (its module
+/// header and whitespace aside), and short.
+#[test]
+fn the_readme_shows_this_sampler() {
+    let (block, file, lines) = readme_block_and_file(
+        "## Adding a sampler",
+        include_str!("../examples/custom-sampler/src/interior.rs"),
+    );
+    assert_eq!(block, file, "README and example differ");
     assert!(lines <= 20, "the example sampler takes {lines} lines");
+}
+
+/// The README's "Adding a metric" block is the example crate's metric file.
+#[test]
+fn the_readme_shows_the_example_metric() {
+    let (block, file, _) = readme_block_and_file(
+        "## Adding a metric",
+        include_str!("../examples/custom-sampler/src/volume_error.rs"),
+    );
+    assert_eq!(block, file, "README and example differ");
 }

@@ -160,6 +160,15 @@ pub(crate) fn check_values(e: &Experiment) -> std::result::Result<(), String> {
         share(&format!("{stage}.momentum"), t.momentum)?;
         non_negative(&format!("{stage}.weight_decay"), t.weight_decay)?;
         non_negative(&format!("{stage}.poly_power"), t.poly_power)?;
+        if let Some(p) = &t.plateau {
+            at_least_one(&format!("{stage}.plateau.patience"), p.patience)?;
+            non_negative(&format!("{stage}.plateau.min_delta"), p.min_delta)?;
+            if t.validate_every == 0 {
+                return Err(format!(
+                    "{stage}.plateau: needs validation; set {stage}.validate_every above 0"
+                ));
+            }
+        }
     }
     if e.stages.is_empty() {
         return Err("stages: name at least one of stage1, stage2".into());

@@ -17,6 +17,7 @@ pub mod metric_module;
 pub mod params;
 pub mod plan;
 pub mod presets;
+pub mod progress;
 pub mod registry;
 pub mod sampler;
 pub mod schema;
@@ -29,6 +30,7 @@ pub use loss::{gather_voxels, LossTerms, MetricLoss};
 pub use metric::{Comparison, MaskRef, Metric, MetricValue};
 pub use metric_module::{StepLoss, VoxelMetricModule};
 pub use params::{ParamKind, ParamSpec, ParamValue, Params};
+pub use progress::{Progress, ProgressTask, SharedProgress, Silent};
 pub use registry::{BackbonePlugin, LossPlugin, MetricPlugin, PluginKind, SamplerPlugin};
 pub use sampler::{draw_tuples, Draw, SampleBatch, SampleItem, Sampler, Tuples};
 

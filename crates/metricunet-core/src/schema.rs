@@ -255,6 +255,20 @@ pub struct TrainingConfig {
     pub validate_every: usize,
     /// Checkpoint every this many iterations (0 = only at the end).
     pub checkpoint_every: usize,
+    /// Stop before `iterations` once validation DSC has stopped improving (absent: train
+    /// all iterations). Needs validation cases and `validate_every`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plateau: Option<PlateauConfig>,
+}
+
+/// When validation has stopped improving: `patience` validations in a row, none better than
+/// the best so far by more than `min_delta`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlateauConfig {
+    pub patience: usize,
+    #[serde(default)]
+    pub min_delta: f64,
 }
 
 impl Default for TrainingConfig {
@@ -269,6 +283,7 @@ impl Default for TrainingConfig {
             poly_power: 0.9,
             validate_every: 500,
             checkpoint_every: 1000,
+            plateau: None,
         }
     }
 }

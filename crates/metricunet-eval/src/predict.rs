@@ -25,7 +25,7 @@ use metricunet_data::preprocess::{
 };
 use metricunet_data::resample::resample_linear;
 use metricunet_data::Volume;
-use metricunet_model::{seeded_init, ModelSpec};
+use metricunet_model::ModelSpec;
 use thiserror::Error;
 
 /// Why a case could not be predicted.
@@ -116,8 +116,7 @@ impl Pipeline {
     pub fn untrained(config: Experiment, device: Device, seed: u64) -> Result<Self, PredictError> {
         let build = |stage: StageName| -> Result<(VarMap, Box<dyn Backbone>), PredictError> {
             let vars = VarMap::new();
-            let net = ModelSpec::of(&config, stage).build(&vars, &device)?;
-            seeded_init(&vars, seed)?;
+            let net = ModelSpec::of(&config, stage).build(&vars, seed, &device)?;
             Ok((vars, net))
         };
         Self::with_stages(config.clone(), device.clone(), build)

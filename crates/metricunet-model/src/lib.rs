@@ -1,11 +1,14 @@
 //! A stage's network as training and prediction both need it: which backbone with which
 //! input channels ([`ModelSpec`], from the experiment in one place), built through the
-//! backbone registry, initialised from a seed, or loaded from trained weights.
+//! backbone registry with every variable drawn from a seed and the init its layer declares
+//! ([`SeededVars`]), or loaded from trained weights.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::init::NormalOrUniform;
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder, VarMap};
 use metricunet_core::config::{Experiment, PluginSpec, StageName};
 use metricunet_core::{registry, Backbone, BackboneContext};
 use rand::{Rng, SeedableRng};
@@ -50,22 +53,26 @@ impl ModelSpec {
         }
     }
 
-    /// Build the network in `vars` with f32 variables (weights as candle initialises them).
-    pub fn build(&self, vars: &VarMap, device: &Device) -> Result<Box<dyn Backbone>> {
-        self.build_as(vars, device, DType::F32)
+    /// Build the network in `vars` with f32 variables, each drawn from `seed` and the init
+    /// its layer declares ([`SeededVars`]).
+    pub fn build(&self, vars: &VarMap, seed: u64, device: &Device) -> Result<Box<dyn Backbone>> {
+        self.build_as(vars, seed, device, DType::F32)
     }
 
-    /// [`ModelSpec::build`] with variables of another float type (f64 for references).
+    /// [`ModelSpec::build`] with variables of another float type (f64 for references; the
+    /// values are those of the f32 network).
     pub fn build_as(
         &self,
         vars: &VarMap,
+        seed: u64,
         device: &Device,
         dtype: DType,
     ) -> Result<Box<dyn Backbone>> {
         let ctx = BackboneContext {
             in_channels: self.in_channels,
         };
-        let vb = VarBuilder::from_varmap(vars, dtype, device);
+        let vb =
+            VarBuilder::from_backend(Box::new(SeededVars::new(vars, seed)), dtype, device.clone());
         let path = format!("{}.backbone", self.name);
         Ok(registry::build_backbone(&self.backbone, &path, &ctx, vb)?.0)
     }
@@ -74,7 +81,7 @@ impl ModelSpec {
     /// file with its shape).
     pub fn load(&self, weights: &Path, device: &Device) -> Result<(VarMap, Box<dyn Backbone>)> {
         let mut vars = VarMap::new();
-        let net = self.build(&vars, device)?;
+        let net = self.build(&vars, 0, device)?;
         vars.load(weights).map_err(|e| ModelError::Weights {
             path: weights.to_path_buf(),
             message: e.to_string(),
@@ -94,50 +101,120 @@ pub fn named_vars(vars: &VarMap) -> Result<Vec<(String, Var)>> {
     Ok(v)
 }
 
-/// Re-initialise every variable from `seed`, so that the same seed gives the same network
-/// (candle draws initial weights from an unseeded thread RNG). The distributions are
-/// candle's defaults: convolution and transposed-convolution weights Kaiming normal
-/// (fan-in = `dims[1] * kh * kw`, ReLU gain), their biases uniform in `+-1 / sqrt(fan_in)`;
-/// BatchNorm scale 1, shift 0, running mean 0, running variance 1. Variables are told apart
-/// by name: BatchNorm's live under a `.bn.` path segment (a backbone must name them so).
-pub fn seeded_init(vars: &VarMap, seed: u64) -> Result<()> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_1A17_0000_0001);
-    let named = named_vars(vars)?;
-    let fan_in = |weight: &str| -> Option<usize> {
-        named
-            .iter()
-            .find(|(n, _)| n == weight)
-            .map(|(_, v)| v.dims().iter().skip(1).product::<usize>())
-    };
-    for (name, var) in &named {
-        let n = var.elem_count();
-        let dims = var.dims().to_vec();
-        let values: Vec<f32> = if name.ends_with("running_var")
-            || (name.contains(".bn.") && name.ends_with(".weight"))
-        {
-            vec![1.0; n]
-        } else if name.ends_with("running_mean")
-            || (name.contains(".bn.") && name.ends_with(".bias"))
-        {
-            vec![0.0; n]
-        } else if name.ends_with(".weight") && dims.len() == 4 {
-            let std = (2.0 / fan_in(name).unwrap_or(1).max(1) as f64).sqrt();
-            let normal = rand_distr::Normal::new(0.0, std)
-                .map_err(|e| ModelError::Invalid(e.to_string()))?;
-            (0..n)
-                .map(|_| rand_distr::Distribution::sample(&normal, &mut rng) as f32)
-                .collect()
-        } else if let Some(base) = name.strip_suffix(".bias") {
-            let bound = 1.0 / (fan_in(&format!("{base}.weight")).unwrap_or(1).max(1) as f64).sqrt();
-            (0..n)
-                .map(|_| rng.random_range(-bound..bound) as f32)
-                .collect()
-        } else {
-            return Err(ModelError::Invalid(format!(
-                "seeded_init: no rule for variable `{name}` {dims:?}"
-            )));
-        };
-        var.set(&Tensor::from_vec(values, dims.as_slice(), var.device())?.to_dtype(var.dtype())?)?;
+/// Where a network's variables come from when it is built from a seed: a [`VarMap`] whose new
+/// variables are drawn from the [`Init`] each layer declares where it creates them (candle's
+/// `get_with_hints`), with a random generator seeded by the run's seed and the variable's
+/// name. The same seed gives the same network on every machine and whatever order the
+/// backbone creates its layers in; a new backbone needs no naming rule, only the inits it
+/// wants (candle's layer functions declare theirs).
+#[derive(Clone)]
+pub struct SeededVars {
+    vars: VarMap,
+    seed: u64,
+}
+
+impl SeededVars {
+    /// New variables of `vars` are drawn from `seed`; existing ones are returned as they are.
+    pub fn new(vars: &VarMap, seed: u64) -> Self {
+        Self {
+            vars: vars.clone(),
+            seed,
+        }
     }
-    Ok(())
+
+    /// The generator of the variable at `path`: FNV-1a of the name, mixed with the seed.
+    fn rng(&self, path: &str) -> ChaCha8Rng {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for b in path.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        ChaCha8Rng::seed_from_u64(self.seed ^ 0x5EED_1A17_0000_0001 ^ h.rotate_left(17))
+    }
+
+    /// Values of a new variable of `shape` drawn from `init`. They are drawn in f32 whatever
+    /// the variable's type, so an f64 reference network starts from exactly the weights of
+    /// its f32 twin.
+    pub fn draw(&self, path: &str, shape: &Shape, init: Init) -> Result<Vec<f32>> {
+        let n = shape.elem_count();
+        let mut rng = self.rng(path);
+        let normal = |mean: f64, std: f64, rng: &mut ChaCha8Rng| -> Result<Vec<f32>> {
+            let d = rand_distr::Normal::new(mean, std)
+                .map_err(|e| ModelError::Invalid(format!("{path}: normal({mean}, {std}): {e}")))?;
+            Ok((0..n)
+                .map(|_| rand_distr::Distribution::sample(&d, rng) as f32)
+                .collect())
+        };
+        let uniform = |lo: f64, up: f64, rng: &mut ChaCha8Rng| -> Result<Vec<f32>> {
+            if !(lo < up) {
+                return Err(ModelError::Invalid(format!(
+                    "{path}: uniform bounds [{lo}, {up}) are empty"
+                )));
+            }
+            Ok((0..n).map(|_| rng.random_range(lo..up) as f32).collect())
+        };
+        match init {
+            Init::Const(c) => Ok(vec![c as f32; n]),
+            Init::Randn { mean, stdev } => normal(mean, stdev, &mut rng),
+            Init::Uniform { lo, up } => uniform(lo, up, &mut rng),
+            Init::Kaiming {
+                dist,
+                fan,
+                non_linearity,
+            } => {
+                let std = non_linearity.gain() / (fan.for_shape(shape).max(1) as f64).sqrt();
+                match dist {
+                    NormalOrUniform::Normal => normal(0.0, std, &mut rng),
+                    NormalOrUniform::Uniform => {
+                        let bound = 3f64.sqrt() * std;
+                        uniform(-bound, bound, &mut rng)
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SimpleBackend for SeededVars {
+    fn get(
+        &self,
+        shape: Shape,
+        path: &str,
+        init: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut data = self
+            .vars
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
+        if let Some(var) = data.get(path) {
+            if var.shape() != &shape {
+                candle_core::bail!("shape mismatch on {path}: {shape:?} <> {:?}", var.shape())
+            }
+            return Ok(var.as_tensor().clone());
+        }
+        let values = self
+            .draw(path, &shape, init)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let tensor = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
+        let var = Var::from_tensor(&tensor)?;
+        let tensor = var.as_tensor().clone();
+        data.insert(path.to_string(), var);
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, path: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!(
+            "`{path}`: a seeded network creates its variables with a shape and an init"
+        )
+    }
+
+    fn contains_tensor(&self, path: &str) -> bool {
+        self.vars
+            .data()
+            .lock()
+            .map(|d| d.contains_key(path))
+            .unwrap_or(false)
+    }
 }

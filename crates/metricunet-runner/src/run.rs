@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use metricunet_core::config::{Cell, DeviceChoice, StageName};
+use metricunet_core::SharedProgress;
 use metricunet_core::{config::stable_hash, ExperimentPlan};
 use metricunet_data::dataset::load_case;
 use metricunet_data::io::write_nifti;
@@ -44,8 +44,8 @@ pub struct RunOptions {
     pub shard: Option<Shard>,
     /// Run cells recorded as failed again (otherwise they are left as they are).
     pub retry_failed: bool,
-    /// Draw progress bars (on a terminal).
-    pub progress: bool,
+    /// Where progress goes (the binary draws bars; `metricunet_core::progress::silent()`).
+    pub progress: SharedProgress,
 }
 
 /// Run (or resume) every cell of `plan` that belongs to this shard. Errors of single cells
@@ -82,11 +82,6 @@ pub fn run_plan(
     let device = metricunet_train::select_device(opts.device.unwrap_or(base.device))?;
     let device_name = metricunet_train::device::device_name(&device);
 
-    let multi = MultiProgress::with_draw_target(if opts.progress {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
     let mine: Vec<&Cell> = plan
         .cells
         .iter()
@@ -98,12 +93,7 @@ pub fn run_plan(
             plan.cells.len()
         );
     }
-    let overall = multi.add(ProgressBar::new(mine.len() as u64));
-    overall.set_style(
-        ProgressStyle::with_template("cells [{bar:25}] {pos}/{len} {msg} (run eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let overall = opts.progress.task("cells", Some(mine.len() as u64));
     let mut data_sets: HashMap<String, PreparedData> = HashMap::new();
     let mut summaries = Vec::new();
     for cell in &plan.cells {
@@ -159,7 +149,7 @@ pub fn run_plan(
                         dir: &dir,
                         device: &device,
                         opts,
-                        progress: &multi,
+                        progress: opts.progress.as_ref(),
                     };
                     match run_cell(&ctx, &mut record, &mut data_sets) {
                         Ok(()) => {
@@ -184,10 +174,10 @@ pub fn run_plan(
         if summary.seconds == 0.0 {
             summary.seconds = t.elapsed().as_secs_f64();
         }
-        overall.inc(1);
+        overall.advance(1);
         summaries.push(summary);
     }
-    overall.finish_and_clear();
+    drop(overall);
     Ok(RunSummary {
         root: opts.root.clone(),
         device: device_name,
@@ -354,7 +344,7 @@ struct CellContext<'a> {
     dir: &'a Path,
     device: &'a candle_core::Device,
     opts: &'a RunOptions,
-    progress: &'a MultiProgress,
+    progress: &'a dyn metricunet_core::Progress,
 }
 
 fn run_cell(
@@ -373,12 +363,11 @@ fn run_cell(
         &serde_norway::to_string(&cfg.data).map_err(|e| RunError::Invalid(e.to_string()))?,
     );
     if !data_sets.contains_key(&data_key) {
-        let pb = ctx.progress.add(ProgressBar::new_spinner());
-        pb.set_message("finding and preprocessing the cases");
-        pb.enable_steady_tick(Duration::from_millis(200));
+        let task = ctx
+            .progress
+            .task("finding and preprocessing the cases", None);
         let loaded = PreparedData::load(&cfg.data, &ctx.opts.experiment_dir, &work_dir(&cfg.data));
-        pb.finish_and_clear();
-        ctx.progress.remove(&pb);
+        drop(task);
         let loaded = loaded?;
         tracing::info!("data: {}", loaded.summary());
         data_sets.insert(data_key.clone(), loaded);
@@ -412,7 +401,7 @@ fn run_cell(
                     dir: &s1,
                     resume: true,
                     config_hash: record.stage1_hash.clone(),
-                    progress: Some(ctx.progress),
+                    progress: ctx.progress,
                     prefix: prefix.clone(),
                 },
             )
@@ -440,7 +429,7 @@ fn run_cell(
                 dir: &s2,
                 resume: true,
                 config_hash: record.hash.clone(),
-                progress: Some(ctx.progress),
+                progress: ctx.progress,
                 prefix,
             },
         )
@@ -484,15 +473,10 @@ fn predict_and_evaluate(ctx: &CellContext, data: &PreparedData) -> Result<Vec<Ca
     let cfg = &cell.config;
     let pipeline = Pipeline::load(dir, ctx.device.clone())?;
     let metrics = cfg.evaluation.metrics.clone().unwrap_or_else(all_metrics);
-    let pb = ctx
-        .progress
-        .add(ProgressBar::new(data.split.test.len() as u64));
-    pb.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:25}] {pos}/{len} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+    let task = ctx.progress.task(
+        &format!("cell {} predict", cell.index),
+        Some(data.split.test.len() as u64),
     );
-    pb.set_prefix(format!("cell {} predict", cell.index));
     let mut rows = Vec::new();
     for (k, id) in data.split.test.iter().enumerate() {
         let (case, pre) = data.case(id).ok_or_else(|| {
@@ -525,10 +509,9 @@ fn predict_and_evaluate(ctx: &CellContext, data: &PreparedData) -> Result<Vec<Ca
             }
         }
         rows.push(row);
-        pb.inc(1);
+        task.advance(1);
     }
-    pb.finish_and_clear();
-    ctx.progress.remove(&pb);
+    drop(task);
     Ok(rows)
 }
 

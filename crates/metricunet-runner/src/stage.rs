@@ -1,13 +1,15 @@
-//! Training one stage of one cell, with a progress bar.
+//! Training one stage of one cell, its progress reported as a task.
 
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use metricunet_core::config::{Cell, StageConfig, StageName};
+use metricunet_core::Progress;
 use metricunet_train::pool::stage_pool;
-use metricunet_train::{train_stage, ModelSpec, StageSpec, TrainOutcome};
+use metricunet_train::{
+    train_stage, ModelSpec, PatchValidator, StageSpec, TrainEvent, TrainOutcome, Validator,
+};
 
 use metricunet_store::stage_dir;
 
@@ -24,9 +26,9 @@ pub struct StageRun<'a> {
     pub resume: bool,
     /// The checkpoint's configuration key (refuses a checkpoint of another configuration).
     pub config_hash: String,
-    /// Where the progress bar goes (None: a bar of its own).
-    pub progress: Option<&'a MultiProgress>,
-    /// Words before the bar, e.g. the cell's label.
+    /// Where progress goes.
+    pub progress: &'a dyn Progress,
+    /// Words before the task's label, e.g. the cell's index.
     pub prefix: String,
 }
 
@@ -88,37 +90,41 @@ pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result
             },
         config_hash: run.config_hash.clone(),
     };
-    let pb = ProgressBar::new(training.iterations as u64);
-    let pb = match run.progress {
-        Some(m) => m.add(pb),
-        None => pb,
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:25}] {pos}/{len} {msg} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+    let mut validator = val
+        .as_ref()
+        .map(|v| PatchValidator::new(v, training.batch_size, &["dsc"]))
+        .transpose()?;
+    let task = run.progress.task(
+        &format!("{}{}", run.prefix, stage_dir(stage)),
+        Some(training.iterations as u64),
     );
-    pb.set_prefix(format!("{}{}", run.prefix, stage_dir(stage)));
     let outcome = train_stage(
         &spec,
         &train,
-        val.as_ref(),
+        validator.as_mut().map(|v| v as &mut dyn Validator),
         run.device,
         run.dir,
         run.resume,
-        &mut |row| {
-            pb.set_position(row.iteration as u64);
-            let total = row.term("total").unwrap_or(f64::NAN);
-            pb.set_message(format!(
-                "loss {total:.4} {:.1} samples/s",
-                row.samples_per_s
-            ));
+        &mut |event| {
+            match event {
+                TrainEvent::Started { start, .. } => task.set_position(start as u64),
+                TrainEvent::Iteration(row) => {
+                    task.set_position(row.iteration as u64);
+                    let total = row.term("total").unwrap_or(f64::NAN);
+                    let val = row
+                        .validation("dsc")
+                        .map(|d| format!(", val DSC {d:.3}"))
+                        .unwrap_or_default();
+                    task.set_message(format!(
+                        "loss {total:.4}, {:.1} samples/s{val}",
+                        row.samples_per_s
+                    ));
+                }
+                TrainEvent::Stopped { .. } => {}
+            }
             ControlFlow::Continue(())
         },
     );
-    pb.finish_and_clear();
-    if let Some(m) = run.progress {
-        m.remove(&pb);
-    }
+    drop(task);
     Ok(outcome?)
 }

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::checkpoint::named_vars;
 use crate::error::Result;
 use crate::optim::Sgd;
-use crate::trainer::{seeded_init, ModelSpec, StageSpec};
+use crate::trainer::{ModelSpec, StageSpec};
 
 /// One configuration to time.
 #[derive(Debug, Clone)]
@@ -61,8 +61,7 @@ impl Setup {
     fn new(case: &StepCase, name: &str, device: &Device, dtype: DType) -> Result<Self> {
         let spec = case.stage_spec(name);
         let vars = VarMap::new();
-        let net = spec.model.build_as(&vars, device, dtype)?;
-        seeded_init(&vars, 0)?;
+        let net = spec.model.build_as(&vars, 0, device, dtype)?;
         let (x, labels) = synthetic_batch(case, device, 2)?;
         Ok(Self {
             module: VoxelMetricModule::from_config(&case.metric)?,

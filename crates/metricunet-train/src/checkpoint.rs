@@ -4,10 +4,13 @@
 //! leaves either the previous checkpoint or the new one, never half of one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
+use metricunet_core::config::TrainingConfig;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, TensorView};
 
 use metricunet_core::fsio::write_atomic_at;
@@ -29,6 +32,82 @@ pub struct CheckpointMeta {
 }
 
 pub use metricunet_model::named_vars;
+
+/// A stage's checkpoint file: when to write it, and how a run starts from it.
+#[derive(Debug, Clone)]
+pub struct Checkpointer {
+    path: PathBuf,
+    config_hash: String,
+    every: usize,
+    iterations: usize,
+}
+
+impl Checkpointer {
+    /// The checkpoint at `path` of a run of `config_hash` with `training`'s
+    /// `checkpoint_every` and `iterations` (a checkpoint is also written at the end).
+    pub fn new(path: PathBuf, config_hash: &str, training: &TrainingConfig) -> Self {
+        Self {
+            path,
+            config_hash: config_hash.to_string(),
+            every: training.checkpoint_every,
+            iterations: training.iterations,
+        }
+    }
+
+    /// Where a run starts: after the checkpoint's iteration with its RNG, weights and
+    /// momentum buffers loaded (with `resume`), or at 0 with the RNG of `seed` when there is
+    /// no checkpoint. A checkpoint without `resume`, or of another configuration, is an error.
+    pub fn restore(
+        &self,
+        vars: &VarMap,
+        opt: &mut Sgd,
+        device: &Device,
+        resume: bool,
+        seed: u64,
+    ) -> Result<(usize, ChaCha8Rng)> {
+        if !self.path.exists() {
+            return Ok((0, ChaCha8Rng::seed_from_u64(seed)));
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        if !resume {
+            return Err(TrainError::Invalid(format!(
+                "{} already holds a checkpoint; pass --resume to continue it, or choose another output folder",
+                dir.display()
+            )));
+        }
+        let meta = load(&self.path, vars, opt, device)?;
+        if meta.config_hash != self.config_hash {
+            return Err(TrainError::Checkpoint {
+                path: self.path.clone(),
+                message: format!(
+                    "made by configuration {}, this run is {}; use another output folder",
+                    meta.config_hash, self.config_hash
+                ),
+            });
+        }
+        let mut rng = ChaCha8Rng::from_seed(meta.rng_seed);
+        rng.set_stream(meta.rng_stream);
+        rng.set_word_pos(meta.rng_word_pos);
+        Ok((meta.iteration, rng))
+    }
+
+    /// Whether a checkpoint is written after `iteration`.
+    pub fn due(&self, iteration: usize) -> bool {
+        (self.every > 0 && iteration % self.every == 0) || iteration == self.iterations
+    }
+
+    /// Write the checkpoint of `iteration` (atomically).
+    pub fn save(&self, iteration: usize, vars: &VarMap, opt: &Sgd, rng: &ChaCha8Rng) -> Result<()> {
+        let meta = CheckpointMeta {
+            iteration,
+            rng_seed: rng.get_seed(),
+            rng_stream: rng.get_stream(),
+            rng_word_pos: rng.get_word_pos(),
+            config_hash: self.config_hash.clone(),
+        };
+        save(&self.path, vars, opt, &meta)
+    }
+}
 
 fn bytes_f32(t: &Tensor) -> Result<Vec<u8>> {
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;

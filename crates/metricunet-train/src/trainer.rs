@@ -1,6 +1,9 @@
-//! The training loop of one stage.
+//! The training loop of one stage, assembled from parts (as burn-train splits it): the
+//! [`Checkpointer`] saves and restores, the [`TrainLog`] writes the CSV log, a
+//! [`Validator`] scores the network with the metric plugins, [`StopRule`]s may end the run
+//! early, and progress leaves as [`TrainEvent`]s for the caller to show (the loop draws
+//! nothing).
 
-use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -8,15 +11,17 @@ use std::time::Instant;
 use candle_core::Device;
 use candle_nn::VarMap;
 use metricunet_core::config::{MetricConfig, TrainingConfig};
-use metricunet_core::{Backbone, VoxelMetricModule};
-pub use metricunet_model::{named_vars, seeded_init, ModelSpec};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use metricunet_core::VoxelMetricModule;
+pub use metricunet_model::{named_vars, ModelSpec, SeededVars};
+use rand::Rng;
 
-use crate::checkpoint::{self, CheckpointMeta};
+use crate::checkpoint::Checkpointer;
 use crate::error::{Result, TrainError};
+use crate::log::TrainLog;
 use crate::optim::{poly_lr, Sgd};
 use crate::pool::PatchPool;
+use crate::stop::{Plateau, StopRule};
+use crate::validate::Validator;
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -40,8 +45,8 @@ pub struct IterationLog {
     /// `ce`, `<sampler>/<part>`, `<sampler>/anchors`, `total` (see `StepLoss::scalars`).
     pub terms: Vec<(String, f64)>,
     pub samples_per_s: f64,
-    /// Validation DSC, on the iterations where it was measured.
-    pub val_dsc: Option<f64>,
+    /// The validator's scores by metric name, every row (`None` where not measured).
+    pub validation: Vec<(String, Option<f64>)>,
 }
 
 impl IterationLog {
@@ -49,6 +54,24 @@ impl IterationLog {
     pub fn term(&self, name: &str) -> Option<f64> {
         self.terms.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
+    /// The validation score `metric` of this row, if measured.
+    pub fn validation(&self, metric: &str) -> Option<f64> {
+        self.validation
+            .iter()
+            .find(|(k, _)| k == metric)
+            .and_then(|(_, v)| *v)
+    }
+}
+
+/// What the loop reports while it runs.
+#[derive(Debug)]
+pub enum TrainEvent<'a> {
+    /// Training starts (or resumes) after `start` of `iterations`.
+    Started { start: usize, iterations: usize },
+    /// An iteration's row, as logged.
+    Iteration(&'a IterationLog),
+    /// A stop rule ended training after `iteration`.
+    Stopped { iteration: usize, reason: &'a str },
 }
 
 /// How a stage's training ended.
@@ -61,7 +84,10 @@ pub struct TrainOutcome {
     /// The iteration a resumed run started from.
     pub resumed_from: Option<usize>,
     pub last: Option<IterationLog>,
+    /// The last validation DSC measured.
     pub last_val_dsc: Option<f64>,
+    /// Why a stop rule ended training before its configured iterations.
+    pub stopped_early: Option<String>,
     /// Wall-clock seconds of this process's part of the run.
     pub seconds: f64,
     /// `model.safetensors` (written once the run finished).
@@ -71,83 +97,22 @@ pub struct TrainOutcome {
 /// A stage folder's file names (the run store's).
 pub use metricunet_store::{CHECKPOINT, LOG, WEIGHTS};
 
-/// Pooled DSC of the network's argmax on every patch of `pool` (BatchNorm in inference
-/// mode): `2 |P and G| / (|P| + |G|)` over all voxels; `None` when both are empty.
-pub fn pooled_dsc(
-    net: &dyn Backbone,
-    pool: &PatchPool,
-    batch: usize,
-    device: &Device,
-) -> Result<Option<f64>> {
-    let (mut tp, mut p, mut g) = (0usize, 0usize, 0usize);
-    let idx: Vec<usize> = (0..pool.n).collect();
-    for chunk in idx.chunks(batch.max(1)) {
-        let (x, labels) = pool.batch(chunk, device)?;
-        let logits = net.forward_t(&x, false)?.logits;
-        let pred = logits.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
-        for (pv, &lv) in pred.iter().zip(&labels) {
-            let (pp, gg) = (*pv == 1, lv != 0);
-            tp += usize::from(pp && gg);
-            p += usize::from(pp);
-            g += usize::from(gg);
-        }
-    }
-    Ok((p + g > 0).then(|| 2.0 * tp as f64 / (p + g) as f64))
-}
-
-fn csv_line(log: &IterationLog) -> String {
-    let mut cols = vec![log.iteration.to_string(), format!("{:.6e}", log.lr)];
-    cols.extend(log.terms.iter().map(|(_, v)| format!("{v:.6}")));
-    cols.push(format!("{:.2}", log.samples_per_s));
-    cols.push(log.val_dsc.map(|d| format!("{d:.4}")).unwrap_or_default());
-    cols.join(",")
-}
-
-fn csv_header(log: &IterationLog) -> String {
-    let mut cols = vec!["iteration".to_string(), "lr".to_string()];
-    cols.extend(log.terms.iter().map(|(k, _)| k.clone()));
-    cols.push("samples_per_s".into());
-    cols.push("val_dsc".into());
-    cols.join(",")
-}
-
-/// Keep the log's header and the rows up to `iteration` (a killed run may have left later
-/// or half-written rows), rewritten atomically.
-fn truncate_log(path: &Path, iteration: usize) -> Result<Option<String>> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(None);
-    };
-    let mut lines = text.lines();
-    let Some(header) = lines.next() else {
-        return Ok(None);
-    };
-    let n_cols = header.split(',').count();
-    let mut out = String::from(header);
-    out.push('\n');
-    for line in lines {
-        let cols: Vec<&str> = line.split(',').collect();
-        let it = cols.first().and_then(|c| c.parse::<usize>().ok());
-        if cols.len() == n_cols && it.is_some_and(|i| i <= iteration) {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    metricunet_core::fsio::write_atomic(path, out.as_bytes())?;
-    Ok(Some(header.to_string()))
-}
+/// The validation score stop rules and outcomes watch.
+const WATCHED: &str = "dsc";
 
 /// Train one stage in `dir` (created). With `resume`, a checkpoint there is continued
 /// (refused if it was made by another configuration); without, an existing checkpoint is an
-/// error rather than something to overwrite. `on_iteration` sees every log row and may
-/// stop the run (`ControlFlow::Break`) without a checkpoint, as a kill would.
+/// error rather than something to overwrite. `validator` scores the network every
+/// `validate_every` iterations and at the end. `on_event` sees the start and every log row
+/// and may interrupt the run (`ControlFlow::Break`) without a checkpoint, as a kill would.
 pub fn train_stage(
     spec: &StageSpec,
     train: &PatchPool,
-    val: Option<&PatchPool>,
+    mut validator: Option<&mut dyn Validator>,
     device: &Device,
     dir: &Path,
     resume: bool,
-    on_iteration: &mut dyn FnMut(&IterationLog) -> ControlFlow<()>,
+    on_event: &mut dyn FnMut(TrainEvent<'_>) -> ControlFlow<()>,
 ) -> Result<TrainOutcome> {
     let t0 = Instant::now();
     let cfg = &spec.training;
@@ -160,74 +125,42 @@ pub fn train_stage(
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     // temporary files of a killed run: the files they were meant to replace are intact
     metricunet_core::fsio::remove_temporaries(dir, false);
-    let ckpt_path = dir.join(CHECKPOINT);
-    let log_path = dir.join(LOG);
     let vars = VarMap::new();
-    let net = spec.model.build(&vars, device)?;
-    seeded_init(&vars, spec.seed)?;
+    let net = spec.model.build(&vars, spec.seed, device)?;
     let module = VoxelMetricModule::from_config(&spec.metric)?;
     let mut opt = Sgd::new(cfg.momentum, cfg.weight_decay);
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
-    let mut start = 0usize;
-    let mut resumed_from = None;
-    let mut header: Option<String> = None;
-    if ckpt_path.exists() {
-        if !resume {
-            return Err(TrainError::Invalid(format!(
-                "{} already holds a checkpoint; pass --resume to continue it, or choose another output folder",
-                dir.display()
-            )));
-        }
-        let meta = checkpoint::load(&ckpt_path, &vars, &mut opt, device)?;
-        if meta.config_hash != spec.config_hash {
-            return Err(TrainError::Checkpoint {
-                path: ckpt_path,
-                message: format!(
-                    "made by configuration {}, this run is {}; use another output folder",
-                    meta.config_hash, spec.config_hash
-                ),
-            });
-        }
-        rng = ChaCha8Rng::from_seed(meta.rng_seed);
-        rng.set_stream(meta.rng_stream);
-        rng.set_word_pos(meta.rng_word_pos);
-        start = meta.iteration;
-        resumed_from = Some(start);
-        header = truncate_log(&log_path, start)?;
+    let checkpointer = Checkpointer::new(dir.join(CHECKPOINT), &spec.config_hash, cfg);
+    let (start, mut rng) = checkpointer.restore(&vars, &mut opt, device, resume, spec.seed)?;
+    let resumed_from = (start > 0).then_some(start);
+    if let Some(start) = resumed_from {
         tracing::info!(
             "{}: resuming at iteration {start} from {}",
             spec.model.name,
             dir.display()
         );
-    } else if log_path.exists() {
-        // a log without a checkpoint belongs to a run killed before its first checkpoint
-        std::fs::remove_file(&log_path).map_err(|e| TrainError::io(&log_path, e))?;
+    }
+    let (mut log, kept) = TrainLog::open(&dir.join(LOG), resumed_from)?;
+    let mut stop_rules: Vec<Box<dyn StopRule>> = Vec::new();
+    if let Some(p) = &cfg.plateau {
+        stop_rules.push(Box::new(Plateau::new(WATCHED, p)));
+    }
+    let names = validator.as_ref().map(|v| v.names()).unwrap_or_default();
+    let mut state = LoopState::default();
+    for row in kept {
+        state.stopped_early = state.stopped_early.or(observe(&mut stop_rules, &row));
+        state.keep(row);
+    }
+    if on_event(TrainEvent::Started {
+        start,
+        iterations: cfg.iterations,
+    })
+    .is_break()
+    {
+        return Ok(state.outcome(start, false, resumed_from, t0, dir));
     }
     let vars_named = named_vars(&vars)?;
-    let mut log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map(std::io::BufWriter::new)
-        .map_err(|e| TrainError::io(&log_path, e))?;
-    let save = |it: usize,
-                opt: &Sgd,
-                rng: &ChaCha8Rng,
-                log_file: &mut std::io::BufWriter<std::fs::File>|
-     -> Result<()> {
-        log_file.flush().map_err(|e| TrainError::io(&log_path, e))?;
-        let meta = CheckpointMeta {
-            iteration: it,
-            rng_seed: rng.get_seed(),
-            rng_stream: rng.get_stream(),
-            rng_word_pos: rng.get_word_pos(),
-            config_hash: spec.config_hash.clone(),
-        };
-        checkpoint::save(&ckpt_path, &vars, opt, &meta)
-    };
-    let mut last = None;
-    let mut last_val = None;
-    for it in start..cfg.iterations {
+    let mut it = start;
+    while it < cfg.iterations && state.stopped_early.is_none() {
         let t = Instant::now();
         let lr = poly_lr(cfg.learning_rate, it, cfg.iterations, cfg.poly_power);
         let idx: Vec<usize> = (0..cfg.batch_size)
@@ -248,77 +181,93 @@ pub fn train_stage(
         let grads = step.total.backward()?;
         opt.step(&vars_named, &grads, lr)?;
         let step_seconds = t.elapsed().as_secs_f64();
-        let done = it + 1;
-        let val_dsc = match val {
+        it += 1;
+        let scores = match validator.as_deref_mut() {
             Some(v)
                 if cfg.validate_every > 0
-                    && (done % cfg.validate_every == 0 || done == cfg.iterations) =>
+                    && (it % cfg.validate_every == 0 || it == cfg.iterations) =>
             {
-                pooled_dsc(net.as_ref(), v, cfg.batch_size, device)?
+                v.validate(net.as_ref(), device)?
             }
-            _ => None,
+            _ => vec![None; names.len()],
         };
-        if val_dsc.is_some() {
-            last_val = val_dsc;
-        }
         let row = IterationLog {
-            iteration: done,
+            iteration: it,
             lr,
             terms,
             samples_per_s: cfg.batch_size as f64 / step_seconds.max(1e-9),
-            val_dsc,
+            validation: names.iter().cloned().zip(scores).collect(),
         };
-        match &header {
-            Some(h) if *h != csv_header(&row) => {
-                return Err(TrainError::Invalid(format!(
-                    "{}: the log's columns ({h}) differ from this run's ({})",
-                    log_path.display(),
-                    csv_header(&row)
-                )));
-            }
-            Some(_) => {}
-            None => {
-                let h = csv_header(&row);
-                writeln!(log_file, "{h}").map_err(|e| TrainError::io(&log_path, e))?;
-                header = Some(h);
-            }
+        log.write(&row)?;
+        let interrupted = on_event(TrainEvent::Iteration(&row)).is_break();
+        state.stopped_early = observe(&mut stop_rules, &row);
+        state.keep(row);
+        if interrupted {
+            log.flush()?;
+            return Ok(state.outcome(it, false, resumed_from, t0, dir));
         }
-        writeln!(log_file, "{}", csv_line(&row)).map_err(|e| TrainError::io(&log_path, e))?;
-        let stop = on_iteration(&row).is_break();
-        last = Some(row);
-        if stop {
-            log_file.flush().map_err(|e| TrainError::io(&log_path, e))?;
-            return Ok(TrainOutcome {
-                iterations: done,
-                finished: false,
-                resumed_from,
-                last,
-                last_val_dsc: last_val,
-                seconds: t0.elapsed().as_secs_f64(),
-                weights: dir.join(WEIGHTS),
-            });
-        }
-        if (cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0) || done == cfg.iterations
-        {
-            save(done, &opt, &rng, &mut log_file)?;
+        if checkpointer.due(it) || state.stopped_early.is_some() {
+            log.flush()?;
+            checkpointer.save(it, &vars, &opt, &rng)?;
         }
     }
-    if start >= cfg.iterations {
-        tracing::info!(
-            "{}: already trained ({} iterations)",
-            spec.model.name,
-            start
-        );
+    log.flush()?;
+    if let Some(reason) = &state.stopped_early {
+        tracing::info!("{}: stopped at iteration {it}: {reason}", spec.model.name);
+        let _ = on_event(TrainEvent::Stopped {
+            iteration: it,
+            reason,
+        });
+    } else if start >= cfg.iterations {
+        tracing::info!("{}: already trained ({start} iterations)", spec.model.name);
     }
-    let weights = dir.join(WEIGHTS);
-    checkpoint::save_weights(&weights, &vars)?;
-    Ok(TrainOutcome {
-        iterations: cfg.iterations,
-        finished: true,
-        resumed_from,
-        last,
-        last_val_dsc: last_val,
-        seconds: t0.elapsed().as_secs_f64(),
-        weights,
-    })
+    crate::checkpoint::save_weights(&dir.join(WEIGHTS), &vars)?;
+    Ok(state.outcome(it, true, resumed_from, t0, dir))
+}
+
+/// The first stop rule that ends training after `row`, if any (every rule sees every row).
+fn observe(rules: &mut [Box<dyn StopRule>], row: &IterationLog) -> Option<String> {
+    rules
+        .iter_mut()
+        .filter_map(|r| r.observe(row))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .next()
+}
+
+/// What the loop remembers for its outcome.
+#[derive(Default)]
+struct LoopState {
+    last: Option<IterationLog>,
+    last_val_dsc: Option<f64>,
+    stopped_early: Option<String>,
+}
+
+impl LoopState {
+    fn keep(&mut self, row: IterationLog) {
+        if let Some(v) = row.validation(WATCHED) {
+            self.last_val_dsc = Some(v);
+        }
+        self.last = Some(row);
+    }
+
+    fn outcome(
+        self,
+        iterations: usize,
+        finished: bool,
+        resumed_from: Option<usize>,
+        t0: Instant,
+        dir: &Path,
+    ) -> TrainOutcome {
+        TrainOutcome {
+            iterations,
+            finished,
+            resumed_from,
+            last: self.last,
+            last_val_dsc: self.last_val_dsc,
+            stopped_early: self.stopped_early,
+            seconds: t0.elapsed().as_secs_f64(),
+            weights: dir.join(WEIGHTS),
+        }
+    }
 }

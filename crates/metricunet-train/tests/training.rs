@@ -5,9 +5,12 @@ use std::ops::ControlFlow;
 use std::path::Path;
 
 use candle_core::Device;
+use metricunet_core::config::PlateauConfig;
 use metricunet_core::config::{MetricConfig, PluginSpec, TrainingConfig};
 use metricunet_data::patches::Patches;
-use metricunet_train::{train_stage, ModelSpec, PatchPool, StageSpec, TrainError};
+use metricunet_train::{
+    train_stage, ModelSpec, PatchPool, PatchValidator, StageSpec, TrainError, TrainEvent, Validator,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_norway::{Mapping, Value};
@@ -16,6 +19,7 @@ fn link() {
     metricunet_backbones::link();
     metricunet_samplers::link();
     metricunet_losses::link();
+    metricunet_metrics::link();
 }
 
 /// 16 x 16 patches with a bright noisy disc of random centre and radius on a darker noisy
@@ -93,19 +97,17 @@ fn run(
 ) -> Result<metricunet_train::TrainOutcome, TrainError> {
     link();
     let (train, val) = (pool(32, 1), pool(8, 2));
+    let mut validator = PatchValidator::new(&val, 4, &["dsc"])?;
     train_stage(
         spec,
         &train,
-        Some(&val),
+        Some(&mut validator as &mut dyn Validator),
         &Device::Cpu,
         dir,
         resume,
-        &mut |row| {
-            if Some(row.iteration) == stop_at {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
+        &mut |event| match event {
+            TrainEvent::Iteration(row) if Some(row.iteration) == stop_at => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
         },
     )
 }
@@ -259,4 +261,86 @@ fn non_finite_loss_names_iteration_and_term() {
         }
         other => panic!("expected a non-finite error, got {other}"),
     }
+}
+
+/// Validation through the metric plugin equals the pooled DSC counted by hand, and a plateau
+/// rule ends training early as a finished run; killed and resumed, the run stops at the same
+/// iteration with the same weights (the rule replays the log it keeps).
+#[test]
+fn plateau_stops_early_and_resumes_to_the_same_stop() {
+    link();
+    let mut s = spec(60, &["random"]);
+    s.training.validate_every = 2;
+    s.training.checkpoint_every = 4;
+    // min_delta 1: no validation can improve by more, so the third one after the first stops
+    s.training.plateau = Some(PlateauConfig {
+        patience: 2,
+        min_delta: 1.0,
+    });
+    let whole = tempfile::tempdir().expect("tmp");
+    let out = run(&s, whole.path(), false, None).expect("train");
+    assert!(out.finished && out.iterations == 6, "{out:?}");
+    assert!(
+        out.stopped_early
+            .as_deref()
+            .is_some_and(|r| r.contains("has not improved")),
+        "{out:?}"
+    );
+    assert_eq!(log_rows(whole.path()).len(), 7);
+    // killed after iteration 5 (checkpoint at 4), resumed: stops at 6 again
+    let killed = tempfile::tempdir().expect("tmp");
+    run(&s, killed.path(), false, Some(5)).expect("part");
+    let resumed = run(&s, killed.path(), true, None).expect("resume");
+    assert_eq!((resumed.resumed_from, resumed.iterations), (Some(4), 6));
+    let a = std::fs::read(whole.path().join("model.safetensors")).expect("a");
+    let b = std::fs::read(killed.path().join("model.safetensors")).expect("b");
+    assert!(a == b, "resumed weights differ");
+    assert_eq!(log_rows(whole.path()), log_rows(killed.path()));
+    // a run resumed after it stopped does not train further
+    let again = run(&s, whole.path(), true, None).expect("again");
+    assert_eq!((again.iterations, again.resumed_from), (6, Some(6)));
+    assert_eq!(
+        std::fs::read(whole.path().join("model.safetensors")).expect("a2"),
+        a
+    );
+}
+
+/// The validator's DSC is the pooled DSC of the argmax over every validation voxel.
+#[test]
+fn patch_validation_is_the_pooled_dsc() {
+    link();
+    let val = pool(6, 3);
+    let s = spec(1, &[]);
+    let vars = candle_nn::VarMap::new();
+    let net = s.model.build(&vars, 3, &Device::Cpu).expect("net");
+    let mut v = PatchValidator::new(&val, 4, &["dsc", "sen"]).expect("validator");
+    assert_eq!(v.names(), ["dsc", "sen"]);
+    let got = v.validate(net.as_ref(), &Device::Cpu).expect("validate");
+    let (x, labels) = val
+        .batch(&(0..6).collect::<Vec<_>>(), &Device::Cpu)
+        .expect("batch");
+    let pred: Vec<u32> = net
+        .forward_t(&x, false)
+        .expect("forward")
+        .logits
+        .argmax(1)
+        .expect("argmax")
+        .flatten_all()
+        .expect("flat")
+        .to_vec1()
+        .expect("vec");
+    let (mut tp, mut p, mut g) = (0f64, 0f64, 0f64);
+    for (&a, &b) in pred.iter().zip(&labels) {
+        tp += f64::from(a == 1 && b != 0);
+        p += f64::from(a == 1);
+        g += f64::from(b != 0);
+    }
+    assert_eq!(got[0], Some(2.0 * tp / (p + g)));
+    assert_eq!(got[1], Some(tp / g));
+    // an unknown metric is named
+    let e = PatchValidator::new(&val, 4, &["dcs"])
+        .err()
+        .expect("error")
+        .to_string();
+    assert!(e.contains("dcs"), "{e}");
 }

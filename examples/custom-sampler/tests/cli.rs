@@ -25,6 +25,10 @@ fn the_binary_lists_and_trains_with_the_new_sampler() {
         stdout.contains("interior") && stdout.contains("anchors away from the boundary"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("volume-error") && stdout.contains("in mL"),
+        "{stdout}"
+    );
     // the built-in plugins are all there too
     assert!(
         stdout.contains("contour-aware") && stdout.contains("hd95"),
@@ -68,4 +72,27 @@ fn the_binary_lists_and_trains_with_the_new_sampler() {
         log.lines().next().is_some_and(|h| h.contains("interior")),
         "{log}"
     );
+}
+
+/// The crate's metric is computed by `eval` beside the built-in ones, with its unit.
+#[test]
+fn eval_computes_the_new_metric() {
+    let labels = "tests/data/totalseg-example/labels.nii.gz";
+    let (ok, stdout, stderr) = cli(&[
+        "eval",
+        "--pred",
+        labels,
+        "--ref",
+        labels,
+        "--label",
+        "22",
+        "--ref-label",
+        "22",
+    ]);
+    assert!(ok, "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains("volume-error"))
+        .unwrap_or_else(|| panic!("no volume-error row: {stdout}"));
+    assert!(row.contains("mL") && row.contains("0.0"), "{row}");
 }

@@ -12,6 +12,7 @@
 //! The networks only: the ops they run on (the CPU convolution, transposed convolution and
 //! fused BatchNorm + ReLU kernels) live in `metricunet-ops`.
 
+pub mod layers;
 mod unet;
 mod unet_light;
 

@@ -18,6 +18,7 @@
 //! parameters (convolutions 3,275,618 + BatchNorm scales and shifts 4,224), the "3.28
 //! million" of Section III.B.1; BatchNorm running statistics are buffers, not counted.
 
+use crate::layers;
 use candle_core::Tensor;
 use candle_nn::{
     BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig,
@@ -107,7 +108,7 @@ impl ConvBnRelu {
             padding: k / 2,
             ..Default::default()
         };
-        let conv = candle_nn::conv2d(cin, cout, k, cfg, vb.pp("conv"))?;
+        let conv = layers::conv2d(cin, cout, k, cfg, vb.pp("conv"))?;
         let bn = candle_nn::batch_norm(cout, BatchNormConfig::default(), vb.pp("bn"))?;
         Ok(Self { conv, bn })
     }
@@ -174,7 +175,7 @@ impl UNet {
                 stride: 2,
                 ..Default::default()
             };
-            up.push(candle_nn::conv_transpose2d(
+            up.push(layers::conv_transpose2d(
                 cin,
                 w,
                 2,
@@ -188,7 +189,7 @@ impl UNet {
             cin = w;
         }
         let sega = ConvBnRelu::new(cin, cin, 1, vb.pp("sega"))?;
-        let segb = candle_nn::conv2d(cin, 2, 1, Conv2dConfig::default(), vb.pp("segb"))?;
+        let segb = layers::conv2d(cin, 2, 1, Conv2dConfig::default(), vb.pp("segb"))?;
         Ok(Self {
             cfg,
             encoder,
