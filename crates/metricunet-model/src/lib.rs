@@ -145,7 +145,7 @@ impl SeededVars {
                 .collect())
         };
         let uniform = |lo: f64, up: f64, rng: &mut ChaCha8Rng| -> Result<Vec<f32>> {
-            if !(lo < up) {
+            if lo.partial_cmp(&up) != Some(std::cmp::Ordering::Less) {
                 return Err(ModelError::Invalid(format!(
                     "{path}: uniform bounds [{lo}, {up}) are empty"
                 )));
