@@ -227,12 +227,12 @@ pub fn train_stage(
 
 /// The first stop rule that ends training after `row`, if any (every rule sees every row).
 fn observe(rules: &mut [Box<dyn StopRule>], row: &IterationLog) -> Option<String> {
-    rules
-        .iter_mut()
-        .filter_map(|r| r.observe(row))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .next()
+    let mut first = None;
+    for rule in rules {
+        let reason = rule.observe(row);
+        first = first.or(reason);
+    }
+    first
 }
 
 /// What the loop remembers for its outcome.
