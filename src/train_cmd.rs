@@ -70,7 +70,7 @@ pub fn train(cell: &Cell, experiment_dir: &Path, args: &TrainArgs) -> Result<Str
             },
         )?;
         report.push_str(&format!(
-            "{}: {} iterations{} in {:.1} s, last loss {:.4}, validation DSC {}\n",
+            "{}: {} iterations{} in {:.1} s, last loss {:.4}, last validation DSC {}\n",
             stage_dir(*stage),
             outcome.iterations,
             outcome
@@ -90,6 +90,23 @@ pub fn train(cell: &Cell, experiment_dir: &Path, args: &TrainArgs) -> Result<Str
         ));
         if let Some(reason) = &outcome.stopped_early {
             report.push_str(&format!("  stopped early: {reason}\n"));
+        }
+        if let Some(k) = &outcome.kept {
+            let scores: Vec<String> = k
+                .scores
+                .iter()
+                .filter_map(|(n, v)| v.map(|v| format!("{n} {v:.3}")))
+                .collect();
+            report.push_str(&format!(
+                "  kept ({}): the weights of iteration {}{}\n",
+                k.rule.as_str(),
+                k.iteration,
+                if scores.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (validation {})", scores.join(", "))
+                }
+            ));
         }
     }
     Ok(report)

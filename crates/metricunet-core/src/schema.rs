@@ -259,6 +259,30 @@ pub struct TrainingConfig {
     /// all iterations). Needs validation cases and `validate_every`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plateau: Option<PlateauConfig>,
+    /// Which weights become the stage's model: the best validation point (highest DSC, ties
+    /// by lower ASD) or the last iteration. Without validation the last are kept.
+    pub keep: Keep,
+}
+
+/// Which weights a stage keeps (`training.keep`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    /// The weights of the best validation point.
+    #[default]
+    Best,
+    /// The weights after the last iteration.
+    Last,
+}
+
+impl Keep {
+    /// `best` or `last`, as in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Keep::Best => "best",
+            Keep::Last => "last",
+        }
+    }
 }
 
 /// When validation has stopped improving: `patience` validations in a row, none better than
@@ -284,6 +308,7 @@ impl Default for TrainingConfig {
             validate_every: 500,
             checkpoint_every: 1000,
             plateau: None,
+            keep: Keep::Best,
         }
     }
 }

@@ -13,18 +13,17 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use candle_nn::VarMap;
 use metricunet_core::config::{Experiment, StageName};
 use metricunet_core::Backbone;
 use metricunet_data::io::{read_nifti, write_nifti, NiftiVolume};
-use metricunet_data::morphology::{centroid, largest_component};
-use metricunet_data::patches::slice_stack;
 use metricunet_data::preprocess::{
     crop_around, preprocess, stage1_volume, PreprocessParams, Preprocessed,
 };
 use metricunet_data::resample::resample_linear;
 use metricunet_data::Volume;
+use metricunet_model::infer::{localise, segment_slices};
 use metricunet_model::ModelSpec;
 use thiserror::Error;
 
@@ -124,71 +123,18 @@ impl Pipeline {
 
     /// Stage 2 alone on a crop (values in [0, 255]): the foreground probability.
     pub fn segment_stage2(&self, crop: &Volume<f32>) -> Result<Volume<f32>, PredictError> {
-        self.segment(
-            self.stage2.1.as_ref(),
-            crop,
-            self.config.model.patches.slices,
-            self.multiple(StageName::Stage2),
-        )
+        self.segment(StageName::Stage2, crop)
     }
 
-    /// Foreground probability of every axial slice of `image` (values in [0, 255]) with
-    /// `slices` of context, slices padded to a multiple of `multiple` in-plane.
-    fn segment(
-        &self,
-        net: &dyn Backbone,
-        image: &Volume<f32>,
-        slices: usize,
-        multiple: usize,
-    ) -> Result<Volume<f32>, PredictError> {
-        let [nx, ny, nz] = image.geometry.dims;
-        let (px, py) = (
-            nx.div_ceil(multiple) * multiple,
-            ny.div_ceil(multiple) * multiple,
-        );
-        let mut out = Volume::filled(0f32, image.geometry.clone());
-        let zs: Vec<usize> = (0..nz).collect();
-        for chunk in zs.chunks(self.batch.max(1)) {
-            let mut x = vec![0f32; chunk.len() * slices * px * py];
-            for (b, &z) in chunk.iter().enumerate() {
-                let stack = slice_stack(image, z, slices);
-                for c in 0..slices {
-                    for y in 0..ny {
-                        let src = &stack[(c * ny + y) * nx..(c * ny + y) * nx + nx];
-                        let dst = ((b * slices + c) * py + y) * px;
-                        for (d, s) in x[dst..dst + nx].iter_mut().zip(src) {
-                            *d = s / 255.0;
-                        }
-                    }
-                }
-            }
-            let x = Tensor::from_vec(x, (chunk.len(), slices, py, px), &self.device)?;
-            let logits = net.forward_t(&x, false)?.logits;
-            let p = candle_nn::ops::softmax(&logits, 1)?
-                .narrow(1, 1, 1)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            for (b, &z) in chunk.iter().enumerate() {
-                let plane = &mut out.data[z * nx * ny..(z + 1) * nx * ny];
-                for y in 0..ny {
-                    let row = &p[(b * py + y) * px..(b * py + y) * px + nx];
-                    plane[y * nx..y * nx + nx].copy_from_slice(row);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn multiple(&self, stage: StageName) -> usize {
-        let b = self.config.stage(stage).backbone;
-        let levels = b
-            .params
-            .get("encoder")
-            .and_then(|v| v.as_sequence())
-            .map(|s| s.len())
-            .unwrap_or(4);
-        1 << levels.saturating_sub(1)
+    /// Foreground probability of every axial slice of `image` (values in [0, 255]) under
+    /// `stage`'s network, whole slices (the code path whole-case validation uses too).
+    fn segment(&self, stage: StageName, image: &Volume<f32>) -> Result<Volume<f32>, PredictError> {
+        let net = match stage {
+            StageName::Stage1 => self.stage1.1.as_ref(),
+            StageName::Stage2 => self.stage2.1.as_ref(),
+        };
+        let spec = ModelSpec::of(&self.config, stage);
+        Ok(segment_slices(net, &spec, image, self.batch, &self.device)?)
     }
 
     /// Predict one preprocessed CT; `source` names the file in errors.
@@ -200,27 +146,15 @@ impl Pipeline {
         let cfg = &self.config;
         // Stage 1: localisation.
         let (small, _) = stage1_volume(p, cfg.stage1.downsample)?;
-        let prob1 = self.segment(
-            self.stage1.1.as_ref(),
-            &small,
-            cfg.stage1.patches.slices,
-            self.multiple(StageName::Stage1),
-        )?;
-        let fg: Vec<bool> = prob1.data.iter().map(|&v| v > 0.5).collect();
-        let largest = largest_component(&fg, small.geometry.dims);
-        let c_small = centroid(&largest, small.geometry.dims)
-            .ok_or_else(|| PredictError::NotFound(source.to_path_buf()))?;
+        let prob1 = self.segment(StageName::Stage1, &small)?;
+        let c_small =
+            localise(&prob1).ok_or_else(|| PredictError::NotFound(source.to_path_buf()))?;
         // From the downsampled grid to the body crop's voxels (both start at the same voxel).
         let c =
             [0, 1, 2].map(|a| c_small[a] * small.geometry.spacing[a] / p.image.geometry.spacing[a]);
         // Stage 2: segmentation of the box around it.
         let (crop, offset) = crop_around(&p.image, c, cfg.model.crop, 0.0);
-        let prob2 = self.segment(
-            self.stage2.1.as_ref(),
-            &crop,
-            cfg.model.patches.slices,
-            self.multiple(StageName::Stage2),
-        )?;
+        let prob2 = self.segment(StageName::Stage2, &crop)?;
         let in_resampled = [0, 1, 2].map(|a| offset[a] + p.crop_offset[a]);
         let mask_crop = prob2.map(|v| u8::from(v > 0.5));
         let mask = p.to_original(&mask_crop, in_resampled)?;

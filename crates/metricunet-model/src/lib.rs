@@ -1,7 +1,10 @@
 //! A stage's network as training and prediction both need it: which backbone with which
 //! input channels ([`ModelSpec`], from the experiment in one place), built through the
 //! backbone registry with every variable drawn from a seed and the init its layer declares
-//! ([`SeededVars`]), or loaded from trained weights.
+//! ([`SeededVars`]), or loaded from trained weights; and run over a volume's slices
+//! ([`infer`]), as prediction and whole-case validation both do.
+
+pub mod infer;
 
 use std::path::{Path, PathBuf};
 

@@ -260,6 +260,12 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
     blocks.push(Block::Para(
         "Stage 1 is trained once per data split and seed and shared by the cells; its time is counted in the cell that trained it (\"shared\": another cell did).".into(),
     ));
+    blocks.push(Block::Heading("Kept weights".into()));
+    let (header, rows) = tables::kept_markdown(&r);
+    blocks.push(Block::Table { header, rows });
+    blocks.push(Block::Para(
+        "Each stage's model holds the weights of one iteration: with `training.keep: best` the validation point with the highest whole-case validation DSC (ties: lower ASD), with `last` the last iteration. Validation segments the validation cases whole, slice by slice, as test cases are predicted (stage 2 on the box around the reference prostate); stage 1 also gives the distance between its centroid and the reference one. \"a of b\": iteration a of the b trained.".into(),
+    ));
     if !r.missing.is_empty() {
         blocks.push(Block::Heading("Cells not in this report".into()));
         blocks.push(Block::List(

@@ -285,3 +285,49 @@ pub fn summary_markdown(r: &RunResults, rows: &[SummaryRow]) -> (Vec<String>, Ve
         .collect();
     (header, body)
 }
+
+/// Which weights each cell's stages kept (`training.keep`): per stage the iteration of the
+/// kept weights out of those trained, and its whole-case validation scores.
+pub fn kept_markdown(r: &RunResults) -> (Vec<String>, Vec<Vec<String>>) {
+    let header = [
+        "cell",
+        "configuration",
+        "seed",
+        "stage 1 kept",
+        "stage 1 val DSC",
+        "stage 1 centroid error (mm)",
+        "stage 2 kept",
+        "stage 2 val DSC",
+        "stage 2 val ASD (mm)",
+    ]
+    .map(String::from)
+    .to_vec();
+    let score = |k: Option<&metricunet_store::KeptRecord>, name: &str, digits: usize| {
+        k.and_then(|k| k.scores.get(name))
+            .map(|v| format!("{v:.digits$}"))
+            .unwrap_or_else(|| "–".into())
+    };
+    let which = |k: Option<&metricunet_store::KeptRecord>| {
+        k.map(|k| format!("{} ({} of {})", k.rule, k.iteration, k.trained))
+            .unwrap_or_else(|| "not recorded".into())
+    };
+    let rows = r
+        .cells
+        .iter()
+        .map(|c| {
+            let (s1, s2) = (c.record.kept.get("stage1"), c.record.kept.get("stage2"));
+            vec![
+                c.record.index.to_string(),
+                c.record.label.clone(),
+                c.record.seed.to_string(),
+                which(s1),
+                score(s1, "dsc", 3),
+                score(s1, "loc_mm", 1),
+                which(s2),
+                score(s2, "dsc", 3),
+                score(s2, "asd", 2),
+            ]
+        })
+        .collect();
+    (header, rows)
+}

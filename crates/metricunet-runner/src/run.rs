@@ -29,7 +29,8 @@ use crate::summary::{CellOutcome, CellSummary, RunSummary};
 use metricunet_core::fsio::{copy_atomic, remove_temporaries, write_atomic};
 use metricunet_store::{
     cell_dir, prediction_path, probability_path, stage1_dir, stage_dir, Attempt, AttemptOutcome,
-    CellRecord, CellState, PlanRecord, RunInfo, TestCase, CONFIG, LOG, METRICS, SPLIT, WEIGHTS,
+    CellRecord, CellState, KeptRecord, PlanRecord, RunInfo, TestCase, CONFIG, KEPT, LOG, METRICS,
+    SPLIT, WEIGHTS,
 };
 
 /// How to run.
@@ -281,6 +282,7 @@ fn new_record(
         git_revision: metricunet_store::git_revision(),
         updated: 0,
         test_cases: Vec::new(),
+        kept: Default::default(),
         // resumed attempts add to the time already spent; an earlier attempt still marked
         // running was killed (this process holds the cell's lock)
         attempts: previous
@@ -412,9 +414,11 @@ fn run_cell(
     }
     let own_s1 = dir.join(stage_dir(StageName::Stage1));
     copy_atomic(&s1_model, &own_s1.join(WEIGHTS))?;
-    let s1_log = s1.join(LOG);
-    if s1_log.exists() {
-        copy_atomic(&s1_log, &own_s1.join(LOG))?;
+    for name in [LOG, KEPT] {
+        let shared = s1.join(name);
+        if shared.exists() {
+            copy_atomic(&shared, &own_s1.join(name))?;
+        }
     }
 
     // Stage 2.
@@ -439,6 +443,13 @@ fn run_cell(
             a.stage2_resumed_from = out.resumed_from;
         }
         clock.save(record, dir, AttemptOutcome::Running)?;
+    }
+
+    for stage in [StageName::Stage1, StageName::Stage2] {
+        let name = stage_dir(stage);
+        if let Some(k) = KeptRecord::read(&dir.join(name))? {
+            record.kept.insert(name.to_string(), k);
+        }
     }
 
     // Prediction and evaluation of the test cases.

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use metricunet_core::config::{Cell, StageConfig, StageName};
 use metricunet_core::Progress;
-use metricunet_train::pool::stage_pool;
+use metricunet_train::pool::{stage_pool, stage_volume};
 use metricunet_train::{
-    train_stage, ModelSpec, PatchValidator, StageSpec, TrainEvent, TrainOutcome, Validator,
+    train_stage, CaseValidator, ModelSpec, StageSpec, TrainEvent, TrainOutcome, ValidationCase,
+    Validator,
 };
 
 use metricunet_store::stage_dir;
@@ -41,10 +42,7 @@ pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result
         metric,
         ..
     } = cfg.stage(stage);
-    let (train_cases, val_cases) = (
-        run.data.pick(&run.data.split.train),
-        run.data.pick(&run.data.split.val),
-    );
+    let train_cases = run.data.pick(&run.data.split.train);
     if train_cases.is_empty() {
         return Err(RunError::Invalid(
             "no training case after the split; add cases or raise data.split.train".into(),
@@ -63,11 +61,20 @@ pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result
         )
     };
     let train = pool(&train_cases, seed)?;
-    let val = if val_cases.is_empty() {
-        None
-    } else {
-        Some(pool(&val_cases, seed ^ 0xA11)?)
-    };
+    // whole validation volumes, segmented as test cases are (not patches)
+    let mut val = Vec::new();
+    for id in &run.data.split.val {
+        let Some((_, p)) = run.data.case(id) else {
+            continue;
+        };
+        let (image, label) = stage_volume(p, stage, cfg.stage1.downsample, cfg.model.crop)
+            .map_err(|e| RunError::Invalid(format!("validation case {id}: {e}")))?;
+        val.push(ValidationCase {
+            id: id.clone(),
+            image,
+            label,
+        });
+    }
     tracing::debug!(
         "{}: {} training patches ({:.1} s)",
         stage_dir(stage),
@@ -90,10 +97,20 @@ pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result
             },
         config_hash: run.config_hash.clone(),
     };
-    let mut validator = val
-        .as_ref()
-        .map(|v| PatchValidator::new(v, training.batch_size, &["dsc"]))
-        .transpose()?;
+    let mut validator = if val.is_empty() {
+        None
+    } else {
+        let v = CaseValidator::new(
+            spec.model.clone(),
+            val,
+            training.batch_size,
+            &["dsc", "asd"],
+        )?;
+        Some(match stage {
+            StageName::Stage1 => v.localising(),
+            StageName::Stage2 => v,
+        })
+    };
     let task = run.progress.task(
         &format!("{}{}", run.prefix, stage_dir(stage)),
         Some(training.iterations as u64),
@@ -111,10 +128,7 @@ pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result
                 TrainEvent::Iteration(row) => {
                     task.set_position(row.iteration as u64);
                     let total = row.term("total").unwrap_or(f64::NAN);
-                    let val = row
-                        .validation("dsc")
-                        .map(|d| format!(", val DSC {d:.3}"))
-                        .unwrap_or_default();
+                    let val = validation_message(row);
                     task.set_message(format!(
                         "loss {total:.4}, {:.1} samples/s{val}",
                         row.samples_per_s
@@ -127,4 +141,27 @@ pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result
     );
     drop(task);
     Ok(outcome?)
+}
+
+/// The validation scores of a log row for the progress bar: whole-case DSC and ASD, and
+/// where measured the localisation error and the cases where nothing was found.
+fn validation_message(row: &metricunet_train::IterationLog) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = row.validation("dsc") {
+        parts.push(format!("val DSC {d:.3}"));
+    }
+    if let Some(a) = row.validation("asd") {
+        parts.push(format!("ASD {a:.1} mm"));
+    }
+    if let Some(l) = row.validation("loc_mm") {
+        parts.push(format!("centroid off {l:.1} mm"));
+    }
+    if let Some(n) = row.validation("not_found").filter(|&n| n > 0.0) {
+        parts.push(format!("{n} found nothing"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", parts.join(", "))
+    }
 }

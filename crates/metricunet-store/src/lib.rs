@@ -28,8 +28,8 @@ use metricunet_core::config::StageName;
 use thiserror::Error;
 
 pub use records::{
-    git_revision, now, Attempt, AttemptOutcome, CellRecord, CellState, PlanCell, PlanRecord,
-    RunInfo, TestCase, Timings,
+    git_revision, now, Attempt, AttemptOutcome, CellRecord, CellState, KeptRecord, PlanCell,
+    PlanRecord, RunInfo, TestCase, Timings,
 };
 
 /// `RUN_ROOT/plan.yaml`.
@@ -50,6 +50,8 @@ pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const WEIGHTS: &str = "model.safetensors";
 /// A stage folder's training log.
 pub const LOG: &str = "train_log.csv";
+/// Which weights a stage folder's model holds (`training.keep`), written before them.
+pub const KEPT: &str = "kept.yaml";
 
 /// `stage1` or `stage2`: a stage's folder inside a cell or `train` folder.
 pub fn stage_dir(stage: StageName) -> &'static str {

@@ -1,12 +1,13 @@
 //! The records of a run folder: `cell.yaml` ([`CellRecord`]), `plan.yaml` ([`PlanRecord`])
 //! and `run.yaml` ([`RunInfo`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use metricunet_core::ExperimentPlan;
 use serde::{Deserialize, Serialize};
 
-use crate::{read_yaml, write_yaml, Result, StoreError, CELL_RECORD, PLAN, RUN_INFO};
+use crate::{read_yaml, write_yaml, Result, StoreError, CELL_RECORD, KEPT, PLAN, RUN_INFO};
 
 /// Where a cell stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +91,39 @@ pub struct CellRecord {
     /// Every attempt at this cell, oldest first.
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// Which weights each stage kept (`stage1`, `stage2`), from their `kept.yaml`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kept: BTreeMap<String, KeptRecord>,
+}
+
+/// A stage folder's `kept.yaml`: which iteration's weights its model holds and their
+/// validation scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptRecord {
+    /// `best` or `last` (`training.keep`).
+    pub rule: String,
+    /// The iteration whose weights the model holds.
+    pub iteration: usize,
+    /// Iterations trained.
+    pub trained: usize,
+    /// Its whole-case validation scores (`dsc`, `asd`, ...; empty when not validated).
+    #[serde(default)]
+    pub scores: BTreeMap<String, f64>,
+}
+
+impl KeptRecord {
+    /// Read `dir/kept.yaml`, if there.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let p = dir.join(KEPT);
+        if !p.exists() {
+            return Ok(None);
+        }
+        read_yaml(&p).map(Some)
+    }
+    /// Write `dir/kept.yaml` atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        write_yaml(&dir.join(KEPT), self)
+    }
 }
 
 /// A test case's files.

@@ -1,5 +1,6 @@
 //! Checkpoints: one safetensors file holding the weights (BatchNorm running statistics
-//! included), the momentum buffers and, as metadata, the iteration, the RNG state and a hash
+//! included), the momentum buffers, the best validation point's weights (`b.`, with its
+//! iteration and scores as metadata) and, as metadata, the iteration, the RNG state and a hash
 //! of the configuration. Written to a temporary file and renamed, so a kill at any moment
 //! leaves either the previous checkpoint or the new one, never half of one.
 
@@ -16,6 +17,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use metricunet_core::fsio::write_atomic_at;
 
 use crate::error::{Result, TrainError};
+use crate::keep::BestWeights;
 use crate::optim::Sgd;
 
 /// What a checkpoint records besides tensors.
@@ -54,9 +56,9 @@ impl Checkpointer {
         }
     }
 
-    /// Where a run starts: after the checkpoint's iteration with its RNG, weights and
-    /// momentum buffers loaded (with `resume`), or at 0 with the RNG of `seed` when there is
-    /// no checkpoint. A checkpoint without `resume`, or of another configuration, is an error.
+    /// Where a run starts: after the checkpoint's iteration with its RNG, weights, momentum
+    /// buffers and best validation point loaded (with `resume`), or at 0 with the RNG of
+    /// `seed` when there is no checkpoint. A checkpoint without `resume`, or of another configuration, is an error.
     pub fn restore(
         &self,
         vars: &VarMap,
@@ -64,9 +66,9 @@ impl Checkpointer {
         device: &Device,
         resume: bool,
         seed: u64,
-    ) -> Result<(usize, ChaCha8Rng)> {
+    ) -> Result<(usize, ChaCha8Rng, Option<BestWeights>)> {
         if !self.path.exists() {
-            return Ok((0, ChaCha8Rng::seed_from_u64(seed)));
+            return Ok((0, ChaCha8Rng::seed_from_u64(seed), None));
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         if !resume {
@@ -75,7 +77,7 @@ impl Checkpointer {
                 dir.display()
             )));
         }
-        let meta = load(&self.path, vars, opt, device)?;
+        let (meta, best) = load(&self.path, vars, opt, device)?;
         if meta.config_hash != self.config_hash {
             return Err(TrainError::Checkpoint {
                 path: self.path.clone(),
@@ -88,7 +90,7 @@ impl Checkpointer {
         let mut rng = ChaCha8Rng::from_seed(meta.rng_seed);
         rng.set_stream(meta.rng_stream);
         rng.set_word_pos(meta.rng_word_pos);
-        Ok((meta.iteration, rng))
+        Ok((meta.iteration, rng, best))
     }
 
     /// Whether a checkpoint is written after `iteration`.
@@ -96,8 +98,16 @@ impl Checkpointer {
         (self.every > 0 && iteration % self.every == 0) || iteration == self.iterations
     }
 
-    /// Write the checkpoint of `iteration` (atomically).
-    pub fn save(&self, iteration: usize, vars: &VarMap, opt: &Sgd, rng: &ChaCha8Rng) -> Result<()> {
+    /// Write the checkpoint of `iteration` with the best validation point so far
+    /// (atomically).
+    pub fn save(
+        &self,
+        iteration: usize,
+        vars: &VarMap,
+        opt: &Sgd,
+        rng: &ChaCha8Rng,
+        best: Option<&BestWeights>,
+    ) -> Result<()> {
         let meta = CheckpointMeta {
             iteration,
             rng_seed: rng.get_seed(),
@@ -105,7 +115,7 @@ impl Checkpointer {
             rng_word_pos: rng.get_word_pos(),
             config_hash: self.config_hash.clone(),
         };
-        save(&self.path, vars, opt, &meta)
+        save(&self.path, vars, opt, &meta, best)
     }
 }
 
@@ -125,8 +135,15 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Save weights (prefix `w.`), momentum buffers (prefix `m.`) and `meta` to `path`.
-pub fn save(path: &Path, vars: &VarMap, opt: &Sgd, meta: &CheckpointMeta) -> Result<()> {
+/// Save weights (prefix `w.`), momentum buffers (prefix `m.`), the best validation point's
+/// weights (prefix `b.`) and `meta` to `path`.
+pub fn save(
+    path: &Path,
+    vars: &VarMap,
+    opt: &Sgd,
+    meta: &CheckpointMeta,
+    best: Option<&BestWeights>,
+) -> Result<()> {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, var) in named_vars(vars)? {
         owned.push((
@@ -137,6 +154,9 @@ pub fn save(path: &Path, vars: &VarMap, opt: &Sgd, meta: &CheckpointMeta) -> Res
     }
     for (name, buf) in opt.buffers() {
         owned.push((format!("m.{name}"), buf.dims().to_vec(), bytes_f32(buf)?));
+    }
+    for (name, t) in best.map(|b| b.weights.as_slice()).unwrap_or_default() {
+        owned.push((format!("b.{name}"), t.dims().to_vec(), bytes_f32(t)?));
     }
     let views: Vec<(String, TensorView<'_>)> = owned
         .iter()
@@ -149,7 +169,7 @@ pub fn save(path: &Path, vars: &VarMap, opt: &Sgd, meta: &CheckpointMeta) -> Res
                 })
         })
         .collect::<Result<_>>()?;
-    let info = HashMap::from([
+    let mut info = HashMap::from([
         ("format".to_string(), "metricunet-checkpoint-1".to_string()),
         ("iteration".to_string(), meta.iteration.to_string()),
         ("rng_seed".to_string(), hex(&meta.rng_seed)),
@@ -157,6 +177,10 @@ pub fn save(path: &Path, vars: &VarMap, opt: &Sgd, meta: &CheckpointMeta) -> Res
         ("rng_word_pos".to_string(), meta.rng_word_pos.to_string()),
         ("config_hash".to_string(), meta.config_hash.clone()),
     ]);
+    if let Some(b) = best {
+        info.insert("best_iteration".into(), b.iteration.to_string());
+        info.insert("best_scores".into(), b.scores_text());
+    }
     Ok(write_atomic_at(path, |tmp| {
         safetensors::serialize_to_file(views, Some(info), tmp).map_err(|e| e.to_string())
     })?)
@@ -170,8 +194,13 @@ pub fn save_weights(path: &Path, vars: &VarMap) -> Result<()> {
 }
 
 /// Load a checkpoint into `vars` (every variable must be present with its shape) and
-/// `opt`; returns its metadata.
-pub fn load(path: &Path, vars: &VarMap, opt: &mut Sgd, device: &Device) -> Result<CheckpointMeta> {
+/// `opt`; returns its metadata and its best validation point, if it holds one.
+pub fn load(
+    path: &Path,
+    vars: &VarMap,
+    opt: &mut Sgd,
+    device: &Device,
+) -> Result<(CheckpointMeta, Option<BestWeights>)> {
     let bad = |message: String| TrainError::Checkpoint {
         path: path.to_path_buf(),
         message,
@@ -204,6 +233,8 @@ pub fn load(path: &Path, vars: &VarMap, opt: &mut Sgd, device: &Device) -> Resul
             .collect();
         Ok(Tensor::from_vec(data, v.shape(), device)?)
     };
+    let best_iteration = info.get("best_iteration").cloned();
+    let mut best_weights = Vec::new();
     for (name, var) in named_vars(vars)? {
         let t = to_tensor(&format!("w.{name}"))?;
         if t.dims() != var.dims() {
@@ -214,7 +245,25 @@ pub fn load(path: &Path, vars: &VarMap, opt: &mut Sgd, device: &Device) -> Resul
             )));
         }
         var.set(&t.to_dtype(var.dtype())?)?;
+        if best_iteration.is_some() {
+            let b = to_tensor(&format!("b.{name}"))?;
+            if b.dims() != var.dims() {
+                return Err(bad(format!("best {name}: shape {:?}", b.dims())));
+            }
+            best_weights.push((name, b.to_dtype(var.dtype())?));
+        }
     }
+    let best = match best_iteration {
+        Some(it) => Some(BestWeights {
+            iteration: it
+                .parse()
+                .map_err(|e| bad(format!("best_iteration: {e}")))?,
+            scores: BestWeights::parse_scores(&field("best_scores")?)
+                .map_err(|e| bad(e.to_string()))?,
+            weights: best_weights,
+        }),
+        None => None,
+    };
     let mut buffers = BTreeMap::new();
     for name in st.names() {
         if let Some(var_name) = name.strip_prefix("m.") {
@@ -232,13 +281,14 @@ pub fn load(path: &Path, vars: &VarMap, opt: &mut Sgd, device: &Device) -> Resul
     };
     let mut rng_seed = [0u8; 32];
     rng_seed.copy_from_slice(&seed);
-    Ok(CheckpointMeta {
+    let meta = CheckpointMeta {
         iteration: parse("iteration")? as usize,
         rng_seed,
         rng_stream: parse("rng_stream")? as u64,
         rng_word_pos: parse("rng_word_pos")?,
         config_hash: field("config_hash")?,
-    })
+    };
+    Ok((meta, best))
 }
 
 #[cfg(test)]

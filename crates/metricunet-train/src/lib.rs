@@ -8,6 +8,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod keep;
 pub mod log;
 pub mod optim;
 pub mod pool;
@@ -22,5 +23,7 @@ pub use log::TrainLog;
 pub use optim::{poly_lr, Sgd};
 pub use pool::PatchPool;
 pub use stop::{Plateau, StopRule};
-pub use trainer::{train_stage, IterationLog, ModelSpec, StageSpec, TrainEvent, TrainOutcome};
-pub use validate::{PatchValidator, Validator};
+pub use trainer::{
+    train_stage, IterationLog, KeptWeights, ModelSpec, StageSpec, TrainEvent, TrainOutcome,
+};
+pub use validate::{CaseValidator, PatchValidator, ValidationCase, Validator};

@@ -64,9 +64,7 @@ pub fn stage_pool(
     crop: [usize; 3],
     seed: u64,
 ) -> Result<PatchPool> {
-    use metricunet_core::config::StageName;
     use metricunet_data::patches::{extract_patches, PatchSpec};
-    use metricunet_data::preprocess::{stage1_volume, stage2_crop};
     use rand::SeedableRng;
     let spec = PatchSpec {
         size: patches.size,
@@ -76,18 +74,7 @@ pub fn stage_pool(
     };
     let mut all: Option<Patches> = None;
     for (i, p) in cases.iter().enumerate() {
-        let (image, label) = match stage {
-            StageName::Stage1 => stage1_volume(p, downsample)?,
-            StageName::Stage2 => {
-                let c = p.label_centroid().ok_or_else(|| {
-                    TrainError::Invalid("a training case has an empty label".into())
-                })?;
-                let (img, lab, _) = stage2_crop(p, c, crop);
-                (img, lab)
-            }
-        };
-        let label =
-            label.ok_or_else(|| TrainError::Invalid("a training case has no label".into()))?;
+        let (image, label) = stage_volume(p, stage, downsample, crop)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
             seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
         );
@@ -99,4 +86,29 @@ pub fn stage_pool(
     }
     let all = all.ok_or_else(|| TrainError::Invalid("no case to draw patches from".into()))?;
     Ok(PatchPool::from_patches(all))
+}
+
+/// What a stage's network sees of a labelled case, whole: stage 1 the body crop downsampled
+/// by `downsample`, stage 2 the `crop` box around the label's centroid; and the label on
+/// the same grid.
+pub fn stage_volume(
+    p: &metricunet_data::preprocess::Preprocessed,
+    stage: metricunet_core::config::StageName,
+    downsample: usize,
+    crop: [usize; 3],
+) -> Result<(metricunet_data::Volume<f32>, metricunet_data::Volume<u8>)> {
+    use metricunet_core::config::StageName;
+    use metricunet_data::preprocess::{stage1_volume, stage2_crop};
+    let (image, label) = match stage {
+        StageName::Stage1 => stage1_volume(p, downsample)?,
+        StageName::Stage2 => {
+            let c = p
+                .label_centroid()
+                .ok_or_else(|| TrainError::Invalid("a case has an empty label".into()))?;
+            let (img, lab, _) = stage2_crop(p, c, crop);
+            (img, lab)
+        }
+    };
+    let label = label.ok_or_else(|| TrainError::Invalid("a case has no label".into()))?;
+    Ok((image, label))
 }

@@ -10,13 +10,14 @@ use std::time::Instant;
 
 use candle_core::Device;
 use candle_nn::VarMap;
-use metricunet_core::config::{MetricConfig, TrainingConfig};
+use metricunet_core::config::{Keep, MetricConfig, TrainingConfig};
 use metricunet_core::VoxelMetricModule;
 pub use metricunet_model::{named_vars, ModelSpec, SeededVars};
 use rand::Rng;
 
 use crate::checkpoint::Checkpointer;
 use crate::error::{Result, TrainError};
+use crate::keep::BestWeights;
 use crate::log::TrainLog;
 use crate::optim::{poly_lr, Sgd};
 use crate::pool::PatchPool;
@@ -92,6 +93,20 @@ pub struct TrainOutcome {
     pub seconds: f64,
     /// `model.safetensors` (written once the run finished).
     pub weights: PathBuf,
+    /// Which weights `model.safetensors` holds.
+    pub kept: Option<KeptWeights>,
+}
+
+/// The weights a finished stage kept (`training.keep`), for the cell's record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptWeights {
+    /// What was asked.
+    pub rule: Keep,
+    /// The iteration whose weights were kept.
+    pub iteration: usize,
+    /// Its validation scores (empty when it was not validated: `keep: last`, or no
+    /// validation at all).
+    pub scores: Vec<(String, Option<f64>)>,
 }
 
 /// A stage folder's file names (the run store's).
@@ -130,7 +145,8 @@ pub fn train_stage(
     let module = VoxelMetricModule::from_config(&spec.metric)?;
     let mut opt = Sgd::new(cfg.momentum, cfg.weight_decay);
     let checkpointer = Checkpointer::new(dir.join(CHECKPOINT), &spec.config_hash, cfg);
-    let (start, mut rng) = checkpointer.restore(&vars, &mut opt, device, resume, spec.seed)?;
+    let (start, mut rng, best) =
+        checkpointer.restore(&vars, &mut opt, device, resume, spec.seed)?;
     let resumed_from = (start > 0).then_some(start);
     if let Some(start) = resumed_from {
         tracing::info!(
@@ -145,7 +161,10 @@ pub fn train_stage(
         stop_rules.push(Box::new(Plateau::new(WATCHED, p)));
     }
     let names = validator.as_ref().map(|v| v.names()).unwrap_or_default();
-    let mut state = LoopState::default();
+    let mut state = LoopState {
+        best,
+        ..LoopState::default()
+    };
     for row in kept {
         state.stopped_early = state.stopped_early.or(observe(&mut stop_rules, &row));
         state.keep(row);
@@ -201,6 +220,9 @@ pub fn train_stage(
         log.write(&row)?;
         let interrupted = on_event(TrainEvent::Iteration(&row)).is_break();
         state.stopped_early = observe(&mut stop_rules, &row);
+        if BestWeights::beats(&row, state.best.as_ref()) {
+            state.best = Some(BestWeights::capture(&row, &vars)?);
+        }
         state.keep(row);
         if interrupted {
             log.flush()?;
@@ -208,7 +230,7 @@ pub fn train_stage(
         }
         if checkpointer.due(it) || state.stopped_early.is_some() {
             log.flush()?;
-            checkpointer.save(it, &vars, &opt, &rng)?;
+            checkpointer.save(it, &vars, &opt, &rng, state.best.as_ref())?;
         }
     }
     log.flush()?;
@@ -221,8 +243,54 @@ pub fn train_stage(
     } else if start >= cfg.iterations {
         tracing::info!("{}: already trained ({start} iterations)", spec.model.name);
     }
-    crate::checkpoint::save_weights(&dir.join(WEIGHTS), &vars)?;
-    Ok(state.outcome(it, true, resumed_from, t0, dir))
+    // which weights become the model; `kept.yaml` says so before they are written (a
+    // model without its record is not finished)
+    let best = state.best.as_ref().filter(|_| cfg.keep == Keep::Best);
+    let kept = match best {
+        Some(b) => KeptWeights {
+            rule: cfg.keep,
+            iteration: b.iteration,
+            scores: b.scores.clone(),
+        },
+        None => KeptWeights {
+            rule: cfg.keep,
+            iteration: it,
+            scores: state
+                .last
+                .as_ref()
+                .filter(|r| r.iteration == it)
+                .map(|r| r.validation.clone())
+                .unwrap_or_default(),
+        },
+    };
+    metricunet_store::KeptRecord {
+        rule: kept.rule.as_str().to_string(),
+        iteration: kept.iteration,
+        trained: it,
+        scores: kept
+            .scores
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| (k.clone(), v)))
+            .collect(),
+    }
+    .write(dir)
+    .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let weights = dir.join(WEIGHTS);
+    match best {
+        Some(b) => {
+            tracing::info!(
+                "{}: keeping the weights of iteration {} of {it} (validation DSC {:.4})",
+                spec.model.name,
+                b.iteration,
+                b.score(crate::keep::DECIDES).unwrap_or(f64::NAN)
+            );
+            b.save_weights(&weights)?;
+        }
+        None => crate::checkpoint::save_weights(&weights, &vars)?,
+    }
+    let mut outcome = state.outcome(it, true, resumed_from, t0, dir);
+    outcome.kept = Some(kept);
+    Ok(outcome)
 }
 
 /// The first stop rule that ends training after `row`, if any (every rule sees every row).
@@ -239,6 +307,7 @@ fn observe(rules: &mut [Box<dyn StopRule>], row: &IterationLog) -> Option<String
 #[derive(Default)]
 struct LoopState {
     last: Option<IterationLog>,
+    best: Option<BestWeights>,
     last_val_dsc: Option<f64>,
     stopped_early: Option<String>,
 }
@@ -268,6 +337,7 @@ impl LoopState {
             stopped_early: self.stopped_early,
             seconds: t0.elapsed().as_secs_f64(),
             weights: dir.join(WEIGHTS),
+            kept: None,
         }
     }
 }

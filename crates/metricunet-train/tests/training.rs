@@ -344,3 +344,84 @@ fn patch_validation_is_the_pooled_dsc() {
         .to_string();
     assert!(e.contains("dcs"), "{e}");
 }
+
+/// The validation scores of every validated log row: (iteration, dsc).
+fn validated(dir: &Path) -> Vec<(usize, f64)> {
+    let text = std::fs::read_to_string(dir.join("train_log.csv")).expect("log");
+    let header: Vec<&str> = text.lines().next().expect("header").split(',').collect();
+    let col = header
+        .iter()
+        .position(|c| *c == "val_dsc")
+        .expect("val_dsc");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((f[0].parse().ok()?, f[col].parse().ok()?))
+        })
+        .collect()
+}
+
+/// `keep: best` writes the weights of the validation point with the highest DSC (they score
+/// that DSC again when loaded), records it in `kept.yaml`, and a run killed after that point
+/// and resumed from a later checkpoint keeps the same weights; `keep: last` keeps the last.
+#[test]
+fn keep_best_keeps_the_best_validation_point_across_a_resume() {
+    link();
+    let mut s = spec(15, &["random"]);
+    s.training.validate_every = 3;
+    s.training.checkpoint_every = 6;
+    s.training.learning_rate = 0.3;
+    s.training.poly_power = 0.0; // a constant, high rate: a noisy curve whose best is not the last
+    let whole = tempfile::tempdir().expect("tmp");
+    let out = run(&s, whole.path(), false, None).expect("train");
+    let points = validated(whole.path());
+    assert_eq!(points.len(), 5, "{points:?}");
+    let best = points
+        .iter()
+        .fold(points[0], |b, &p| if p.1 > b.1 { p } else { b });
+    let kept = out.kept.clone().expect("kept");
+    assert_eq!(kept.iteration, best.0, "{points:?}");
+    assert!(
+        best.0 < 12 && best.1 > 0.0,
+        "not a test of keeping: {points:?}"
+    );
+    let record = metricunet_store::KeptRecord::read(whole.path())
+        .expect("read")
+        .expect("kept.yaml");
+    assert_eq!(
+        (record.rule.as_str(), record.iteration, record.trained),
+        ("best", best.0, 15)
+    );
+    let dsc = *record.scores.get("dsc").expect("dsc");
+    assert!((dsc - best.1).abs() < 1e-4, "{dsc} vs the log's {}", best.1);
+    // the kept weights, loaded, score what was logged at that iteration
+    let (_, net) = s
+        .model
+        .load(&whole.path().join("model.safetensors"), &Device::Cpu)
+        .expect("load");
+    let val = pool(8, 2);
+    let mut v = PatchValidator::new(&val, 4, &["dsc"]).expect("validator");
+    let again = v.validate(net.as_ref(), &Device::Cpu).expect("validate")[0].expect("dsc");
+    assert_eq!(again, dsc);
+    // killed after the checkpoint at 12 (which holds the best of 9) and resumed: the same
+    // model
+    let killed = tempfile::tempdir().expect("tmp");
+    run(&s, killed.path(), false, Some(14)).expect("part");
+    let resumed = run(&s, killed.path(), true, None).expect("resume");
+    assert_eq!(resumed.resumed_from, Some(12));
+    assert_eq!(resumed.kept, out.kept);
+    assert!(
+        std::fs::read(whole.path().join("model.safetensors")).expect("a")
+            == std::fs::read(killed.path().join("model.safetensors")).expect("b"),
+        "resumed best weights differ"
+    );
+    // keep: last keeps iteration 15
+    let mut last = s.clone();
+    last.training.keep = metricunet_core::config::Keep::Last;
+    let l = tempfile::tempdir().expect("tmp");
+    let out = run(&last, l.path(), false, None).expect("last");
+    let k = out.kept.expect("kept");
+    assert_eq!(k.iteration, 15);
+    assert_eq!(k.rule, metricunet_core::config::Keep::Last);
+}
