@@ -28,6 +28,7 @@ pub fn link_plugins() {
     metricunet_losses::link();
     metricunet_backbones::link();
     metricunet_metrics::link();
+    metricunet_postprocess::link();
 }
 
 /// `metricunet plugins`: every registered plugin by kind, with parameters and defaults.
@@ -40,8 +41,9 @@ pub fn plugins_text() -> String {
         if list.is_empty() {
             let _ = writeln!(out, "  (none registered)");
         }
+        let width = list.iter().map(|p| p.name.len()).max().unwrap_or(0).max(16);
         for p in list {
-            let _ = writeln!(out, "  {:<16} {}", p.name, p.description);
+            let _ = writeln!(out, "  {:<width$} {}", p.name, p.description);
             for s in p.params {
                 let kind = match s.kind {
                     ParamKind::Float => "float".to_string(),

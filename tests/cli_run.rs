@@ -230,7 +230,14 @@ fn kill_9_mid_sweep_then_rerun_resumes() {
         let finished: Vec<&PathBuf> = cells.iter().filter(|c| state(c) == "finished").collect();
         let training: Vec<&PathBuf> = cells
             .iter()
-            .filter(|c| state(c) != "finished" && c.join("stage2/checkpoint.safetensors").exists())
+            .filter(|c| {
+                state(c) != "finished"
+                    && root
+                        .join("stage2")
+                        .join(record_field(c, "stage2_hash"))
+                        .join("checkpoint.safetensors")
+                        .exists()
+            })
             .collect();
         if let (Some(f), Some(k)) = (finished.first(), training.first()) {
             break ((*f).clone(), (*k).clone());
@@ -396,4 +403,97 @@ fn figures_follow_the_grid_axes_and_the_named_baseline() {
         summary.contains("metric.lambda=0.01 (baseline)"),
         "{summary}"
     );
+}
+
+/// A top-level field of a cell's record, as text.
+fn record_field(cell: &Path, field: &str) -> String {
+    std::fs::read_to_string(cell.join("cell.yaml"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|r| r.strip_prefix(": "))
+                .map(|s| s.trim_matches('\'').to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// The `label:` of a cell's record.
+fn label(cell: &Path) -> String {
+    record_field(cell, "label")
+}
+
+/// A grid over post-processing trains each stage once (the cells share one stage-2 folder
+/// and hold the same weights) and predicts once per cell: `largest-component` gives the
+/// largest component of the unprocessed cell's mask, `fill-holes` after it only adds voxels.
+#[test]
+fn a_postprocess_grid_trains_once_and_predicts_per_cell() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("runs");
+    let cache = format!("data.cache_dir={}", dir.path().join("cache").display());
+    let (ok, stdout, stderr) = common::cli(&[
+        "run",
+        "tests/fixtures/tiny-postprocess.yaml",
+        "--root",
+        root.to_str().expect("utf8"),
+        "--no-report",
+        "--set",
+        &cache,
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    for stage in ["stage1", "stage2"] {
+        let n = std::fs::read_dir(root.join(stage)).expect(stage).count();
+        assert_eq!(n, 1, "{stage}: one shared training");
+    }
+    let cells = cell_dirs(&root);
+    assert_eq!(cells.len(), 3);
+    let by_label = |l: &str| -> PathBuf {
+        cells
+            .iter()
+            .find(|c| label(c) == l)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no cell {l}: {:?}",
+                    cells.iter().map(|c| label(c)).collect::<Vec<_>>()
+                )
+            })
+            .clone()
+    };
+    let (raw, largest, filled) = (
+        by_label("postprocess=[]"),
+        by_label("postprocess=[largest-component]"),
+        by_label("postprocess=[largest-component, fill-holes]"),
+    );
+    let weights = std::fs::read(raw.join("stage2/model.safetensors")).expect("w");
+    for c in [&largest, &filled] {
+        assert_eq!(
+            std::fs::read(c.join("stage2/model.safetensors")).expect("w"),
+            weights
+        );
+        assert!(c.join("stage2/kept.yaml").exists());
+    }
+    let trained_stage2 = cells
+        .iter()
+        .filter(|c| {
+            let rec = std::fs::read_to_string(c.join("cell.yaml")).expect("cell.yaml");
+            rec.lines()
+                .find_map(|l| l.trim().strip_prefix("stage2_s: "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|s| s > 0.0)
+        })
+        .count();
+    assert_eq!(trained_stage2, 1, "stage 2 trained by one cell only");
+    let mask = |cell: &Path| -> (Vec<bool>, [usize; 3]) {
+        let p = cell.join("predictions/phantom_002.nii.gz");
+        let v = metricunet_data::io::read_nifti(&p)
+            .expect("prediction")
+            .volume;
+        (v.data.iter().map(|&x| x != 0.0).collect(), v.geometry.dims)
+    };
+    let (r, dims) = mask(&raw);
+    let (l, _) = mask(&largest);
+    let (f, _) = mask(&filled);
+    assert_eq!(l, metricunet_core::mask::largest_component(&r, dims));
+    assert_eq!(f, metricunet_core::mask::fill_holes(&l, dims));
+    assert!(l.iter().zip(&f).all(|(a, b)| !a || *b));
 }

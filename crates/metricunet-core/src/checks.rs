@@ -34,6 +34,10 @@ pub(crate) fn resolve_plugins(exp: &mut Experiment) -> Result<()> {
         let (_, params) = registry::build_sampler(s, &format!("metric.samplers[{i}]"))?;
         s.params = params.to_yaml();
     }
+    for (i, s) in exp.postprocess.iter_mut().enumerate() {
+        let (_, params) = registry::build_postprocess(s, &format!("postprocess[{i}]"))?;
+        s.params = params.to_yaml();
+    }
     let metrics = match exp.evaluation.metrics.take() {
         Some(list) => list,
         None => registry::metric_names()

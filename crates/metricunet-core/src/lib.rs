@@ -1,5 +1,5 @@
 //! Core of metricunet: the traits every plugin implements ([`Sampler`], [`MetricLoss`],
-//! [`Backbone`], [`Metric`]), the `inventory` registries that find them by name, the
+//! [`Backbone`], [`Metric`], [`PostProcess`]), the `inventory` registries that find them by name, the
 //! experiment schema with its grid, the Table II presets, and the online voxel-metric
 //! module that combines samplers and losses into Eq. 4 of the MetricUNet paper.
 //!
@@ -12,10 +12,12 @@ pub mod config;
 pub mod error;
 pub mod fsio;
 pub mod loss;
+pub mod mask;
 pub mod metric;
 pub mod metric_module;
 pub mod params;
 pub mod plan;
+pub mod postprocess;
 pub mod presets;
 pub mod progress;
 pub mod registry;
@@ -30,8 +32,11 @@ pub use loss::{gather_voxels, LossTerms, MetricLoss};
 pub use metric::{Comparison, MaskRef, Metric, MetricValue};
 pub use metric_module::{StepLoss, VoxelMetricModule};
 pub use params::{ParamKind, ParamSpec, ParamValue, Params};
+pub use postprocess::PostProcess;
 pub use progress::{Progress, ProgressTask, SharedProgress, Silent};
-pub use registry::{BackbonePlugin, LossPlugin, MetricPlugin, PluginKind, SamplerPlugin};
+pub use registry::{
+    BackbonePlugin, LossPlugin, MetricPlugin, PluginKind, PostprocessPlugin, SamplerPlugin,
+};
 pub use sampler::{draw_tuples, Draw, SampleBatch, SampleItem, Sampler, Tuples};
 
 // Re-exported so plugin crates register without depending on inventory's version directly.

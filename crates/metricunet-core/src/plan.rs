@@ -59,12 +59,27 @@ impl Cell {
     /// its entries are keyed by content). The runner keys cell folders by it, so adding a
     /// metric, retitling a report or moving the cache never retrains a cell.
     pub fn run_hash(&self) -> Result<String> {
+        self.hash_without(|_| {})
+    }
+
+    /// The hash of what stage 2's weights depend on: [`Cell::run_hash`] without
+    /// `postprocess` as well. Cells that differ only in post-processing share one trained
+    /// stage 2 (as cells that differ only in stage 2 share stage 1), so a grid over
+    /// post-processing re-predicts and never retrains.
+    pub fn stage2_hash(&self) -> Result<String> {
+        self.hash_without(|c| c.postprocess.clear())
+    }
+
+    /// The hash of the configuration without what never changes weights or predictions,
+    /// and without what `clear` removes.
+    fn hash_without(&self, clear: impl FnOnce(&mut Experiment)) -> Result<String> {
         let mut c = self.config.clone();
         c.data.cache_dir = None;
         c.description = String::new();
         c.device = DeviceChoice::Auto;
         c.evaluation = EvaluationConfig::default();
         c.report = ReportConfig::default();
+        clear(&mut c);
         let text = serde_norway::to_string(&c).map_err(|e| CoreError::Config {
             source_name: format!("cell {}", self.index),
             message: e.to_string(),

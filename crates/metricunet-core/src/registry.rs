@@ -40,6 +40,7 @@ use crate::error::{did_you_mean, CoreError, Result};
 use crate::loss::MetricLoss;
 use crate::metric::Metric;
 use crate::params::{ParamSpec, Params};
+use crate::postprocess::PostProcess;
 use crate::sampler::Sampler;
 use crate::schema::PluginSpec;
 
@@ -80,6 +81,8 @@ pub type LossCtor = fn(&Params) -> Result<Box<dyn MetricLoss>>;
 pub type BackboneCtor = fn(&Params, &BackboneContext, VarBuilder<'_>) -> Result<Box<dyn Backbone>>;
 /// Constructor of an evaluation [`Metric`].
 pub type MetricCtor = fn(&Params) -> Result<Box<dyn Metric>>;
+/// Constructor of a [`PostProcess`] step.
+pub type PostprocessCtor = fn(&Params) -> Result<Box<dyn PostProcess>>;
 
 /// A registered sampler.
 pub type SamplerPlugin = Plugin<SamplerCtor>;
@@ -89,11 +92,14 @@ pub type LossPlugin = Plugin<LossCtor>;
 pub type BackbonePlugin = Plugin<BackboneCtor>;
 /// A registered evaluation metric.
 pub type MetricPlugin = Plugin<MetricCtor>;
+/// A registered post-processing step.
+pub type PostprocessPlugin = Plugin<PostprocessCtor>;
 
 inventory::collect!(SamplerPlugin);
 inventory::collect!(LossPlugin);
 inventory::collect!(BackbonePlugin);
 inventory::collect!(MetricPlugin);
+inventory::collect!(PostprocessPlugin);
 
 /// The kinds of plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,15 +108,17 @@ pub enum PluginKind {
     Loss,
     Backbone,
     Metric,
+    Postprocess,
 }
 
 impl PluginKind {
     /// Every kind, in the order `metricunet plugins` lists them.
-    pub const ALL: [PluginKind; 4] = [
+    pub const ALL: [PluginKind; 5] = [
         PluginKind::Sampler,
         PluginKind::Loss,
         PluginKind::Backbone,
         PluginKind::Metric,
+        PluginKind::Postprocess,
     ];
 
     /// Plural name for listings.
@@ -120,6 +128,7 @@ impl PluginKind {
             PluginKind::Loss => "losses",
             PluginKind::Backbone => "backbones",
             PluginKind::Metric => "metrics",
+            PluginKind::Postprocess => "postprocess",
         }
     }
 
@@ -130,6 +139,7 @@ impl PluginKind {
             PluginKind::Loss => "loss",
             PluginKind::Backbone => "backbone",
             PluginKind::Metric => "metric",
+            PluginKind::Postprocess => "postprocess step",
         }
     }
 }
@@ -166,6 +176,7 @@ pub fn list(kind: PluginKind) -> Vec<PluginInfo> {
         PluginKind::Loss => infos(kind, inventory::iter::<LossPlugin>()),
         PluginKind::Backbone => infos(kind, inventory::iter::<BackbonePlugin>()),
         PluginKind::Metric => infos(kind, inventory::iter::<MetricPlugin>()),
+        PluginKind::Postprocess => infos(kind, inventory::iter::<PostprocessPlugin>()),
     }
 }
 
@@ -210,6 +221,11 @@ pub fn build_loss(spec: &PluginSpec, path: &str) -> Result<(Box<dyn MetricLoss>,
 /// The evaluation metric `spec` names, built, with its validated parameters.
 pub fn build_metric(spec: &PluginSpec, path: &str) -> Result<(Box<dyn Metric>, Params)> {
     instantiate(metric(&spec.name, path)?, spec, path, |b, p| b(p))
+}
+
+/// The post-processing step `spec` names, built, with its validated parameters.
+pub fn build_postprocess(spec: &PluginSpec, path: &str) -> Result<(Box<dyn PostProcess>, Params)> {
+    instantiate(postprocess(&spec.name, path)?, spec, path, |b, p| b(p))
 }
 
 /// The backbone `spec` names, its weights in `vb`, with its validated parameters.
@@ -330,6 +346,16 @@ pub fn metric(name: &str, path: &str) -> Result<&'static MetricPlugin> {
     )
 }
 
+/// The post-processing step registered as `name`.
+pub fn postprocess(name: &str, path: &str) -> Result<&'static PostprocessPlugin> {
+    find(
+        PluginKind::Postprocess,
+        name,
+        path,
+        inventory::iter::<PostprocessPlugin>(),
+    )
+}
+
 /// Look up `name` in the registry of `kind` and validate `params` against it.
 pub fn validate(kind: PluginKind, name: &str, params: &Mapping, path: &str) -> Result<Params> {
     match kind {
@@ -337,5 +363,6 @@ pub fn validate(kind: PluginKind, name: &str, params: &Mapping, path: &str) -> R
         PluginKind::Loss => loss(name, path)?.params(params, path),
         PluginKind::Backbone => backbone(name, path)?.params(params, path),
         PluginKind::Metric => metric(name, path)?.params(params, path),
+        PluginKind::Postprocess => postprocess(name, path)?.params(params, path),
     }
 }

@@ -460,6 +460,10 @@ pub struct Experiment {
     pub model: ModelConfig,
     pub metric: MetricConfig,
     pub training: TrainingConfig,
+    /// Post-processing steps applied in order to stage 2's mask (`largest-component`,
+    /// `fill-holes`, ...); changing them re-predicts, never retrains.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub postprocess: Vec<PluginSpec>,
     pub evaluation: EvaluationConfig,
     pub report: ReportConfig,
     /// Dotted paths mapped to lists of values; cells are their cartesian product.
@@ -481,6 +485,7 @@ impl Default for Experiment {
             model: ModelConfig::default(),
             metric: MetricConfig::default(),
             training: TrainingConfig::default(),
+            postprocess: Vec::new(),
             evaluation: EvaluationConfig::default(),
             report: ReportConfig::default(),
             grid: Mapping::new(),

@@ -10,6 +10,18 @@ use crate::params::describe;
 pub fn inline_yaml(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        // flow style, one line: `[largest-component, fill-holes]`, `{name: x, k: 2}`
+        Value::Sequence(items) => format!(
+            "[{}]",
+            items.iter().map(inline_yaml).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Mapping(m) => format!(
+            "{{{}}}",
+            m.iter()
+                .map(|(k, v)| format!("{}: {}", inline_yaml(k), inline_yaml(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         other => serde_norway::to_string(other)
             .map(|s| s.trim_end().to_string())
             .unwrap_or_else(|_| format!("{other:?}")),

@@ -1,55 +1,6 @@
 //! Binary-mask helpers: connected components, bounding box, centroid.
 
-/// The largest 6-connected component of `mask` (`dims` = `[nx, ny, nz]`, x fastest).
-pub fn largest_component(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
-    let [nx, ny, nz] = dims;
-    let mut label = vec![0u32; mask.len()];
-    let mut best = (0u32, 0usize);
-    let mut next = 0u32;
-    let mut stack = Vec::new();
-    for start in 0..mask.len() {
-        if !mask[start] || label[start] != 0 {
-            continue;
-        }
-        next += 1;
-        let mut size = 0usize;
-        label[start] = next;
-        stack.push(start);
-        while let Some(v) = stack.pop() {
-            size += 1;
-            let (x, y, z) = (v % nx, (v / nx) % ny, v / (nx * ny));
-            let mut visit = |n: usize| {
-                if mask[n] && label[n] == 0 {
-                    label[n] = next;
-                    stack.push(n);
-                }
-            };
-            if x > 0 {
-                visit(v - 1);
-            }
-            if x + 1 < nx {
-                visit(v + 1);
-            }
-            if y > 0 {
-                visit(v - nx);
-            }
-            if y + 1 < ny {
-                visit(v + nx);
-            }
-            if z > 0 {
-                visit(v - nx * ny);
-            }
-            if z + 1 < nz {
-                visit(v + nx * ny);
-            }
-        }
-        if size > best.1 {
-            best = (next, size);
-        }
-    }
-    label.iter().map(|&l| l != 0 && l == best.0).collect()
-}
-
+pub use metricunet_core::mask::{fill_holes, largest_component};
 pub use metricunet_core::metric::bounding_box;
 
 /// Mean voxel position of the set voxels, if any.

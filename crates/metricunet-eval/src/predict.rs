@@ -10,13 +10,15 @@
 //! 4. The box's mask is pasted into the resampled CT and brought to the CT's grid with
 //!    nearest-neighbour resampling (a binary mask stays binary and never moves by more than
 //!    half a voxel; the optional probability map goes back trilinearly).
+//! 5. The experiment's `postprocess` steps (plugins) change the mask on the CT's grid, in
+//!    order; the probabilities stay as the network gave them.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use candle_nn::VarMap;
 use metricunet_core::config::{Experiment, StageName};
-use metricunet_core::Backbone;
+use metricunet_core::{registry, Backbone, PostProcess};
 use metricunet_data::io::{read_nifti, write_nifti, NiftiVolume};
 use metricunet_data::preprocess::{
     crop_around, preprocess, stage1_volume, PreprocessParams, Preprocessed,
@@ -49,6 +51,7 @@ pub struct Pipeline {
     pub config: Experiment,
     stage1: (VarMap, Box<dyn Backbone>),
     stage2: (VarMap, Box<dyn Backbone>),
+    postprocess: Vec<Box<dyn PostProcess>>,
     device: Device,
     /// Slices per forward pass.
     pub batch: usize,
@@ -101,10 +104,19 @@ impl Pipeline {
     ) -> Result<Self, PredictError> {
         let stage1 = make(StageName::Stage1)?;
         let stage2 = make(StageName::Stage2)?;
+        let postprocess = config
+            .postprocess
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                registry::build_postprocess(spec, &format!("postprocess[{i}]")).map(|(p, _)| p)
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             config,
             stage1,
             stage2,
+            postprocess,
             device,
             batch: 8,
         })
@@ -157,7 +169,24 @@ impl Pipeline {
         let prob2 = self.segment(StageName::Stage2, &crop)?;
         let in_resampled = [0, 1, 2].map(|a| offset[a] + p.crop_offset[a]);
         let mask_crop = prob2.map(|v| u8::from(v > 0.5));
-        let mask = p.to_original(&mask_crop, in_resampled)?;
+        let mut mask = p.to_original(&mask_crop, in_resampled)?;
+        if !self.postprocess.is_empty() {
+            let g = &mask.geometry;
+            let mut m: Vec<bool> = mask.data.iter().map(|&v| v != 0).collect();
+            for step in &self.postprocess {
+                m = step.apply(&m, g.dims, g.spacing)?;
+                if m.len() != mask.data.len() {
+                    return Err(PredictError::Model(format!(
+                        "a postprocess step returned {} voxels for a mask of {}",
+                        m.len(),
+                        mask.data.len()
+                    )));
+                }
+            }
+            for (d, v) in mask.data.iter_mut().zip(m) {
+                *d = u8::from(v);
+            }
+        }
         let mut full = Volume::filled(0f32, p.resampled.clone());
         full.paste(&prob2, in_resampled);
         let probabilities = resample_linear(&full, &p.original, 0.0)?;

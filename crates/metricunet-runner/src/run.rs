@@ -28,9 +28,9 @@ use crate::stage::{train_cell_stage, StageRun};
 use crate::summary::{CellOutcome, CellSummary, RunSummary};
 use metricunet_core::fsio::{copy_atomic, remove_temporaries, write_atomic};
 use metricunet_store::{
-    cell_dir, prediction_path, probability_path, stage1_dir, stage_dir, Attempt, AttemptOutcome,
-    CellRecord, CellState, KeptRecord, PlanRecord, RunInfo, TestCase, CONFIG, KEPT, LOG, METRICS,
-    SPLIT, WEIGHTS,
+    cell_dir, prediction_path, probability_path, shared_stage_dir, stage_dir, Attempt,
+    AttemptOutcome, CellRecord, CellState, KeptRecord, PlanRecord, RunInfo, TestCase, CONFIG,
+    METRICS, SPLIT, STAGE_COPIES, WEIGHTS,
 };
 
 /// How to run.
@@ -274,6 +274,7 @@ fn new_record(
         seed: cell.seed,
         hash: hash.to_string(),
         stage1_hash: cell.stage1_hash()?,
+        stage2_hash: cell.stage2_hash()?,
         state: CellState::Running,
         error: None,
         device: device.to_string(),
@@ -382,69 +383,15 @@ fn run_cell(
         )));
     }
     metricunet_data::split::write_split(&dir.join(SPLIT), &data.split)?;
-    let prefix = format!("cell {} ", cell.index);
 
-    // Stage 1, shared.
-    let s1 = stage1_dir(&ctx.opts.root, &record.stage1_hash);
-    let s1_model = s1.join(WEIGHTS);
-    if !s1_model.exists() {
-        let wait = Instant::now();
-        let _lock = DirLock::acquire_waiting(&s1, Duration::from_secs(5))?;
-        let waited = wait.elapsed();
-        clock.waited += waited;
-        record.timings.waited_s += waited.as_secs_f64();
-        if !s1_model.exists() {
-            let out = train_cell_stage(
-                cell,
-                StageName::Stage1,
-                &StageRun {
-                    data,
-                    device: ctx.device,
-                    dir: &s1,
-                    resume: true,
-                    config_hash: record.stage1_hash.clone(),
-                    progress: ctx.progress,
-                    prefix: prefix.clone(),
-                },
-            )
-            .map_err(|e| RunError::Invalid(format!("stage 1 ({}): {e}", s1.display())))?;
-            record.timings.stage1_s += out.seconds;
-        }
-        clock.save(record, dir, AttemptOutcome::Running)?;
+    // Both stages trained in shared folders: stage 1 once per data split and seed, stage 2
+    // once per configuration without its post-processing.
+    for (stage, hash) in [
+        (StageName::Stage1, record.stage1_hash.clone()),
+        (StageName::Stage2, record.stage2_hash.clone()),
+    ] {
+        shared_stage(ctx, data, record, &mut clock, stage, &hash)?;
     }
-    let own_s1 = dir.join(stage_dir(StageName::Stage1));
-    copy_atomic(&s1_model, &own_s1.join(WEIGHTS))?;
-    for name in [LOG, KEPT] {
-        let shared = s1.join(name);
-        if shared.exists() {
-            copy_atomic(&shared, &own_s1.join(name))?;
-        }
-    }
-
-    // Stage 2.
-    let s2 = dir.join(stage_dir(StageName::Stage2));
-    if !s2.join(WEIGHTS).exists() {
-        let out = train_cell_stage(
-            cell,
-            StageName::Stage2,
-            &StageRun {
-                data,
-                device: ctx.device,
-                dir: &s2,
-                resume: true,
-                config_hash: record.hash.clone(),
-                progress: ctx.progress,
-                prefix,
-            },
-        )
-        .map_err(|e| RunError::Invalid(format!("stage 2: {e}")))?;
-        record.timings.stage2_s += out.seconds;
-        if let Some(a) = record.attempts.last_mut() {
-            a.stage2_resumed_from = out.resumed_from;
-        }
-        clock.save(record, dir, AttemptOutcome::Running)?;
-    }
-
     for stage in [StageName::Stage1, StageName::Stage2] {
         let name = stage_dir(stage);
         if let Some(k) = KeptRecord::read(&dir.join(name))? {
@@ -475,6 +422,64 @@ fn run_cell(
         .collect();
     record.state = CellState::Finished;
     clock.save(record, dir, AttemptOutcome::Finished)
+}
+
+/// Train `stage` in its shared folder `root/<stage>/<hash>` unless its model is there
+/// (waiting while another process trains it), then copy its model, log and `kept.yaml` into
+/// the cell's own stage folder.
+fn shared_stage(
+    ctx: &CellContext,
+    data: &PreparedData,
+    record: &mut CellRecord,
+    clock: &mut AttemptClock,
+    stage: StageName,
+    hash: &str,
+) -> Result<()> {
+    let shared = shared_stage_dir(&ctx.opts.root, stage, hash);
+    let model = shared.join(WEIGHTS);
+    if !model.exists() {
+        let wait = Instant::now();
+        let _lock = DirLock::acquire_waiting(&shared, Duration::from_secs(5))?;
+        let waited = wait.elapsed();
+        clock.waited += waited;
+        record.timings.waited_s += waited.as_secs_f64();
+        if !model.exists() {
+            let out = train_cell_stage(
+                ctx.cell,
+                stage,
+                &StageRun {
+                    data,
+                    device: ctx.device,
+                    dir: &shared,
+                    resume: true,
+                    config_hash: hash.to_string(),
+                    progress: ctx.progress,
+                    prefix: format!("cell {} ", ctx.cell.index),
+                },
+            )
+            .map_err(|e| {
+                RunError::Invalid(format!("{} ({}): {e}", stage.as_str(), shared.display()))
+            })?;
+            match stage {
+                StageName::Stage1 => record.timings.stage1_s += out.seconds,
+                StageName::Stage2 => {
+                    record.timings.stage2_s += out.seconds;
+                    if let Some(a) = record.attempts.last_mut() {
+                        a.stage2_resumed_from = out.resumed_from;
+                    }
+                }
+            }
+        }
+        clock.save(record, ctx.dir, AttemptOutcome::Running)?;
+    }
+    let own = ctx.dir.join(stage_dir(stage));
+    for name in STAGE_COPIES {
+        let from = shared.join(name);
+        if from.exists() {
+            copy_atomic(&from, &own.join(name))?;
+        }
+    }
+    Ok(())
 }
 
 /// Predict every test case with the cell's two stages, write the masks (and the

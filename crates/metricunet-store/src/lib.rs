@@ -63,10 +63,15 @@ pub fn cell_dir(root: &Path, hash: &str) -> PathBuf {
     root.join("cells").join(hash)
 }
 
-/// `root/stage1/<hash>`: the stage 1 shared by the cells of one data split and seed.
-pub fn stage1_dir(root: &Path, hash: &str) -> PathBuf {
-    root.join("stage1").join(hash)
+/// `root/<stage>/<hash>`: a stage trained once and shared by the cells whose configurations
+/// agree on what it depends on (stage 1: data, stage 1 and seed; stage 2: everything but
+/// post-processing); each cell holds a copy of its model, log and `kept.yaml`.
+pub fn shared_stage_dir(root: &Path, stage: StageName, hash: &str) -> PathBuf {
+    root.join(stage_dir(stage)).join(hash)
 }
+
+/// What a cell copies from a shared stage folder into its own.
+pub const STAGE_COPIES: [&str; 3] = [WEIGHTS, LOG, KEPT];
 
 /// `dir/predictions/<case>.nii.gz`.
 pub fn prediction_path(dir: &Path, case: &str) -> PathBuf {

@@ -75,6 +75,11 @@ pub struct CellRecord {
     pub seed: u64,
     pub hash: String,
     pub stage1_hash: String,
+    /// The hash of its stage 2's training (the cell's configuration without
+    /// post-processing): its folder `stage2/<hash>` is shared by cells that differ only in
+    /// post-processing.
+    #[serde(default)]
+    pub stage2_hash: String,
     pub state: CellState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
