@@ -173,6 +173,7 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
 
     // figures
     let mut figs = figures::fig6(&r, &fig_dir)?;
+    figs.extend(figures::paired(&r, &fig_dir)?);
     figs.extend(figures::fig7(&r, &fig_dir)?);
     figs.extend(figures::fig8(&r, &fig_dir)?);
 
@@ -204,7 +205,7 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
     blocks.push(Block::Heading("Results (Table III style)".into()));
     blocks.push(table_block);
     blocks.push(Block::Para(format!(
-        "Each entry is mean ± standard deviation (median) over the test cases{}; arrows give the better direction. Δ is the mean paired difference to the baseline `{base}` (cases paired, seeds averaged first) and p the two-sided Wilcoxon signed-rank p-value (scipy's method: exact for small samples). ASD is Eq. 6 of the paper (mean of the two directed mean surface distances); ASSD pools both surfaces; HD95 is the 95th percentile symmetric Hausdorff distance. Per-case values: `per_case.csv` / `per_case.parquet`; this table: `summary.csv`.",
+        "Each entry is mean ± standard deviation (median) over the test cases{}; arrows give the better direction. Δ is the mean paired difference to the baseline `{base}` (cases paired, seeds averaged first), in brackets its 95 % percentile bootstrap interval (10,000 resamples of the cases, seed 0), and p the two-sided Wilcoxon signed-rank p-value (scipy's method: exact for small samples). ASD is Eq. 6 of the paper (mean of the two directed mean surface distances); ASSD pools both surfaces; HD95 is the 95th percentile symmetric Hausdorff distance. Per-case values: `per_case.csv` / `per_case.parquet`; this table: `summary.csv`.",
         if r.groups.iter().any(|g| g.cells.len() > 1) { " and seeds" } else { "" }
     )));
     blocks.push(Block::Heading("Figures".into()));

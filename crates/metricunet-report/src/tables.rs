@@ -8,7 +8,7 @@ use crate::collect::{lower_is_better, metric_title, RunResults};
 use metricunet_core::fsio::write_atomic_with;
 
 use crate::error::{ReportError, Result};
-use crate::stats::{mean, median, std, wilcoxon};
+use crate::stats::{bootstrap_mean_ci, mean, median, std, wilcoxon, BOOTSTRAP_RESAMPLES};
 
 /// One row per (cell, test case): experiment, cell hash, configuration label, one column per
 /// grid axis, seed, case, every metric and its flag.
@@ -97,9 +97,22 @@ pub struct MetricSummary {
     pub median: f64,
     /// Finite values pooled (cases x seeds).
     pub n: usize,
-    /// Against the baseline, paired by case (seed means): mean difference (this - baseline),
-    /// the Wilcoxon p-value and the number of pairs. None for the baseline itself.
-    pub vs_baseline: Option<(f64, Option<f64>, usize)>,
+    /// Against the baseline, paired by case (seed means). None for the baseline itself.
+    pub vs_baseline: Option<Paired>,
+}
+
+/// A configuration against the baseline, cases paired (each case's value averaged over
+/// seeds first).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Paired {
+    /// Mean difference, this - baseline.
+    pub diff: f64,
+    /// Two-sided Wilcoxon signed-rank p-value.
+    pub p: Option<f64>,
+    /// Percentile bootstrap 95 % interval of the mean difference (10,000 resamples of the
+    /// pairs, seed 0).
+    pub ci: Option<(f64, f64)>,
+    pub pairs: usize,
 }
 
 /// One configuration's row of the summary.
@@ -131,7 +144,12 @@ pub fn summary(r: &RunResults) -> Vec<SummaryRow> {
                             })
                             .filter(|d| d.is_finite())
                             .collect();
-                        (mean(&d), wilcoxon(&d).map(|w| w.p_value), d.len())
+                        Paired {
+                            diff: mean(&d),
+                            p: wilcoxon(&d).map(|w| w.p_value),
+                            ci: bootstrap_mean_ci(&d, 0.95, BOOTSTRAP_RESAMPLES, 0),
+                            pairs: d.len(),
+                        }
                     });
                     MetricSummary {
                         mean: mean(&v),
@@ -185,19 +203,32 @@ pub fn summary_frame(r: &RunResults, rows: &[SummaryRow]) -> Result<DataFrame> {
                 .map(|s| s.metrics[m].n as u64)
                 .collect::<Vec<_>>(),
         ));
-        let vs: Vec<Option<(f64, Option<f64>, usize)>> =
-            rows.iter().map(|s| s.metrics[m].vs_baseline).collect();
+        let vs: Vec<Option<Paired>> = rows.iter().map(|s| s.metrics[m].vs_baseline).collect();
         cols.push(Column::new(
             format!("{name}_diff").into(),
-            vs.iter().map(|v| v.map(|x| x.0)).collect::<Vec<_>>(),
+            vs.iter().map(|v| v.map(|x| x.diff)).collect::<Vec<_>>(),
+        ));
+        cols.push(Column::new(
+            format!("{name}_diff_ci_low").into(),
+            vs.iter()
+                .map(|v| v.and_then(|x| x.ci).map(|c| c.0))
+                .collect::<Vec<_>>(),
+        ));
+        cols.push(Column::new(
+            format!("{name}_diff_ci_high").into(),
+            vs.iter()
+                .map(|v| v.and_then(|x| x.ci).map(|c| c.1))
+                .collect::<Vec<_>>(),
         ));
         cols.push(Column::new(
             format!("{name}_p").into(),
-            vs.iter().map(|v| v.and_then(|x| x.1)).collect::<Vec<_>>(),
+            vs.iter().map(|v| v.and_then(|x| x.p)).collect::<Vec<_>>(),
         ));
         cols.push(Column::new(
             format!("{name}_pairs").into(),
-            vs.iter().map(|v| v.map(|x| x.2 as u64)).collect::<Vec<_>>(),
+            vs.iter()
+                .map(|v| v.map(|x| x.pairs as u64))
+                .collect::<Vec<_>>(),
         ));
     }
     DataFrame::new(rows.len(), cols)
@@ -238,7 +269,10 @@ pub fn summary_markdown(r: &RunResults, rows: &[SummaryRow]) -> (Vec<String>, Ve
     }));
     let compared: Vec<usize> = (0..r.metrics.len().min(2)).collect();
     for &m in &compared {
-        header.push(format!("Δ{} vs baseline (p)", r.metrics[m].to_uppercase()));
+        header.push(format!(
+            "Δ{} vs baseline [95 % CI] (p)",
+            r.metrics[m].to_uppercase()
+        ));
     }
     let body = rows
         .iter()
@@ -277,7 +311,13 @@ pub fn summary_markdown(r: &RunResults, rows: &[SummaryRow]) -> (Vec<String>, Ve
                 let d = digits(&r.metrics[m]);
                 line.push(match s.metrics[m].vs_baseline {
                     None => "-".into(),
-                    Some((diff, p, _)) => format!("{diff:+.d$} ({})", p_text(p)),
+                    Some(x) => format!(
+                        "{:+.d$}{} ({})",
+                        x.diff,
+                        x.ci.map(|(lo, hi)| format!(" [{lo:+.d$}, {hi:+.d$}]"))
+                            .unwrap_or_default(),
+                        p_text(x.p)
+                    ),
                 });
             }
             line

@@ -139,7 +139,9 @@ fn axis_range(v: &[f64], lo_floor: Option<f64>, hi_cap: Option<f64>) -> (f64, f6
 mod fig6;
 mod fig7;
 mod fig8;
+mod paired;
 
 pub use fig6::fig6;
 pub use fig7::{fig7, read_log, Curve};
 pub use fig8::fig8;
+pub use paired::paired;
