@@ -89,12 +89,39 @@ struct ValidateArgs {
     /// Which cell's full configuration to print.
     #[arg(long, default_value_t = 0)]
     cell: usize,
+    #[command(flatten)]
+    cost: CostArgs,
+}
+
+/// What the projected training time is computed from.
+#[derive(Args)]
+struct CostArgs {
+    /// Project the training time at this many seconds per stage-2 step (stage 1 scaled by its input size).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "bench")]
+    step_seconds: Option<f64>,
+    /// Project the training time from a `metricunet bench train --json FILE` result of the device that will run it.
+    #[arg(long, value_name = "FILE")]
+    bench: Option<PathBuf>,
+}
+
+impl CostArgs {
+    /// The cost table, when a step time was given.
+    fn text(&self, plan: &metricunet_core::ExperimentPlan) -> Result<String> {
+        let source = match (&self.step_seconds, &self.bench) {
+            (Some(s), _) => crate::cost::StepSource::Given(*s),
+            (None, Some(p)) => crate::cost::StepSource::Bench(p),
+            (None, None) => return Ok(String::new()),
+        };
+        crate::cost::cost_text(plan, &source)
+    }
 }
 
 impl ValidateArgs {
     fn run(self) -> Result<String> {
         let plan = read_plan(&self.experiment, &self.sets)?;
-        Ok(crate::validate_text(&plan, self.cell)?)
+        let mut out = crate::validate_text(&plan, self.cell)?;
+        out.push_str(&self.cost.text(&plan)?);
+        Ok(out)
     }
 }
 
@@ -169,10 +196,28 @@ struct RunArgs {
     /// Do not write the report at the end.
     #[arg(long)]
     no_report: bool,
+    /// Print the cells and, with --step-seconds or --bench, the projected training time; run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    cost: CostArgs,
 }
 
 impl RunArgs {
     fn run(self) -> Result<String> {
+        if self.dry_run {
+            let plan = read_plan(&self.experiment, &self.sets)?;
+            let table = crate::validate_text(&plan, 0)?;
+            // the cell table (the lines after the resolved configuration)
+            let cells = table
+                .split_once("\n# ")
+                .map(|(_, t)| format!("# {t}"))
+                .unwrap_or(table);
+            return Ok(format!(
+                "{cells}{}(dry run: nothing was trained)\n",
+                self.cost.text(&plan)?
+            ));
+        }
         let args = run_cmd::RunArgs {
             sets: self.sets,
             root: self.root,

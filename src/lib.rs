@@ -4,6 +4,7 @@
 
 mod bench_cmds;
 pub mod cli;
+mod cost;
 mod data_cmds;
 mod eval_cmds;
 mod progress;

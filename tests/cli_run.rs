@@ -119,6 +119,9 @@ fn sweep_writes_cells_and_a_complete_report() {
         "figures/fig7_curves.svg",
         "figures/fig8_phantom_002.png",
         "figures/fig8_phantom_002.svg",
+        "figures/paired_preset_metricunet-hcp.png",
+        "figures/worst_preset_unet.png",
+        "figures/worst_preset_metricunet-hcp.svg",
     ] {
         assert!(rep.join(f).exists(), "report: {f} missing");
     }
@@ -135,6 +138,12 @@ fn sweep_writes_cells_and_a_complete_report() {
         "{md}"
     );
     assert!(md.contains("![Fig. 6"), "{md}");
+    assert!(
+        md.contains("Worst test case of preset=unet") && md.contains("## Kept weights"),
+        "{md}"
+    );
+    // the paired difference comes with its bootstrap interval
+    assert!(md.contains("[95 % CI]"), "{md}");
     let html = std::fs::read_to_string(rep.join("report.html")).expect("html");
     assert!(
         html.contains("data:image/png;base64,iVBOR"),
@@ -496,4 +505,32 @@ fn a_postprocess_grid_trains_once_and_predicts_per_cell() {
     assert_eq!(l, metricunet_core::mask::largest_component(&r, dims));
     assert_eq!(f, metricunet_core::mask::fill_holes(&l, dims));
     assert!(l.iter().zip(&f).all(|(a, b)| !a || *b));
+}
+
+/// Two runs of one experiment on one machine, in two roots, give byte-identical
+/// `metrics.csv` and weights in every cell.
+#[test]
+fn a_rerun_in_another_root_gives_the_same_bytes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for root in [&a, &b] {
+        let (ok, stdout, stderr) = run(root, &["--no-report"]);
+        assert!(ok, "{stdout}\n{stderr}");
+    }
+    let (ca, cb) = (cell_dirs(&a), cell_dirs(&b));
+    assert_eq!(ca.len(), 2);
+    for (x, y) in ca.iter().zip(&cb) {
+        assert_eq!(x.file_name(), y.file_name(), "the same cell hashes");
+        for f in [
+            "metrics.csv",
+            "stage2/model.safetensors",
+            "stage1/model.safetensors",
+        ] {
+            assert!(
+                std::fs::read(x.join(f)).expect("a") == std::fs::read(y.join(f)).expect("b"),
+                "{f} differs between two runs of {}",
+                x.display()
+            );
+        }
+    }
 }

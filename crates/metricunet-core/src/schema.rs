@@ -260,7 +260,8 @@ pub struct TrainingConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plateau: Option<PlateauConfig>,
     /// Which weights become the stage's model: the best validation point (highest DSC, ties
-    /// by lower ASD) or the last iteration. Without validation the last are kept.
+    /// by lower ASD, then the later point) or the last iteration. Without validation the
+    /// last are kept.
     pub keep: Keep,
 }
 

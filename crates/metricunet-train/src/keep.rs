@@ -37,7 +37,9 @@ impl BestWeights {
     }
 
     /// Whether `row` (validated) beats `held`: a higher DSC, or the same DSC and a lower ASD
-    /// (a defined ASD beats an undefined one). A row without DSC never does.
+    /// (a defined ASD beats an undefined one), or the same DSC and ASD (say, both networks
+    /// still predict nothing: DSC 0, ASD undefined) and so the later, longer trained one. A
+    /// row without DSC never does.
     pub fn beats(row: &IterationLog, held: Option<&BestWeights>) -> bool {
         let Some(dsc) = row.validation(DECIDES) else {
             return false;
@@ -50,9 +52,9 @@ impl BestWeights {
             return dsc > old;
         }
         match (row.validation(BREAKS_TIES), held.score(BREAKS_TIES)) {
-            (Some(a), Some(b)) => a < b,
-            (Some(_), None) => true,
-            _ => false,
+            (Some(a), Some(b)) => a <= b,
+            (Some(_), None) | (None, None) => true,
+            (None, Some(_)) => false,
         }
     }
 
@@ -143,8 +145,13 @@ mod tests {
             Some(&h)
         ));
         assert!(BestWeights::beats(&row(2, Some(0.8), Some(2.0)), Some(&h)));
-        assert!(!BestWeights::beats(&row(2, Some(0.8), Some(3.0)), Some(&h)));
+        // a full tie goes to the later row
+        assert!(BestWeights::beats(&row(2, Some(0.8), Some(3.0)), Some(&h)));
         assert!(!BestWeights::beats(&row(2, Some(0.8), None), Some(&h)));
+        assert!(BestWeights::beats(
+            &row(2, Some(0.0), None),
+            Some(&held(0.0, None))
+        ));
         assert!(BestWeights::beats(
             &row(2, Some(0.8), Some(5.0)),
             Some(&held(0.8, None))

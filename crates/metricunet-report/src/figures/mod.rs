@@ -140,8 +140,10 @@ mod fig6;
 mod fig7;
 mod fig8;
 mod paired;
+mod worst;
 
 pub use fig6::fig6;
 pub use fig7::{fig7, read_log, Curve};
 pub use fig8::fig8;
 pub use paired::paired;
+pub use worst::worst_cases;
