@@ -14,10 +14,13 @@ use crate::error::Result;
 const BETTER: RGBColor = RGBColor(44, 160, 44);
 const WORSE: RGBColor = RGBColor(214, 39, 40);
 
-/// Panels side by side: metric title, lower-is-better, and the (baseline, other) pairs.
+/// One panel: metric title, lower-is-better, and the (baseline, other) value of each case.
+type Panel = (String, bool, Vec<(f64, f64)>);
+
+/// Panels side by side.
 struct PairedPlot {
     names: (String, String),
-    panels: Vec<(String, bool, Vec<(f64, f64)>)>,
+    panels: Vec<Panel>,
 }
 
 impl Draw for PairedPlot {
@@ -87,7 +90,7 @@ pub fn paired(r: &RunResults, dir: &Path) -> Result<Vec<Figure>> {
             continue;
         }
         let b = &r.groups[base];
-        let panels: Vec<(String, bool, Vec<(f64, f64)>)> = metrics
+        let panels: Vec<Panel> = metrics
             .iter()
             .map(|&m| {
                 let theirs = r.per_case(b, m);
