@@ -79,8 +79,8 @@ impl Draw for Curves {
                 )
             } else {
                 (
-                    "Validation DSC".to_string(),
-                    "DSC (validation patches)",
+                    "Whole-case validation DSC".to_string(),
+                    "DSC (whole validation cases)",
                     0.0..1.0,
                 )
             };
@@ -165,7 +165,7 @@ pub fn fig7(r: &RunResults, dir: &Path) -> Result<Option<Figure>> {
         stem: "fig7_curves".into(),
         title: "Fig. 7: training curves".into(),
         caption: format!(
-            "Stage 2, first seed of each configuration: cross-entropy term of the loss per iteration (trailing moving average over {window} iterations) and Dice on the validation patches."
+            "Stage 2, first seed of each configuration: cross-entropy term of the loss per iteration (trailing moving average over {window} iterations) and the mean DSC of the whole validation cases, segmented as test cases are."
         ),
         png,
         svg,
