@@ -116,6 +116,11 @@ wait_job() { # until no task of job $1 is queued or running
 cell_of() { # the folder of cell $1
   { grep -l "^index: $1\$" "$root"/cells/*/cell.yaml 2>/dev/null || true; } | head -1 | xargs -r dirname
 }
+stage2_of() { # the shared folder where the cell in folder $1 trains its stage 2
+  local h
+  h=$(awk '/^stage2_hash:/ {print $2}' "$1/cell.yaml" 2>/dev/null)
+  [ -n "$h" ] && echo "$root/stage2/$h"
+}
 
 job=$(submit --array=0-3)
 echo "submitted array job $job"
@@ -124,11 +129,12 @@ killed=no
 # finished (too fast to catch), or the job is gone
 for _ in $(seq 6000); do
   d=$(cell_of 2)
-  if [ -n "$d" ] && [ -f "$d/stage2/checkpoint.safetensors" ]; then
+  s2=$([ -n "$d" ] && stage2_of "$d" || true)
+  if [ -n "$s2" ] && [ -f "$s2/model.safetensors" ]; then break; fi
+  if [ -n "$s2" ] && [ -f "$s2/checkpoint.safetensors" ]; then
     scancel "${job}_2" && killed=yes
     break
   fi
-  if [ -n "$d" ] && [ -f "$d/stage2/model.safetensors" ]; then break; fi
   [ -n "$(squeue -h -j "$job" 2>/dev/null)" ] || break
   sleep 0.1
 done
