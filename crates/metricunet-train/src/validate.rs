@@ -110,6 +110,8 @@ pub struct ValidationCase {
 pub struct CaseValidator {
     spec: ModelSpec,
     cases: Vec<ValidationCase>,
+    /// Each case's reference as a mask and its centroid (voxels), computed once.
+    references: Vec<(Vec<bool>, Option<[f64; 3]>)>,
     batch: usize,
     metrics: Vec<(String, Box<dyn Metric>)>,
     localising: bool,
@@ -141,9 +143,18 @@ impl CaseValidator {
                 )));
             }
         }
+        let references = cases
+            .iter()
+            .map(|c| {
+                let m: Vec<bool> = c.label.data.iter().map(|&v| v != 0).collect();
+                let at = centroid(&m, c.label.geometry.dims);
+                (m, at)
+            })
+            .collect();
         Ok(Self {
             spec,
             cases,
+            references,
             batch: batch.max(1),
             metrics: build_metrics(names)?,
             localising: false,
@@ -169,14 +180,13 @@ impl Validator for CaseValidator {
     fn validate(&mut self, net: &dyn Backbone, device: &Device) -> Result<Vec<Option<f64>>> {
         let mut sums = vec![(0.0f64, 0usize); self.metrics.len()];
         let (mut loc_sum, mut found, mut not_found) = (0.0f64, 0usize, 0usize);
-        for case in &self.cases {
+        for (case, (reference, ref_centroid)) in self.cases.iter().zip(&self.references) {
             let prob = segment_slices(net, &self.spec, &case.image, self.batch, device)?;
             let g = &case.label.geometry;
             let pred: Vec<bool> = prob.data.iter().map(|&v| v > 0.5).collect();
-            let reference: Vec<bool> = case.label.data.iter().map(|&v| v != 0).collect();
             let c = Comparison::new(
                 MaskRef::new(&pred, g.dims)?,
-                MaskRef::new(&reference, g.dims)?,
+                MaskRef::new(reference, g.dims)?,
                 g.spacing,
             )?;
             for ((_, m), (sum, n)) in self.metrics.iter().zip(sums.iter_mut()) {
@@ -187,7 +197,7 @@ impl Validator for CaseValidator {
                 }
             }
             if self.localising {
-                match (localise(&prob), centroid(&reference, g.dims)) {
+                match (localise(&prob), *ref_centroid) {
                     (Some(p), Some(r)) => {
                         let d2: f64 = (0..3).map(|a| ((p[a] - r[a]) * g.spacing[a]).powi(2)).sum();
                         loc_sum += d2.sqrt();
