@@ -81,12 +81,20 @@ fn hours(s: f64) -> String {
 pub fn cost_text(plan: &ExperimentPlan, source: &StepSource) -> Result<String> {
     let mut out = String::new();
     // seconds per step of each stage of a cell
+    // the source, read and checked once: a given step time, or a bench result's steps
+    enum Steps {
+        Given(f64),
+        Bench(String, Vec<BenchStep>),
+    }
     let bench = match source {
-        StepSource::Bench(p) => Some(read_bench(p)?),
+        StepSource::Bench(p) => {
+            let (device, steps) = read_bench(p)?;
+            Steps::Bench(device, steps)
+        }
         StepSource::Given(s) if !(s.is_finite() && *s > 0.0) => {
             bail!("--step-seconds {s}: expected a positive number of seconds")
         }
-        StepSource::Given(_) => None,
+        StepSource::Given(s) => Steps::Given(*s),
     };
     let step_seconds = |cell: &metricunet_core::Cell, stage: StageName| -> Result<(f64, String)> {
         let cfg = &cell.config;
@@ -96,9 +104,9 @@ pub fn cost_text(plan: &ExperimentPlan, source: &StepSource) -> Result<String> {
             step_inputs(s2.training, s2.patches.slices, s2.patches.size),
             step_inputs(st.training, st.patches.slices, st.patches.size),
         );
-        let stage2 = match (&bench, source) {
-            (_, StepSource::Given(s)) => (*s, "--step-seconds".to_string()),
-            (Some((device, steps)), _) => {
+        let stage2 = match &bench {
+            Steps::Given(s) => (*s, "--step-seconds".to_string()),
+            Steps::Bench(device, steps) => {
                 let [h, w] = s2.patches.size;
                 // the slowest result measured at this batch and patch size
                 let m = steps
@@ -121,7 +129,6 @@ pub fn cost_text(plan: &ExperimentPlan, source: &StepSource) -> Result<String> {
                     ),
                 }
             }
-            (None, StepSource::Bench(_)) => unreachable!("read above"),
         };
         Ok(match stage {
             StageName::Stage2 => stage2,
