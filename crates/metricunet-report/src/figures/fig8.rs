@@ -10,7 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
 
-use super::{plot_err, render, Draw, Figure, CONTOUR, FONT, REFERENCE};
+use super::{plot_err, render, scale_bar_and_legend, Draw, Figure, CONTOUR, FONT, REFERENCE};
 use crate::collect::RunResults;
 use crate::error::{ReportError, Result};
 
@@ -138,19 +138,7 @@ impl Draw for Overlay<'_> {
             if k == 0 {
                 // 10 mm scale bar
                 let len = 10.0 / s.pixel_mm;
-                chart
-                    .draw_series(std::iter::once(PathElement::new(
-                        vec![(1.0, 1.5), (1.0 + len, 1.5)],
-                        WHITE.stroke_width(3),
-                    )))
-                    .map_err(&e)?;
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperRight)
-                    .label_font((FONT, 12).into_font().color(&WHITE))
-                    .background_style(BLACK.mix(0.5))
-                    .draw()
-                    .map_err(&e)?;
+                scale_bar_and_legend(&mut chart, (1.0, 1.5), (1.0 + len, 1.5), "fig8")?;
             }
         }
         Ok(())

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -109,6 +110,31 @@ fn draw_on<DB: DrawingBackend, D: Draw>(
     root.fill(&WHITE).map_err(plot_err(stem))?;
     d.draw(root)?;
     root.present().map_err(plot_err(stem))
+}
+
+/// A white scale bar from `a` to `b` (chart coordinates) and the legend in the upper right,
+/// white on translucent black: what the figures drawn on a CT slice put over the image.
+fn scale_bar_and_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    a: (f64, f64),
+    b: (f64, f64),
+    name: &str,
+) -> Result<()> {
+    let e = plot_err(name);
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![a, b],
+            WHITE.stroke_width(3),
+        )))
+        .map_err(&e)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 12).into_font().color(&WHITE))
+        .background_style(BLACK.mix(0.5))
+        .draw()
+        .map_err(&e)?;
+    Ok(())
 }
 
 fn axis_range(v: &[f64], lo_floor: Option<f64>, hi_cap: Option<f64>) -> (f64, f64) {

@@ -12,7 +12,7 @@ use metricunet_data::Volume;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{plot_err, render, Draw, Figure, FONT};
+use super::{plot_err, render, scale_bar_and_legend, Draw, Figure, FONT};
 use crate::collect::RunResults;
 use crate::error::{ReportError, Result};
 
@@ -87,19 +87,7 @@ impl Draw for Views {
                     });
             }
             // 10 mm scale bar
-            chart
-                .draw_series(std::iter::once(PathElement::new(
-                    vec![(2.0, 2.0), (12.0, 2.0)],
-                    WHITE.stroke_width(3),
-                )))
-                .map_err(&e)?;
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((FONT, 12).into_font().color(&WHITE))
-                .background_style(BLACK.mix(0.5))
-                .draw()
-                .map_err(&e)?;
+            scale_bar_and_legend(&mut chart, (2.0, 2.0), (12.0, 2.0), "worst")?;
         }
         Ok(())
     }
