@@ -71,6 +71,39 @@ pub fn plugins_text() -> String {
         }
         out.push('\n');
     }
+    let presets = metricunet_core::presets::PRESETS;
+    let _ = writeln!(out, "presets ({})", presets.len());
+    let width = presets
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(16);
+    for p in presets {
+        let mut parts = vec![format!("backbone {}", p.backbone)];
+        if !p.samplers.is_empty() {
+            parts.push(format!(
+                "samplers [{}]{}",
+                p.samplers.join(", "),
+                if p.pair { " + pair term" } else { "" }
+            ));
+        }
+        if !p.segmentation_loss.is_empty() {
+            let losses: Vec<String> = p
+                .segmentation_loss
+                .iter()
+                .map(|(n, w)| format!("{w} {n}"))
+                .collect();
+            parts.push(format!("segmentation loss {}", losses.join(" + ")));
+        }
+        let _ = writeln!(
+            out,
+            "  {:<width$} {}: {}",
+            p.name,
+            p.paper_name,
+            parts.join(", ")
+        );
+    }
     out
 }
 

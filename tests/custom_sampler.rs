@@ -20,7 +20,12 @@ fn a_sampler_registered_outside_the_core_is_usable_by_name() {
         cfg.metric.samplers[0].params.get("m"),
         Some(&serde_norway::Value::from(1))
     );
-    let module = VoxelMetricModule::from_config(&cfg.metric).expect("module");
+    let module = VoxelMetricModule::from_config(
+        &cfg.model.segmentation_loss,
+        "model.segmentation_loss",
+        &cfg.metric,
+    )
+    .expect("module");
     // one 5x5 image, 3x3 square: the only interior voxel is the centre (12)
     let labels: Vec<u8> = (0..25)
         .map(|v| u8::from((1..4).contains(&(v / 5)) && (1..4).contains(&(v % 5))))

@@ -234,6 +234,15 @@ fn every_table_two_preset_resolves() {
             &["hard-negative", "contour-aware"],
             0.1,
         ),
+        (
+            "metricunet-hcr",
+            "metricunet",
+            &["hard-negative", "contour-aware", "random"],
+            0.0,
+        ),
+        ("unet-dice", "unet", &[], 0.1),
+        ("unet-ce-dice", "unet", &[], 0.1),
+        ("unet-boundary", "unet", &[], 0.1),
     ];
     assert_eq!(PRESETS.len(), want.len());
     for (name, backbone, samplers, beta) in want {
@@ -266,8 +275,18 @@ fn presets_equal_their_plain_yaml() {
                 if p.pair { 0.1 } else { 0.0 }
             )
         };
+        let seg: Vec<String> = p
+            .segmentation_loss
+            .iter()
+            .map(|(n, w)| format!("{{name: {n}, weight: {w}}}"))
+            .collect();
+        let seg = if seg.is_empty() {
+            String::new()
+        } else {
+            format!("\n  segmentation_loss: [{}]", seg.join(", "))
+        };
         let plain = format!(
-            "name: x\nmodel:\n  backbone: {}\nmetric:\n  samplers: [{}]{beta}\n",
+            "name: x\nmodel:\n  backbone: {}{seg}\nmetric:\n  samplers: [{}]{beta}\n",
             p.backbone,
             samplers.join(", ")
         );
@@ -368,4 +387,91 @@ fn set_overrides_apply_before_validation() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("did you mean `lambda`"), "{err}");
+}
+
+#[test]
+fn segmentation_losses_are_plugins_with_weights() {
+    use metricunet_core::config::default_segmentation_loss;
+    // default: cross-entropy in both stages, left out of the serialised experiment (so the
+    // configuration hashes of runs made before the key existed do not change)
+    let e = only("name: x\n");
+    assert_eq!(e.model.segmentation_loss, default_segmentation_loss());
+    assert_eq!(e.stage1.segmentation_loss, default_segmentation_loss());
+    let text = serde_norway::to_string(&e).expect("yaml");
+    assert!(!text.contains("segmentation_loss"), "{text}");
+    // weights (default 1) and each loss's own parameters, defaults filled in
+    let e = only(
+        "name: x\nmodel:\n  segmentation_loss: [cross-entropy, {name: focal, weight: 0.5, gamma: 1}]\nstage1:\n  segmentation_loss: [dice]\n",
+    );
+    let seg = &e.model.segmentation_loss;
+    assert_eq!(
+        (seg[0].spec.name.as_str(), seg[0].weight),
+        ("cross-entropy", 1.0)
+    );
+    assert_eq!((seg[1].spec.name.as_str(), seg[1].weight), ("focal", 0.5));
+    assert_eq!(param(&seg[1].spec, "gamma"), Value::from(1.0));
+    assert_eq!(param(&seg[1].spec, "alpha"), Value::from(0.25));
+    assert_eq!(e.stage1.segmentation_loss[0].spec.name, "dice");
+    assert!(serde_norway::to_string(&e)
+        .expect("yaml")
+        .contains("segmentation_loss"));
+    // errors name the entry and what was expected
+    for (yaml, want) in [
+        (
+            "model:\n  segmentation_loss: [dise]\n",
+            "did you mean `dice`",
+        ),
+        (
+            "model:\n  segmentation_loss: []\n",
+            "at least one segmentation loss",
+        ),
+        (
+            "model:\n  segmentation_loss: [{name: dice, weight: -1}]\n",
+            "model.segmentation_loss[0].weight",
+        ),
+        (
+            "model:\n  segmentation_loss: [{name: dice, weight: 0}]\n",
+            "every weight is 0",
+        ),
+        (
+            "model:\n  segmentation_loss: [{name: focal, gama: 2}]\n",
+            "model.segmentation_loss[0]",
+        ),
+        (
+            "model:\n  segmentation_loss: [{name: dice, weight: heavy}]\n",
+            "`weight` must be a number",
+        ),
+        (
+            "preset: unet-dice\nmodel:\n  segmentation_loss: [cross-entropy]\n",
+            "contradicts preset `unet-dice`",
+        ),
+    ] {
+        let e = plan_err(yaml);
+        assert!(e.contains(want), "{yaml}: {e}");
+    }
+    // a loss-baseline preset sets the losses; a grid can put them beside Table II rows
+    let p =
+        plan("grid:\n  preset: [unet, unet-dice, unet-boundary, metricunet-hcr]\n").expect("valid");
+    let names: Vec<Vec<(String, f64)>> = p
+        .cells
+        .iter()
+        .map(|c| {
+            c.config
+                .model
+                .segmentation_loss
+                .iter()
+                .map(|w| (w.spec.name.clone(), w.weight))
+                .collect()
+        })
+        .collect();
+    assert_eq!(names[0], vec![("cross-entropy".to_string(), 1.0)]);
+    assert_eq!(names[1], vec![("dice".to_string(), 1.0)]);
+    assert_eq!(
+        names[2],
+        vec![("dice".to_string(), 1.0), ("boundary".to_string(), 0.01)]
+    );
+    assert_eq!(
+        sampler_names(&p.cells[3].config),
+        ["hard-negative", "contour-aware", "random"]
+    );
 }

@@ -11,7 +11,12 @@ use rand_chacha::ChaCha8Rng;
 
 fn module(yaml: &str) -> VoxelMetricModule {
     let plan = common::plan(yaml).expect("valid experiment");
-    VoxelMetricModule::from_config(&plan.cells[0].config.metric).expect("module")
+    VoxelMetricModule::from_config(
+        &plan.cells[0].config.model.segmentation_loss,
+        "model.segmentation_loss",
+        &plan.cells[0].config.metric,
+    )
+    .expect("module")
 }
 
 /// Two 6x6 images: a 3x3 square of foreground in the first, none in the second.
@@ -53,10 +58,10 @@ fn cross_entropy_of_uniform_logits_is_ln2() {
     let logits = Tensor::zeros((2, 2, 6, 6), DType::F64, &Device::Cpu).expect("t");
     let emb = Tensor::zeros((2, 4, 6, 6), DType::F64, &Device::Cpu).expect("t");
     let s = scalars(&m, &logits, &emb, 0);
-    assert!((get(&s, "ce") - std::f64::consts::LN_2).abs() < 1e-12);
+    assert!((get(&s, "seg") - std::f64::consts::LN_2).abs() < 1e-12);
     // no samplers: the total is the cross-entropy alone
     assert_eq!(s.len(), 2);
-    assert_eq!(get(&s, "total"), get(&s, "ce"));
+    assert_eq!(get(&s, "total"), get(&s, "seg"));
 }
 
 #[test]
@@ -78,7 +83,7 @@ fn total_is_eq4_of_its_parts() {
         .sum();
     assert!(metric > 0.0);
     assert!(
-        (get(&s, "total") - (get(&s, "ce") + 0.25 * metric)).abs() < 1e-12,
+        (get(&s, "total") - (get(&s, "seg") + 0.25 * metric)).abs() < 1e-12,
         "{s:?}"
     );
     // only the first image has foreground: at most k anchors each, contour has 8 voxels
@@ -102,7 +107,7 @@ fn batch_without_foreground_contributes_zero_not_nan() {
     let s = step.scalars().expect("scalars");
     assert_eq!(get(&s, "random/triplet"), 0.0);
     assert_eq!(get(&s, "hard-negative/anchors"), 0.0);
-    assert_eq!(get(&s, "total"), get(&s, "ce"));
+    assert_eq!(get(&s, "total"), get(&s, "seg"));
 }
 
 #[test]
@@ -202,7 +207,12 @@ fn runs_on_a_small_registered_backbone() {
     )
     .expect("x");
     let out = net.forward_t(&x, true).expect("forward");
-    let m = VoxelMetricModule::from_config(&cfg.metric).expect("module");
+    let m = VoxelMetricModule::from_config(
+        &cfg.model.segmentation_loss,
+        "model.segmentation_loss",
+        &cfg.metric,
+    )
+    .expect("module");
     let labels: Vec<u8> = (0..128)
         .map(|i| u8::from(i % 64 >= 18 && i % 64 < 46 && i % 8 > 1 && i % 8 < 6))
         .collect();

@@ -11,6 +11,10 @@ const EXPECTED: &[(PluginKind, &[&str])] = &[
     ),
     (PluginKind::Loss, &["triplet-pair"]),
     (
+        PluginKind::SegLoss,
+        &["boundary", "cross-entropy", "dice", "focal"],
+    ),
+    (
         PluginKind::Backbone,
         &["metricunet", "metricunet-sep", "unet", "unet-light"],
     ),
@@ -66,6 +70,24 @@ fn binary_lists_every_plugin_with_defaults() {
     );
     assert!(
         text.contains("sigma") && text.contains("default 0.7"),
+        "{text}"
+    );
+    // the segmentation losses have their own section; presets are listed with what they set
+    assert!(text.contains("segmentation-losses (4)"), "{text}");
+    for preset in [
+        "metricunet-hcr",
+        "unet-dice",
+        "unet-ce-dice",
+        "unet-boundary",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{preset} "))),
+            "preset `{preset}` missing:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("segmentation loss 1 dice + 0.01 boundary"),
         "{text}"
     );
 }

@@ -28,6 +28,20 @@ pub(crate) fn resolve_plugins(exp: &mut Experiment) -> Result<()> {
         "model.backbone",
         exp.model.patches.slices,
     )?;
+    for (list, path) in [
+        (
+            &mut exp.stage1.segmentation_loss,
+            "stage1.segmentation_loss",
+        ),
+        (&mut exp.model.segmentation_loss, "model.segmentation_loss"),
+    ] {
+        // the list as a whole (not empty, weights), then each loss's parameters written back
+        crate::seg_loss::SegLoss::from_specs(list, path)?;
+        for (i, s) in list.iter_mut().enumerate() {
+            let (_, params) = registry::build_seg_loss(&s.spec, &format!("{path}[{i}]"))?;
+            s.spec.params = params.to_yaml();
+        }
+    }
     let (_, params) = registry::build_loss(&exp.metric.loss, "metric.loss")?;
     exp.metric.loss.params = params.to_yaml();
     for (i, s) in exp.metric.samplers.iter_mut().enumerate() {

@@ -1,4 +1,5 @@
 //! Core of metricunet: the traits every plugin implements ([`Sampler`], [`MetricLoss`],
+//! [`SegmentationLoss`],
 //! [`Backbone`], [`Metric`], [`PostProcess`]), the `inventory` registries that find them by name, the
 //! experiment schema with its grid, the Table II presets, and the online voxel-metric
 //! module that combines samplers and losses into Eq. 4 of the MetricUNet paper.
@@ -23,6 +24,7 @@ pub mod progress;
 pub mod registry;
 pub mod sampler;
 pub mod schema;
+pub mod seg_loss;
 pub mod yaml_path;
 
 pub use backbone::{Backbone, BackboneContext, BackboneOutput};
@@ -36,8 +38,10 @@ pub use postprocess::PostProcess;
 pub use progress::{Progress, ProgressTask, SharedProgress, Silent};
 pub use registry::{
     BackbonePlugin, LossPlugin, MetricPlugin, PluginKind, PostprocessPlugin, SamplerPlugin,
+    SegLossPlugin,
 };
 pub use sampler::{draw_tuples, Draw, SampleBatch, SampleItem, Sampler, Tuples};
+pub use seg_loss::{SegLoss, SegmentationLoss};
 
 // Re-exported so plugin crates register without depending on inventory's version directly.
 pub use inventory;

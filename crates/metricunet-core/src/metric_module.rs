@@ -1,6 +1,7 @@
 //! The online voxel-metric module (paper Section III.B.2-3): every configured sampler draws
 //! tuples from the batch, the metric loss scores them on the embedding map, and the total
-//! training loss is Eq. 4, `L = L_CE + lambda * sum_t L_metric(t)`.
+//! training loss is Eq. 4, `L = L_seg + lambda * sum_t L_metric(t)`, with `L_seg` the stage's
+//! weighted segmentation losses (the paper's cross-entropy, Eq. 3, by default).
 
 use candle_core::{DType, Tensor};
 use rand::RngCore;
@@ -9,6 +10,8 @@ use crate::error::{CoreError, Result};
 use crate::loss::{scalar_f64, zero_like_scalar, LossTerms, MetricLoss};
 use crate::registry;
 use crate::sampler::{SampleBatch, Sampler};
+use crate::schema::WeightedSpec;
+use crate::seg_loss::SegLoss;
 
 /// A sampler with the name it is logged under.
 #[derive(Debug)]
@@ -18,9 +21,11 @@ pub struct NamedSampler {
     pub sampler: Box<dyn Sampler>,
 }
 
-/// The voxel-metric module: samplers, one metric loss, and the weight `lambda`.
+/// The voxel-metric module: the segmentation loss beside it, samplers, one metric loss, and
+/// the weight `lambda`.
 #[derive(Debug)]
 pub struct VoxelMetricModule {
+    seg: SegLoss,
     samplers: Vec<NamedSampler>,
     loss: Box<dyn MetricLoss>,
     lambda: f64,
@@ -39,18 +44,26 @@ pub struct SamplerLoss {
 /// Every term of Eq. 4 for one training step.
 #[derive(Debug, Clone)]
 pub struct StepLoss {
-    /// Voxel-wise cross-entropy, Eq. 3 (mean over voxels).
-    pub ce: Tensor,
+    /// The weighted segmentation losses (Eq. 3's cross-entropy by default).
+    pub seg: Tensor,
+    /// Each segmentation loss unweighted, by name.
+    pub seg_parts: Vec<(String, Tensor)>,
     /// Per-sampler metric losses, Eq. 2.
     pub metric: Vec<SamplerLoss>,
-    /// `ce + lambda * sum(metric totals)`, Eq. 4.
+    /// `seg + lambda * sum(metric totals)`, Eq. 4.
     pub total: Tensor,
 }
 
 impl StepLoss {
-    /// Every term as `(name, value)`: `ce`, `<sampler>/<part>`, `<sampler>/anchors`, `total`.
+    /// Every term as `(name, value)`: `seg`, `seg/<loss>` for each segmentation loss when
+    /// there are several, `<sampler>/<part>`, `<sampler>/anchors`, `total`.
     pub fn scalars(&self) -> Result<Vec<(String, f64)>> {
-        let mut out = vec![("ce".to_string(), scalar_f64(&self.ce)?)];
+        let mut out = vec![("seg".to_string(), scalar_f64(&self.seg)?)];
+        if self.seg_parts.len() > 1 {
+            for (name, t) in &self.seg_parts {
+                out.push((format!("seg/{name}"), scalar_f64(t)?));
+            }
+        }
         for s in &self.metric {
             for (part, t) in &s.terms.parts {
                 out.push((format!("{}/{part}", s.name), scalar_f64(t)?));
@@ -70,6 +83,7 @@ impl StepLoss {
 impl VoxelMetricModule {
     /// A module from already-built parts. `lambda` must be finite and non-negative.
     pub fn new(
+        seg: SegLoss,
         samplers: Vec<NamedSampler>,
         loss: Box<dyn MetricLoss>,
         lambda: f64,
@@ -81,14 +95,21 @@ impl VoxelMetricModule {
             });
         }
         Ok(Self {
+            seg,
             samplers,
             loss,
             lambda,
         })
     }
 
-    /// Build samplers and loss from the registry as `metric` configures them.
-    pub fn from_config(metric: &crate::schema::MetricConfig) -> Result<Self> {
+    /// Build the segmentation losses (`seg`, found at YAML `seg_path`), samplers and metric
+    /// loss from the registry as configured.
+    pub fn from_config(
+        seg: &[WeightedSpec],
+        seg_path: &str,
+        metric: &crate::schema::MetricConfig,
+    ) -> Result<Self> {
+        let seg = SegLoss::from_specs(seg, seg_path)?;
         let mut samplers = Vec::new();
         for (i, spec) in metric.samplers.iter().enumerate() {
             let (sampler, _) = registry::build_sampler(spec, &format!("metric.samplers[{i}]"))?;
@@ -104,7 +125,7 @@ impl VoxelMetricModule {
             samplers.push(NamedSampler { name, sampler });
         }
         let (loss, _) = registry::build_loss(&metric.loss, "metric.loss")?;
-        Self::new(samplers, loss, metric.lambda)
+        Self::new(seg, samplers, loss, metric.lambda)
     }
 
     /// Configured samplers, in order.
@@ -118,6 +139,10 @@ impl VoxelMetricModule {
     /// The metric loss.
     pub fn loss(&self) -> &dyn MetricLoss {
         self.loss.as_ref()
+    }
+    /// The segmentation losses.
+    pub fn segmentation_loss(&self) -> &SegLoss {
+        &self.seg
     }
 
     /// Eq. 4 for one batch. `logits` is `N x 2 x H x W`, `embedding` `N x D x H x W`,
@@ -145,7 +170,7 @@ impl VoxelMetricModule {
                 labels.len()
             )));
         }
-        let ce = cross_entropy(logits, labels)?;
+        let seg = self.seg.forward(logits, labels)?;
         let active = !self.samplers.is_empty();
         let probs: Option<Vec<f32>> = if active
             && self
@@ -159,12 +184,12 @@ impl VoxelMetricModule {
         };
         let batch = SampleBatch::new(labels, probs.as_deref(), n, h, w)?;
         let mut metric = Vec::with_capacity(self.samplers.len());
-        let mut sum = zero_like_scalar(&ce)?;
+        let mut sum = zero_like_scalar(&seg.total)?;
         for s in &self.samplers {
             let tuples = s.sampler.sample(&batch, rng)?;
             tuples.check()?;
             let terms = self.loss.forward(embedding, &tuples)?;
-            sum = (sum + terms.total.to_dtype(ce.dtype())?)?;
+            sum = (sum + terms.total.to_dtype(seg.total.dtype())?)?;
             metric.push(SamplerLoss {
                 name: s.name.clone(),
                 anchors: tuples.len(),
@@ -172,21 +197,17 @@ impl VoxelMetricModule {
             });
         }
         let total = if active {
-            (&ce + (sum * self.lambda)?)?
+            (&seg.total + (sum * self.lambda)?)?
         } else {
-            ce.clone()
+            seg.total.clone()
         };
-        Ok(StepLoss { ce, metric, total })
+        Ok(StepLoss {
+            seg: seg.total,
+            seg_parts: seg.parts,
+            metric,
+            total,
+        })
     }
-}
-
-/// Voxel-wise cross-entropy (Eq. 3), mean over all `N x H x W` voxels.
-pub fn cross_entropy(logits: &Tensor, labels: &[u8]) -> Result<Tensor> {
-    let (n, c, h, w) = logits.dims4()?;
-    let flat = logits.permute((0, 2, 3, 1))?.reshape((n * h * w, c))?;
-    let target: Vec<u32> = labels.iter().map(|&l| u32::from(l != 0)).collect();
-    let target = Tensor::from_vec(target, n * h * w, logits.device())?;
-    Ok(candle_nn::loss::cross_entropy(&flat, &target)?)
 }
 
 /// Softmax foreground probability per voxel (detached, on the host), `N x H x W` flat.

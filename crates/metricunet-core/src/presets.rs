@@ -1,10 +1,15 @@
-//! The ten network configurations of the paper's Table II, by name.
+//! The ten network configurations of the paper's Table II by name, MetricUNet-HCR (the
+//! instantiation of Fig. 4 and Table I), and UNet baselines trained with other segmentation
+//! losses (Table IV's VNet [4] used Dice; `unet-ce-dice`, `unet-boundary` are the usual
+//! boundary-precise baselines).
 //!
 //! A preset is a set of defaults and constraints: it fills `model.backbone.name`,
-//! `metric.samplers` and `metric.loss.beta` where the experiment leaves them out, and it is
-//! an error when the experiment sets them to something that contradicts the preset
-//! (another backbone, other samplers, a pair weight on a triplet-only preset). Sampler
-//! parameters (`k`, `m`, `tau`) and the other loss parameters stay free.
+//! `metric.samplers`, `metric.loss.beta` and (for the loss baselines)
+//! `model.segmentation_loss` where the experiment leaves them out, and it is an error when
+//! the experiment sets them to something that contradicts the preset (another backbone,
+//! other samplers, a pair weight on a triplet-only preset, other segmentation losses).
+//! Sampler parameters (`k`, `m`, `tau`), the other loss parameters and, for presets that do
+//! not name one, the segmentation loss stay free.
 
 use serde_norway::{Mapping, Value};
 
@@ -13,7 +18,7 @@ use crate::schema::MetricConfig;
 use crate::yaml_path::{get_path, set_path};
 
 /// One Table II row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Preset {
     pub name: &'static str,
     /// The row as printed in Table II.
@@ -23,9 +28,12 @@ pub struct Preset {
     pub samplers: &'static [&'static str],
     /// Whether the positive-pair term of Eq. 2 is on (the `P` in the name).
     pub pair: bool,
+    /// Segmentation losses with their weights; empty: the experiment's (cross-entropy
+    /// unless it says otherwise).
+    pub segmentation_loss: &'static [(&'static str, f64)],
 }
 
-/// Table II, top to bottom.
+/// Table II top to bottom, then MetricUNet-HCR and the segmentation-loss baselines.
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "unet",
@@ -33,6 +41,7 @@ pub const PRESETS: &[Preset] = &[
         backbone: "unet",
         samplers: &[],
         pair: false,
+        segmentation_loss: &[],
     },
     Preset {
         name: "metricunet-r-sep",
@@ -40,6 +49,7 @@ pub const PRESETS: &[Preset] = &[
         backbone: "metricunet-sep",
         samplers: &["random"],
         pair: false,
+        segmentation_loss: &[],
     },
     Preset {
         name: "metricunet-r",
@@ -47,6 +57,7 @@ pub const PRESETS: &[Preset] = &[
         backbone: "metricunet",
         samplers: &["random"],
         pair: false,
+        segmentation_loss: &[],
     },
     Preset {
         name: "metricunet-h",
@@ -54,6 +65,7 @@ pub const PRESETS: &[Preset] = &[
         backbone: "metricunet",
         samplers: &["hard-negative"],
         pair: false,
+        segmentation_loss: &[],
     },
     Preset {
         name: "metricunet-c",
@@ -61,6 +73,7 @@ pub const PRESETS: &[Preset] = &[
         backbone: "metricunet",
         samplers: &["contour-aware"],
         pair: false,
+        segmentation_loss: &[],
     },
     Preset {
         name: "metricunet-hr",
@@ -68,6 +81,7 @@ pub const PRESETS: &[Preset] = &[
         backbone: "metricunet",
         samplers: &["hard-negative", "random"],
         pair: false,
+        segmentation_loss: &[],
     },
     Preset {
         name: "metricunet-hc",
@@ -75,6 +89,7 @@ pub const PRESETS: &[Preset] = &[
         backbone: "metricunet",
         samplers: &["hard-negative", "contour-aware"],
         pair: false,
+        segmentation_loss: &[],
     },
     Preset {
         name: "metricunet-hp",
@@ -82,6 +97,7 @@ pub const PRESETS: &[Preset] = &[
         backbone: "metricunet",
         samplers: &["hard-negative"],
         pair: true,
+        segmentation_loss: &[],
     },
     Preset {
         name: "metricunet-hrp",
@@ -89,6 +105,7 @@ pub const PRESETS: &[Preset] = &[
         backbone: "metricunet",
         samplers: &["hard-negative", "random"],
         pair: true,
+        segmentation_loss: &[],
     },
     Preset {
         name: "metricunet-hcp",
@@ -96,6 +113,39 @@ pub const PRESETS: &[Preset] = &[
         backbone: "metricunet",
         samplers: &["hard-negative", "contour-aware"],
         pair: true,
+        segmentation_loss: &[],
+    },
+    Preset {
+        name: "metricunet-hcr",
+        paper_name: "MetricUNet-HCR (Fig. 4, Table I)",
+        backbone: "metricunet",
+        samplers: &["hard-negative", "contour-aware", "random"],
+        pair: false,
+        segmentation_loss: &[],
+    },
+    Preset {
+        name: "unet-dice",
+        paper_name: "UNet with the Dice loss (as VNet [4])",
+        backbone: "unet",
+        samplers: &[],
+        pair: false,
+        segmentation_loss: &[("dice", 1.0)],
+    },
+    Preset {
+        name: "unet-ce-dice",
+        paper_name: "UNet with cross-entropy + Dice",
+        backbone: "unet",
+        samplers: &[],
+        pair: false,
+        segmentation_loss: &[("cross-entropy", 1.0), ("dice", 1.0)],
+    },
+    Preset {
+        name: "unet-boundary",
+        paper_name: "UNet with Dice + 0.01 boundary loss (Kervadec et al.)",
+        backbone: "unet",
+        samplers: &[],
+        pair: false,
+        segmentation_loss: &[("dice", 1.0), ("boundary", 0.01)],
     },
 ];
 
@@ -168,6 +218,7 @@ impl Preset {
             }
             Some(_) => {} // a type error, reported by the schema
         }
+        self.apply_segmentation_loss(root, &conflict)?;
         // Positive-pair weight: on for P presets, off otherwise (Table II's loss columns).
         if self.samplers.is_empty() {
             return Ok(());
@@ -212,6 +263,58 @@ impl Preset {
                     Value::from(if pair { DEFAULT_PAIR_BETA } else { 0.0 }),
                 )
             }
+        }
+    }
+
+    /// Fill `model.segmentation_loss` from a loss-baseline preset, or check that the
+    /// experiment's list names the same losses (weights and parameters stay free).
+    fn apply_segmentation_loss(
+        &self,
+        root: &mut Value,
+        conflict: &dyn Fn(&str, String) -> String,
+    ) -> Result<(), String> {
+        if self.segmentation_loss.is_empty() {
+            return Ok(());
+        }
+        const PATH: &str = "model.segmentation_loss";
+        match get_path(root, PATH) {
+            None | Some(Value::Null) => {
+                let list = self
+                    .segmentation_loss
+                    .iter()
+                    .map(|(name, weight)| {
+                        let mut m = Mapping::new();
+                        m.insert(Value::from("name"), Value::from(*name));
+                        m.insert(Value::from("weight"), Value::from(*weight));
+                        Value::Mapping(m)
+                    })
+                    .collect();
+                set_path(root, PATH, Value::Sequence(list))
+            }
+            Some(Value::Sequence(list)) => {
+                let names: Vec<&str> = list
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::String(s) => Some(s.as_str()),
+                        Value::Mapping(m) => m.get("name").and_then(Value::as_str),
+                        _ => None,
+                    })
+                    .collect();
+                let want: Vec<&str> = self.segmentation_loss.iter().map(|(n, _)| *n).collect();
+                if names == want {
+                    Ok(())
+                } else {
+                    Err(conflict(
+                        PATH,
+                        format!(
+                            "[{}] (the preset uses [{}])",
+                            names.join(", "),
+                            want.join(", ")
+                        ),
+                    ))
+                }
+            }
+            Some(_) => Ok(()), // a type error, reported by the schema
         }
     }
 }

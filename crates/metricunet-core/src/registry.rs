@@ -43,6 +43,7 @@ use crate::params::{ParamSpec, Params};
 use crate::postprocess::PostProcess;
 use crate::sampler::Sampler;
 use crate::schema::PluginSpec;
+use crate::seg_loss::SegmentationLoss;
 
 /// One registered implementation: a name, a one-line description, declared parameters and
 /// a constructor of type `C`.
@@ -84,6 +85,9 @@ pub type MetricCtor = fn(&Params) -> Result<Box<dyn Metric>>;
 /// Constructor of a [`PostProcess`] step.
 pub type PostprocessCtor = fn(&Params) -> Result<Box<dyn PostProcess>>;
 
+/// Constructor of a [`SegmentationLoss`].
+pub type SegLossCtor = fn(&Params) -> Result<Box<dyn SegmentationLoss>>;
+
 /// A registered sampler.
 pub type SamplerPlugin = Plugin<SamplerCtor>;
 /// A registered metric loss.
@@ -94,18 +98,22 @@ pub type BackbonePlugin = Plugin<BackboneCtor>;
 pub type MetricPlugin = Plugin<MetricCtor>;
 /// A registered post-processing step.
 pub type PostprocessPlugin = Plugin<PostprocessCtor>;
+/// A registered segmentation loss.
+pub type SegLossPlugin = Plugin<SegLossCtor>;
 
 inventory::collect!(SamplerPlugin);
 inventory::collect!(LossPlugin);
 inventory::collect!(BackbonePlugin);
 inventory::collect!(MetricPlugin);
 inventory::collect!(PostprocessPlugin);
+inventory::collect!(SegLossPlugin);
 
 /// The kinds of plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginKind {
     Sampler,
     Loss,
+    SegLoss,
     Backbone,
     Metric,
     Postprocess,
@@ -113,9 +121,10 @@ pub enum PluginKind {
 
 impl PluginKind {
     /// Every kind, in the order `metricunet plugins` lists them.
-    pub const ALL: [PluginKind; 5] = [
+    pub const ALL: [PluginKind; 6] = [
         PluginKind::Sampler,
         PluginKind::Loss,
+        PluginKind::SegLoss,
         PluginKind::Backbone,
         PluginKind::Metric,
         PluginKind::Postprocess,
@@ -126,6 +135,7 @@ impl PluginKind {
         match self {
             PluginKind::Sampler => "samplers",
             PluginKind::Loss => "losses",
+            PluginKind::SegLoss => "segmentation-losses",
             PluginKind::Backbone => "backbones",
             PluginKind::Metric => "metrics",
             PluginKind::Postprocess => "postprocess",
@@ -137,6 +147,7 @@ impl PluginKind {
         match self {
             PluginKind::Sampler => "sampler",
             PluginKind::Loss => "loss",
+            PluginKind::SegLoss => "segmentation loss",
             PluginKind::Backbone => "backbone",
             PluginKind::Metric => "metric",
             PluginKind::Postprocess => "postprocess step",
@@ -174,6 +185,7 @@ pub fn list(kind: PluginKind) -> Vec<PluginInfo> {
     match kind {
         PluginKind::Sampler => infos(kind, inventory::iter::<SamplerPlugin>()),
         PluginKind::Loss => infos(kind, inventory::iter::<LossPlugin>()),
+        PluginKind::SegLoss => infos(kind, inventory::iter::<SegLossPlugin>()),
         PluginKind::Backbone => infos(kind, inventory::iter::<BackbonePlugin>()),
         PluginKind::Metric => infos(kind, inventory::iter::<MetricPlugin>()),
         PluginKind::Postprocess => infos(kind, inventory::iter::<PostprocessPlugin>()),
@@ -216,6 +228,14 @@ pub fn build_sampler(spec: &PluginSpec, path: &str) -> Result<(Box<dyn Sampler>,
 /// The metric loss `spec` names, built, with its validated parameters.
 pub fn build_loss(spec: &PluginSpec, path: &str) -> Result<(Box<dyn MetricLoss>, Params)> {
     instantiate(loss(&spec.name, path)?, spec, path, |b, p| b(p))
+}
+
+/// The segmentation loss `spec` names, built, with its validated parameters.
+pub fn build_seg_loss(
+    spec: &PluginSpec,
+    path: &str,
+) -> Result<(Box<dyn SegmentationLoss>, Params)> {
+    instantiate(seg_loss(&spec.name, path)?, spec, path, |b, p| b(p))
 }
 
 /// The evaluation metric `spec` names, built, with its validated parameters.
@@ -327,6 +347,15 @@ pub fn loss(name: &str, path: &str) -> Result<&'static LossPlugin> {
         inventory::iter::<LossPlugin>(),
     )
 }
+/// The segmentation loss registered as `name`.
+pub fn seg_loss(name: &str, path: &str) -> Result<&'static SegLossPlugin> {
+    find(
+        PluginKind::SegLoss,
+        name,
+        path,
+        inventory::iter::<SegLossPlugin>(),
+    )
+}
 /// The backbone registered as `name`.
 pub fn backbone(name: &str, path: &str) -> Result<&'static BackbonePlugin> {
     find(
@@ -361,6 +390,7 @@ pub fn validate(kind: PluginKind, name: &str, params: &Mapping, path: &str) -> R
     match kind {
         PluginKind::Sampler => sampler(name, path)?.params(params, path),
         PluginKind::Loss => loss(name, path)?.params(params, path),
+        PluginKind::SegLoss => seg_loss(name, path)?.params(params, path),
         PluginKind::Backbone => backbone(name, path)?.params(params, path),
         PluginKind::Metric => metric(name, path)?.params(params, path),
         PluginKind::Postprocess => postprocess(name, path)?.params(params, path),

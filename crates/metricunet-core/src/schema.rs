@@ -79,6 +79,62 @@ impl<'de> Deserialize<'de> for PluginSpec {
     }
 }
 
+/// A plugin reference with a weight, for lists whose terms are summed
+/// (`segmentation_loss`): `{name: dice, weight: 0.5, ...params}`; a bare name or a missing
+/// `weight` means weight 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedSpec {
+    pub weight: f64,
+    pub spec: PluginSpec,
+}
+
+impl WeightedSpec {
+    /// `name` with weight `weight` and default parameters.
+    pub fn named(name: &str, weight: f64) -> Self {
+        Self {
+            weight,
+            spec: PluginSpec::named(name),
+        }
+    }
+}
+
+impl Serialize for WeightedSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.spec.params.len() + 2))?;
+        m.serialize_entry("name", &self.spec.name)?;
+        m.serialize_entry("weight", &self.weight)?;
+        for (k, v) in &self.spec.params {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for WeightedSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let mut spec = PluginSpec::deserialize(d)?;
+        let weight = match spec.params.remove("weight") {
+            None => 1.0,
+            Some(v) => v.as_f64().ok_or_else(|| {
+                de::Error::custom(format!("`weight` must be a number, got {}", describe(&v)))
+            })?,
+        };
+        Ok(Self { weight, spec })
+    }
+}
+
+/// The segmentation loss of both stages unless an experiment says otherwise: cross-entropy
+/// alone (paper Eq. 3).
+pub fn default_segmentation_loss() -> Vec<WeightedSpec> {
+    vec![WeightedSpec::named("cross-entropy", 1.0)]
+}
+
+/// Left out of the serialised experiment when it is the default, so that the configuration
+/// hashes of runs made before the key existed stay the same.
+fn is_default_segmentation_loss(v: &[WeightedSpec]) -> bool {
+    v == default_segmentation_loss().as_slice()
+}
+
 /// Where computations run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -110,11 +166,12 @@ impl StageName {
     }
 }
 
-/// What one stage trains: its network, patches and optimisation settings, and the
-/// voxel-metric module (stage 1 trains with cross-entropy alone: no samplers).
+/// What one stage trains: its network, patches and optimisation settings, its segmentation
+/// loss and the voxel-metric module (stage 1 has no samplers: segmentation loss alone).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageConfig<'a> {
     pub backbone: &'a PluginSpec,
+    pub segmentation_loss: &'a [WeightedSpec],
     pub patches: &'a PatchConfig,
     pub training: &'a TrainingConfig,
     pub metric: MetricConfig,
@@ -353,6 +410,9 @@ pub struct Stage1Config {
     /// Downsampling factor of the body crop.
     pub downsample: usize,
     pub patches: PatchConfig,
+    /// Weighted segmentation losses summed into `L_seg` of Eq. 4 (default: cross-entropy).
+    #[serde(skip_serializing_if = "is_default_segmentation_loss")]
+    pub segmentation_loss: Vec<WeightedSpec>,
     pub training: TrainingConfig,
 }
 
@@ -362,6 +422,7 @@ impl Default for Stage1Config {
             backbone: PluginSpec::named("unet-light"),
             downsample: 4,
             patches: PatchConfig::with_slices(5),
+            segmentation_loss: default_segmentation_loss(),
             training: TrainingConfig {
                 iterations: 2000,
                 ..TrainingConfig::default()
@@ -378,6 +439,9 @@ pub struct ModelConfig {
     /// Crop around the stage-1 centroid, in voxels at the target spacing (x, y, z).
     pub crop: [usize; 3],
     pub patches: PatchConfig,
+    /// Weighted segmentation losses summed into `L_seg` of Eq. 4 (default: cross-entropy).
+    #[serde(skip_serializing_if = "is_default_segmentation_loss")]
+    pub segmentation_loss: Vec<WeightedSpec>,
 }
 
 impl Default for ModelConfig {
@@ -386,6 +450,7 @@ impl Default for ModelConfig {
             backbone: PluginSpec::named("metricunet"),
             crop: [128, 128, 128],
             patches: PatchConfig::default(),
+            segmentation_loss: default_segmentation_loss(),
         }
     }
 }
@@ -501,6 +566,7 @@ impl Experiment {
         match stage {
             StageName::Stage1 => StageConfig {
                 backbone: &self.stage1.backbone,
+                segmentation_loss: &self.stage1.segmentation_loss,
                 patches: &self.stage1.patches,
                 training: &self.stage1.training,
                 metric: MetricConfig {
@@ -510,6 +576,7 @@ impl Experiment {
             },
             StageName::Stage2 => StageConfig {
                 backbone: &self.model.backbone,
+                segmentation_loss: &self.model.segmentation_loss,
                 patches: &self.model.patches,
                 training: &self.training,
                 metric: self.metric.clone(),

@@ -40,6 +40,7 @@ pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result
         patches,
         training,
         metric,
+        segmentation_loss,
         ..
     } = cfg.stage(stage);
     let train_cases = run.data.pick(&run.data.split.train);
@@ -88,6 +89,7 @@ pub fn train_cell_stage(cell: &Cell, stage: StageName, run: &StageRun) -> Result
     let spec = StageSpec {
         model: ModelSpec::of(cfg, stage),
         training: training.clone(),
+        segmentation_loss: segmentation_loss.to_vec(),
         metric,
         seed: seed
             ^ if stage == StageName::Stage1 {

@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use metricunet_core::config::{MetricConfig, PluginSpec, TrainingConfig};
+use metricunet_core::config::{
+    default_segmentation_loss, MetricConfig, PluginSpec, TrainingConfig,
+};
 use metricunet_core::VoxelMetricModule;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -38,6 +40,7 @@ impl StepCase {
                 in_channels: self.in_channels,
             },
             training: TrainingConfig::default(),
+            segmentation_loss: default_segmentation_loss(),
             metric: self.metric.clone(),
             seed: 0,
             config_hash: String::new(),
@@ -64,7 +67,11 @@ impl Setup {
         let net = spec.model.build_as(&vars, 0, device, dtype)?;
         let (x, labels) = synthetic_batch(case, device, 2)?;
         Ok(Self {
-            module: VoxelMetricModule::from_config(&case.metric)?,
+            module: VoxelMetricModule::from_config(
+                &default_segmentation_loss(),
+                "segmentation_loss",
+                &case.metric,
+            )?,
             named: named_vars(&vars)?,
             net,
             opt: Sgd::new(0.9, 1e-4),

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use candle_nn::VarMap;
-use metricunet_core::config::{Keep, MetricConfig, TrainingConfig};
+use metricunet_core::config::{Keep, MetricConfig, TrainingConfig, WeightedSpec};
 use metricunet_core::VoxelMetricModule;
 pub use metricunet_model::{named_vars, ModelSpec, SeededVars};
 use rand::Rng;
@@ -30,7 +30,9 @@ pub struct StageSpec {
     /// The network (its name, `stage1` or `stage2`, is used in messages).
     pub model: ModelSpec,
     pub training: TrainingConfig,
-    /// The voxel-metric module (no samplers: cross-entropy alone).
+    /// The weighted segmentation losses (`L_seg` of Eq. 4).
+    pub segmentation_loss: Vec<WeightedSpec>,
+    /// The voxel-metric module (no samplers: the segmentation loss alone).
     pub metric: MetricConfig,
     pub seed: u64,
     /// Hash of the resolved configuration; a checkpoint of another configuration is refused.
@@ -43,7 +45,8 @@ pub struct IterationLog {
     /// Iterations completed (1-based).
     pub iteration: usize,
     pub lr: f64,
-    /// `ce`, `<sampler>/<part>`, `<sampler>/anchors`, `total` (see `StepLoss::scalars`).
+    /// `seg`, `seg/<loss>`, `<sampler>/<part>`, `<sampler>/anchors`, `total` (see
+    /// `StepLoss::scalars`).
     pub terms: Vec<(String, f64)>,
     pub samples_per_s: f64,
     /// The validator's scores by metric name, every row (`None` where not measured).
@@ -142,7 +145,8 @@ pub fn train_stage(
     metricunet_core::fsio::remove_temporaries(dir, false);
     let vars = VarMap::new();
     let net = spec.model.build(&vars, spec.seed, device)?;
-    let module = VoxelMetricModule::from_config(&spec.metric)?;
+    let module =
+        VoxelMetricModule::from_config(&spec.segmentation_loss, "segmentation_loss", &spec.metric)?;
     let mut opt = Sgd::new(cfg.momentum, cfg.weight_decay);
     let checkpointer = Checkpointer::new(dir.join(CHECKPOINT), &spec.config_hash, cfg);
     let (start, mut rng, best) =

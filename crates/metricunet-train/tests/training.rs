@@ -6,7 +6,9 @@ use std::path::Path;
 
 use candle_core::Device;
 use metricunet_core::config::PlateauConfig;
-use metricunet_core::config::{MetricConfig, PluginSpec, TrainingConfig};
+use metricunet_core::config::{
+    default_segmentation_loss, MetricConfig, PluginSpec, TrainingConfig,
+};
 use metricunet_data::patches::Patches;
 use metricunet_train::{
     train_stage, ModelSpec, PatchPool, PatchValidator, StageSpec, TrainError, TrainEvent, Validator,
@@ -79,6 +81,7 @@ fn spec(iterations: usize, samplers: &[&str]) -> StageSpec {
             checkpoint_every: 3,
             ..TrainingConfig::default()
         },
+        segmentation_loss: default_segmentation_loss(),
         metric: MetricConfig {
             lambda: 0.01,
             samplers: samplers.iter().map(|s| PluginSpec::named(s)).collect(),
@@ -149,7 +152,7 @@ fn learns_the_toy_task_and_logs_every_term() {
     for col in [
         "iteration",
         "lr",
-        "ce",
+        "seg",
         "hard-negative/triplet",
         "hard-negative/pair",
         "contour-aware/anchors",
@@ -249,7 +252,7 @@ fn non_finite_loss_names_iteration_and_term() {
             assert!(*iteration >= 1 && *iteration <= 20);
             assert!(!value.is_finite());
             assert!(
-                ["ce", "random/triplet", "random/pair", "total"].contains(&term.as_str()),
+                ["seg", "random/triplet", "random/pair", "total"].contains(&term.as_str()),
                 "{term}"
             );
             let msg = e.to_string();

@@ -15,7 +15,8 @@ pub mod distance;
 mod overlap;
 mod surface_metrics;
 
-pub use distance::{edt_squared, surface, surface_distances, SurfaceDistances};
+pub use distance::{surface, surface_distances, SurfaceDistances};
+pub use metricunet_core::mask::edt_squared;
 
 /// Call from a binary to make sure this crate (and its registrations) is linked.
 pub fn link() {}

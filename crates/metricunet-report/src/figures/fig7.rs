@@ -1,4 +1,4 @@
-//! Fig. 7: training curves (cross-entropy, validation DSC) per configuration.
+//! Fig. 7: training curves (segmentation loss, validation DSC) per configuration.
 
 use std::path::Path;
 
@@ -13,15 +13,16 @@ use crate::error::{ReportError, Result};
 /// Points (iteration, value) of a curve.
 pub type Curve = Vec<(f64, f64)>;
 
-/// (iteration, cross-entropy) and (iteration, validation DSC) of a training log.
+/// (iteration, segmentation loss) and (iteration, validation DSC) of a training log: the
+/// `seg` column (`ce` in logs written before segmentation losses were plugins).
 pub fn read_log(path: &Path) -> Result<(Curve, Curve)> {
     let text = std::fs::read_to_string(path).map_err(|e| ReportError::io(path, e))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
     let col = |n: &str| header.iter().position(|h| *h == n);
-    let (it, ce, val) = (col("iteration"), col("ce"), col("val_dsc"));
+    let (it, ce, val) = (col("iteration"), col("seg").or(col("ce")), col("val_dsc"));
     let (Some(it), Some(ce)) = (it, ce) else {
-        return Err(ReportError::file(path, "no `iteration` and `ce` columns"));
+        return Err(ReportError::file(path, "no `iteration` and `seg` columns"));
     };
     let (mut loss, mut dsc) = (Vec::new(), Vec::new());
     for l in lines {
@@ -73,8 +74,11 @@ impl Draw for Curves {
         for (k, part) in parts.iter().enumerate() {
             let (title, ylab, y) = if k == 0 {
                 (
-                    format!("Training cross-entropy (moving average of {})", self.window),
-                    "cross-entropy loss",
+                    format!(
+                        "Training segmentation loss (moving average of {})",
+                        self.window
+                    ),
+                    "segmentation loss",
                     0.0..hi,
                 )
             } else {
@@ -138,7 +142,7 @@ impl Draw for Curves {
     }
 }
 
-/// Fig. 7: stage-2 cross-entropy and validation DSC against iteration, one curve per
+/// Fig. 7: stage-2 segmentation loss and validation DSC against iteration, one curve per
 /// configuration (its first seed).
 pub fn fig7(r: &RunResults, dir: &Path) -> Result<Option<Figure>> {
     let mut series = Vec::new();
@@ -165,7 +169,7 @@ pub fn fig7(r: &RunResults, dir: &Path) -> Result<Option<Figure>> {
         stem: "fig7_curves".into(),
         title: "Fig. 7: training curves".into(),
         caption: format!(
-            "Stage 2, first seed of each configuration: cross-entropy term of the loss per iteration (trailing moving average over {window} iterations) and the mean DSC of the whole validation cases, segmented as test cases are."
+            "Stage 2, first seed of each configuration: segmentation term of the loss (cross-entropy unless configured otherwise) per iteration (trailing moving average over {window} iterations) and the mean DSC of the whole validation cases, segmented as test cases are."
         ),
         png,
         svg,
