@@ -316,9 +316,10 @@ pub struct TrainingConfig {
     /// all iterations). Needs validation cases and `validate_every`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plateau: Option<PlateauConfig>,
-    /// Which weights become the stage's model: the best validation point (highest DSC, ties
-    /// by lower ASD, then the later point) or the last iteration. Without validation the
-    /// last are kept.
+    /// Which weights become the stage's model: the best validation point (stage 2: highest
+    /// DSC, ties by lower ASD; stage 1: fewest cases with nothing found, then the smallest
+    /// centroid error; full ties: the later point) or the last iteration. Without validation
+    /// the last are kept.
     pub keep: Keep,
 }
 

@@ -266,7 +266,7 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
     let (header, rows) = tables::kept_markdown(&r);
     blocks.push(Block::Table { header, rows });
     blocks.push(Block::Para(
-        "Each stage's model holds the weights of one iteration: with `training.keep: best` the validation point with the highest whole-case validation DSC (ties: lower ASD, then the later point), with `last` the last iteration. Validation segments the validation cases whole, slice by slice, as test cases are predicted (stage 2 on the box around the reference prostate); stage 1 also gives the distance between its centroid and the reference one. \"a of b\": iteration a of the b trained.".into(),
+        "Each stage's model holds the weights of one iteration: with `training.keep: best` the best validation point (stage 2: the highest whole-case validation DSC, ties by lower ASD; stage 1, whose centroid is what the pipeline uses: the fewest validation cases where it found nothing, then the smallest centroid error, then DSC; full ties: the later point), with `last` the last iteration. Validation segments the validation cases whole, slice by slice, as test cases are predicted (stage 2 on the box around the reference prostate); stage 1 also gives the distance between its centroid and the reference one. \"a of b\": iteration a of the b trained.".into(),
     ));
     if !r.missing.is_empty() {
         blocks.push(Block::Heading("Cells not in this report".into()));

@@ -1,6 +1,8 @@
 //! The best validation point's weights, held while training runs (`training.keep: best`):
-//! offered every validated row, they replace the held copy when the row's DSC is higher
-//! (ties: lower ASD). The checkpoint carries them, so a resumed run keeps comparing against
+//! offered every validated row, they replace the held copy when the row ranks higher by the
+//! validator's [`Ranking`]: for segmentation (stage 2) a higher DSC, ties by lower ASD; for
+//! localisation (stage 1) fewer cases where nothing was found, then a smaller centroid error,
+//! then a higher DSC. The checkpoint carries them, so a resumed run keeps comparing against
 //! the same best.
 
 use std::collections::HashMap;
@@ -11,10 +13,26 @@ use candle_nn::VarMap;
 use crate::error::{Result, TrainError};
 use crate::trainer::IterationLog;
 
-/// The score that decides, higher is better.
-pub const DECIDES: &str = "dsc";
-/// The score that breaks ties, lower is better.
-pub const BREAKS_TIES: &str = "asd";
+/// Which direction of a score is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+/// Validation scores in the order they decide which point is best; later ones break ties.
+pub type Ranking = &'static [(&'static str, Better)];
+
+/// A segmentation network's ranking: DSC, ties by ASD.
+pub const SEGMENTATION: Ranking = &[("dsc", Better::Higher), ("asd", Better::Lower)];
+
+/// A localiser's ranking (stage 1, whose centroid is what the pipeline uses): the cases where
+/// it found nothing, then the centroid error (mm), then DSC.
+pub const LOCALISER: Ranking = &[
+    ("not_found", Better::Lower),
+    ("loc_mm", Better::Lower),
+    ("dsc", Better::Higher),
+];
 
 /// A validation point's weights and scores.
 #[derive(Debug, Clone)]
@@ -36,26 +54,34 @@ impl BestWeights {
             .and_then(|(_, v)| *v)
     }
 
-    /// Whether `row` (validated) beats `held`: a higher DSC, or the same DSC and a lower ASD
-    /// (a defined ASD beats an undefined one), or the same DSC and ASD (say, both networks
-    /// still predict nothing: DSC 0, ASD undefined) and so the later, longer trained one. A
-    /// row without DSC never does.
-    pub fn beats(row: &IterationLog, held: Option<&BestWeights>) -> bool {
-        let Some(dsc) = row.validation(DECIDES) else {
-            return false;
+    /// Whether `row` (validated) beats `held` by `ranking`: the first score that differs
+    /// decides (a defined score beats an undefined one); a full tie (say, both networks still
+    /// predict nothing: DSC 0, ASD undefined) goes to the later, longer trained row. A row
+    /// without the ranking's first score never beats anything.
+    pub fn beats(row: &IterationLog, held: Option<&BestWeights>, ranking: Ranking) -> bool {
+        let Some(&(first, _)) = ranking.first() else {
+            return held.is_none();
         };
+        if row.validation(first).is_none() {
+            return false;
+        }
         let Some(held) = held else {
             return true;
         };
-        let old = held.score(DECIDES).unwrap_or(f64::NEG_INFINITY);
-        if dsc != old {
-            return dsc > old;
+        for &(name, better) in ranking {
+            match (row.validation(name), held.score(name)) {
+                (Some(a), Some(b)) if a != b => {
+                    return match better {
+                        Better::Higher => a > b,
+                        Better::Lower => a < b,
+                    }
+                }
+                (Some(_), None) => return true,
+                (None, Some(_)) => return false,
+                _ => {}
+            }
         }
-        match (row.validation(BREAKS_TIES), held.score(BREAKS_TIES)) {
-            (Some(a), Some(b)) => a <= b,
-            (Some(_), None) | (None, None) => true,
-            (None, Some(_)) => false,
-        }
+        true
     }
 
     /// A copy of `vars` as the best at `row`.
@@ -136,26 +162,53 @@ mod tests {
 
     #[test]
     fn higher_dsc_wins_and_asd_breaks_ties() {
-        assert!(BestWeights::beats(&row(2, Some(0.1), None), None));
-        assert!(!BestWeights::beats(&row(2, None, Some(1.0)), None));
+        let beats =
+            |r: &IterationLog, h: Option<&BestWeights>| BestWeights::beats(r, h, SEGMENTATION);
+        assert!(beats(&row(2, Some(0.1), None), None));
+        assert!(!beats(&row(2, None, Some(1.0)), None));
         let h = held(0.8, Some(3.0));
-        assert!(BestWeights::beats(&row(2, Some(0.81), Some(9.0)), Some(&h)));
-        assert!(!BestWeights::beats(
-            &row(2, Some(0.79), Some(1.0)),
-            Some(&h)
-        ));
-        assert!(BestWeights::beats(&row(2, Some(0.8), Some(2.0)), Some(&h)));
+        assert!(beats(&row(2, Some(0.81), Some(9.0)), Some(&h)));
+        assert!(!beats(&row(2, Some(0.79), Some(1.0)), Some(&h)));
+        assert!(beats(&row(2, Some(0.8), Some(2.0)), Some(&h)));
         // a full tie goes to the later row
-        assert!(BestWeights::beats(&row(2, Some(0.8), Some(3.0)), Some(&h)));
-        assert!(!BestWeights::beats(&row(2, Some(0.8), None), Some(&h)));
-        assert!(BestWeights::beats(
-            &row(2, Some(0.0), None),
-            Some(&held(0.0, None))
-        ));
-        assert!(BestWeights::beats(
-            &row(2, Some(0.8), Some(5.0)),
-            Some(&held(0.8, None))
-        ));
+        assert!(beats(&row(2, Some(0.8), Some(3.0)), Some(&h)));
+        assert!(!beats(&row(2, Some(0.8), None), Some(&h)));
+        assert!(beats(&row(2, Some(0.0), None), Some(&held(0.0, None))));
+        assert!(beats(&row(2, Some(0.8), Some(5.0)), Some(&held(0.8, None))));
+    }
+
+    #[test]
+    fn a_localiser_is_ranked_by_what_it_found_then_its_centroid_error() {
+        let loc = |it: usize, dsc: f64, loc_mm: Option<f64>, not_found: f64| IterationLog {
+            iteration: it,
+            lr: 0.1,
+            terms: vec![],
+            samples_per_s: 1.0,
+            validation: vec![
+                ("dsc".into(), Some(dsc)),
+                ("asd".into(), None),
+                ("loc_mm".into(), loc_mm),
+                ("not_found".into(), Some(not_found)),
+            ],
+        };
+        let hold = |r: &IterationLog| BestWeights {
+            iteration: r.iteration,
+            scores: r.validation.clone(),
+            weights: vec![],
+        };
+        let beats =
+            |r: &IterationLog, h: &IterationLog| BestWeights::beats(r, Some(&hold(h)), LOCALISER);
+        // the quickstart's seed 2: DSC equal to 3 decimals, 49 mm against 1.3 mm off
+        let far = loc(300, 0.5725, Some(49.2), 0.0);
+        let near = loc(400, 0.5721, Some(1.3), 0.0);
+        assert!(beats(&near, &far) && !beats(&far, &near));
+        // (ranked by DSC, as before, the far one would be kept)
+        assert!(BestWeights::beats(&far, Some(&hold(&near)), SEGMENTATION));
+        // finding every case beats a closer centroid over fewer cases
+        let partial = loc(500, 0.7, Some(0.5), 1.0);
+        assert!(!beats(&partial, &near) && beats(&near, &partial));
+        // equal errors: DSC decides
+        assert!(beats(&loc(600, 0.6, Some(1.3), 0.0), &near));
     }
 
     #[test]

@@ -165,6 +165,10 @@ pub fn train_stage(
         stop_rules.push(Box::new(Plateau::new(WATCHED, p)));
     }
     let names = validator.as_ref().map(|v| v.names()).unwrap_or_default();
+    let ranking = validator
+        .as_ref()
+        .map(|v| v.ranking())
+        .unwrap_or(crate::keep::SEGMENTATION);
     let mut state = LoopState {
         best,
         ..LoopState::default()
@@ -224,7 +228,7 @@ pub fn train_stage(
         log.write(&row)?;
         let interrupted = on_event(TrainEvent::Iteration(&row)).is_break();
         state.stopped_early = observe(&mut stop_rules, &row);
-        if BestWeights::beats(&row, state.best.as_ref()) {
+        if BestWeights::beats(&row, state.best.as_ref(), ranking) {
             state.best = Some(BestWeights::capture(&row, &vars)?);
         }
         state.keep(row);
@@ -286,7 +290,7 @@ pub fn train_stage(
                 "{}: keeping the weights of iteration {} of {it} (validation DSC {:.4})",
                 spec.model.name,
                 b.iteration,
-                b.score(crate::keep::DECIDES).unwrap_or(f64::NAN)
+                b.score(WATCHED).unwrap_or(f64::NAN)
             );
             b.save_weights(&weights)?;
         }

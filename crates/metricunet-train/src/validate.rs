@@ -16,6 +16,7 @@ use metricunet_model::infer::{localise, segment_slices};
 use metricunet_model::ModelSpec;
 
 use crate::error::{Result, TrainError};
+use crate::keep::{Ranking, LOCALISER, SEGMENTATION};
 use crate::pool::PatchPool;
 
 /// Scores a network during training.
@@ -26,6 +27,11 @@ pub trait Validator {
     /// The scores of `net` (BatchNorm in inference mode), `None` where undefined (both
     /// masks empty, say).
     fn validate(&mut self, net: &dyn Backbone, device: &Device) -> Result<Vec<Option<f64>>>;
+    /// The order in which the scores decide the best validation point (`training.keep:
+    /// best`); by default DSC, ties by ASD.
+    fn ranking(&self) -> Ranking {
+        SEGMENTATION
+    }
 }
 
 /// The network's argmax on every validation patch, stacked into one volume (patch after
@@ -161,7 +167,9 @@ impl CaseValidator {
         })
     }
 
-    /// Also score the localisation (`loc_mm`, `not_found`), as stage 1 needs.
+    /// Also score the localisation (`loc_mm`, `not_found`), as stage 1 needs; the best
+    /// validation point is then the one that found the most cases, then the smallest
+    /// centroid error ([`LOCALISER`]).
     pub fn localising(mut self) -> Self {
         self.localising = true;
         self
@@ -169,6 +177,14 @@ impl CaseValidator {
 }
 
 impl Validator for CaseValidator {
+    fn ranking(&self) -> Ranking {
+        if self.localising {
+            LOCALISER
+        } else {
+            SEGMENTATION
+        }
+    }
+
     fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.metrics.iter().map(|(n, _)| n.clone()).collect();
         if self.localising {
