@@ -198,7 +198,7 @@ mod tests {
         };
         let beats =
             |r: &IterationLog, h: &IterationLog| BestWeights::beats(r, Some(&hold(h)), LOCALISER);
-        // the quickstart's seed 2: DSC equal to 3 decimals, 49 mm against 1.3 mm off
+        // DSC equal to 3 decimals, one centroid 49 mm off, the other 1.3 mm
         let far = loc(300, 0.5725, Some(49.2), 0.0);
         let near = loc(400, 0.5721, Some(1.3), 0.0);
         assert!(beats(&near, &far) && !beats(&far, &near));
