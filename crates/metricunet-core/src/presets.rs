@@ -152,6 +152,17 @@ pub const PRESETS: &[Preset] = &[
 /// The pair weight a `P` preset fills in when the experiment gives none (paper: 0.1).
 pub const DEFAULT_PAIR_BETA: f64 = 0.1;
 
+/// The plugin names of a YAML list of plugin references (bare names or `{name: ...}`).
+fn plugin_names(list: &[Value]) -> Vec<&str> {
+    list.iter()
+        .filter_map(|v| match v {
+            Value::String(s) => Some(s.as_str()),
+            Value::Mapping(m) => m.get("name").and_then(Value::as_str),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The preset called `name`.
 pub fn find(name: &str) -> Option<&'static Preset> {
     PRESETS.iter().find(|p| p.name == name)
@@ -194,14 +205,7 @@ impl Preset {
                 set_path(root, "metric.samplers", Value::Sequence(list))?;
             }
             Some(Value::Sequence(list)) => {
-                let mut names: Vec<&str> = list
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::String(s) => Some(s.as_str()),
-                        Value::Mapping(m) => m.get("name").and_then(Value::as_str),
-                        _ => None,
-                    })
-                    .collect();
+                let mut names = plugin_names(list);
                 let mut want: Vec<&str> = self.samplers.to_vec();
                 names.sort_unstable();
                 want.sort_unstable();
@@ -292,14 +296,7 @@ impl Preset {
                 set_path(root, PATH, Value::Sequence(list))
             }
             Some(Value::Sequence(list)) => {
-                let names: Vec<&str> = list
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::String(s) => Some(s.as_str()),
-                        Value::Mapping(m) => m.get("name").and_then(Value::as_str),
-                        _ => None,
-                    })
-                    .collect();
+                let names = plugin_names(list);
                 let want: Vec<&str> = self.segmentation_loss.iter().map(|(n, _)| *n).collect();
                 if names == want {
                     Ok(())
