@@ -14,9 +14,10 @@
 
 use std::fmt::Debug;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::error::{CoreError, Result};
+use crate::loss::zero_like_scalar;
 use crate::registry;
 use crate::schema::WeightedSpec;
 
@@ -141,17 +142,12 @@ impl SegLoss {
         Ok(Self { terms })
     }
 
-    /// The names of the terms, in configuration order.
-    pub fn names(&self) -> Vec<&str> {
-        self.terms.iter().map(|t| t.name.as_str()).collect()
-    }
-
     /// The weighted sum of every term for `logits` (`N x 2 x H x W`) and the flat binary
     /// `labels` (`N x H x W`).
     pub fn forward(&self, logits: &Tensor, labels: &[u8]) -> Result<SegLossValue> {
         let target = labels_tensor(labels, logits)?;
         let mut parts = Vec::with_capacity(self.terms.len());
-        let mut total: Option<Tensor> = None;
+        let mut total = zero_like_scalar(logits)?;
         for t in &self.terms {
             let v = t.loss.forward(logits, &target)?;
             if !v.dims().is_empty() {
@@ -167,16 +163,9 @@ impl SegLoss {
             } else {
                 (&v * t.weight)?
             };
-            total = Some(match total {
-                None => weighted,
-                Some(s) => (s + weighted)?,
-            });
+            total = (total + weighted)?;
             parts.push((t.name.clone(), v));
         }
-        let total = match total {
-            Some(t) => t,
-            None => Tensor::zeros((), DType::F32, logits.device())?.to_dtype(logits.dtype())?,
-        };
         Ok(SegLossValue { total, parts })
     }
 }
