@@ -139,7 +139,15 @@ pub fn validate_text(plan: &ExperimentPlan, show_cell: usize) -> metricunet_core
         if axes.is_empty() {
             String::new()
         } else {
-            format!(" (grid over {})", axes.join(", "))
+            format!(
+                " ({} over {})",
+                if plan.grid_mode.is_product() {
+                    "grid"
+                } else {
+                    "one-at-a-time grid"
+                },
+                axes.join(", ")
+            )
         }
     );
     let _ = writeln!(

@@ -414,6 +414,63 @@ fn figures_follow_the_grid_axes_and_the_named_baseline() {
     );
 }
 
+/// `grid_mode: one-at-a-time` end to end: the baseline and each axis varied alone, one
+/// Fig. 6 per axis drawn with the other axis held at the file's value (no pooled view),
+/// and the report says which grid it was.
+#[test]
+fn a_one_at_a_time_grid_draws_each_axis_with_the_other_held() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("run");
+    let (ok, stdout, stderr) = run(
+        &root,
+        &[
+            "--set",
+            "preset=metricunet-r",
+            "--set",
+            "grid_mode=one-at-a-time",
+            "--set",
+            "grid={metric.lambda: [0.1, 0.01], metric.loss.sigma: [0.7, 1.0]}",
+            "--set",
+            "report.baseline=base",
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    let mut labels: Vec<String> = cell_dirs(&root).iter().map(|c| label(c)).collect();
+    labels.sort();
+    assert_eq!(
+        labels,
+        [
+            "metric.lambda=0.01 metric.loss.sigma=0.7",
+            "metric.lambda=0.01 metric.loss.sigma=1.0",
+            "metric.lambda=0.1 metric.loss.sigma=0.7",
+        ]
+    );
+    let plan = std::fs::read_to_string(root.join("plan.yaml")).expect("plan");
+    assert!(plan.contains("grid_mode: one-at-a-time"), "{plan}");
+    let figs = root.join("report/figures");
+    for (axis, other, values) in [
+        ("metric.lambda", "metric.loss.sigma = 0.7", ["0.1", "0.01"]),
+        ("metric.loss.sigma", "metric.lambda = 0.01", ["0.7", "1.0"]),
+    ] {
+        let svg = std::fs::read_to_string(figs.join(format!("fig6_{axis}.svg"))).expect("svg");
+        // one box per value of the axis (its tick labels), nothing else
+        for v in values {
+            assert!(
+                svg.contains(&format!(">\n{v}\n</text>")),
+                "{axis}: no box for {v}"
+            );
+        }
+        assert!(!figs.join(format!("fig6_{axis}_at_baseline.png")).exists());
+        let md = std::fs::read_to_string(root.join("report/report.md")).expect("md");
+        assert!(
+            md.contains(&format!("Fig. 6: DSC and ASD per {axis}, {other} held")),
+            "{md}"
+        );
+        assert!(!md.contains("pooled over the other grid axes"), "{md}");
+        assert!(md.contains("One-at-a-time grid"), "{md}");
+    }
+}
+
 /// A top-level field of a cell's record, as text.
 fn record_field(cell: &Path, field: &str) -> String {
     std::fs::read_to_string(cell.join("cell.yaml"))

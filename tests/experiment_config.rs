@@ -165,6 +165,94 @@ fn grid_is_the_cartesian_product_times_seeds() {
     assert_eq!(hashes.len(), 30);
 }
 
+/// `grid_mode: one-at-a-time` (the paper's Fig. 6 varies one parameter at a time): the
+/// baseline (the file's own values) plus each axis's other values alone; each cell is the
+/// same configuration, with the same hash, as the product grid's cell with those values.
+#[test]
+fn one_at_a_time_grid_varies_each_axis_around_the_files_values() {
+    let grid = "grid:\n  metric.lambda: [0.1, 0.01, 0.001]\n  metric.loss.sigma: [0.1, 0.3, 0.5, 0.7, 1.0]\n";
+    let text = format!("preset: metricunet-r\nseeds: [3, 4]\ngrid_mode: one-at-a-time\n{grid}");
+    let p = plan(&text).expect("valid");
+    // baseline + 2 other lambdas + 4 other sigmas, times 2 seeds
+    assert_eq!(p.cells.len(), (1 + 2 + 4) * 2);
+    let labels: Vec<String> = p.cells.iter().step_by(2).map(|c| c.label()).collect();
+    assert_eq!(
+        labels,
+        [
+            "metric.lambda=0.01 metric.loss.sigma=0.7",
+            "metric.lambda=0.1 metric.loss.sigma=0.7",
+            "metric.lambda=0.001 metric.loss.sigma=0.7",
+            "metric.lambda=0.01 metric.loss.sigma=0.1",
+            "metric.lambda=0.01 metric.loss.sigma=0.3",
+            "metric.lambda=0.01 metric.loss.sigma=0.5",
+            "metric.lambda=0.01 metric.loss.sigma=1.0",
+        ]
+    );
+    assert_eq!(
+        p.baseline,
+        vec![
+            ("metric.lambda".to_string(), Some(Value::from(0.01))),
+            ("metric.loss.sigma".to_string(), Some(Value::from(0.7))),
+        ]
+    );
+    // the cells are the product grid's cells with the same values (shared results)
+    let product = plan(&format!("preset: metricunet-r\nseeds: [3, 4]\n{grid}")).expect("valid");
+    let hashes: Vec<String> = product
+        .cells
+        .iter()
+        .map(|c| c.run_hash().expect("hash"))
+        .collect();
+    for c in &p.cells {
+        assert!(c.config.grid.is_empty() && c.config.grid_mode.is_product());
+        assert!(
+            hashes.contains(&c.run_hash().expect("hash")),
+            "{}",
+            c.label()
+        );
+    }
+    // a baseline written differently from the grid (1 vs 1.0) is still the baseline
+    let p = plan(
+        "preset: metricunet-r\ngrid_mode: one-at-a-time\nmetric: {loss: {sigma: 1}}\ngrid:\n  metric.loss.sigma: [0.5, 1.0]\n",
+    )
+    .expect("valid");
+    let labels: Vec<String> = p.cells.iter().map(|c| c.label()).collect();
+    assert_eq!(labels, ["metric.loss.sigma=1.0", "metric.loss.sigma=0.5"]);
+    // a baseline outside the grid's values is a cell of its own
+    let p = plan(
+        "preset: metricunet-r\ngrid_mode: one-at-a-time\ngrid:\n  metric.lambda: [0.1, 0.5]\n",
+    )
+    .expect("valid");
+    let labels: Vec<String> = p.cells.iter().map(|c| c.label()).collect();
+    assert_eq!(
+        labels,
+        [
+            "metric.lambda=0.01",
+            "metric.lambda=0.1",
+            "metric.lambda=0.5"
+        ]
+    );
+    // without a baseline value there is nothing to hold an axis at: a clear error
+    let e = plan_err(
+        "grid_mode: one-at-a-time\ngrid:\n  preset: [unet, metricunet-r]\n  metric.lambda: [0.1]\n",
+    );
+    assert!(
+        e.contains("grid.preset") && e.contains("baseline value"),
+        "{e}"
+    );
+    let e = plan_err("grid_mode: pairwise\n");
+    assert!(
+        e.contains("grid_mode") && e.contains("one-at-a-time"),
+        "{e}"
+    );
+    // a product grid records the file's values too, where it has them
+    let p = plan(&format!("preset: metricunet-r\n{grid}")).expect("valid");
+    assert!(p.grid_mode.is_product());
+    assert_eq!(
+        p.baseline[1],
+        ("metric.loss.sigma".to_string(), Some(Value::from(0.7)))
+    );
+}
+
 #[test]
 fn grid_path_outside_the_schema_fails_before_any_work() {
     let e = plan_err("grid:\n  metric.lamda: [0.1, 0.01]\n");

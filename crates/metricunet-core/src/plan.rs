@@ -11,7 +11,7 @@ use crate::error::{did_you_mean, CoreError, Result};
 use crate::params::describe;
 use crate::presets;
 use crate::schema::*;
-use crate::yaml_path::{describe_de_error, inline_yaml, locate_duplicate_key, set_path};
+use crate::yaml_path::{describe_de_error, get_path, inline_yaml, locate_duplicate_key, set_path};
 
 /// One grid cell and seed: a fully resolved experiment.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +130,13 @@ pub struct ExperimentPlan {
     pub base: Experiment,
     /// Every cell x seed, resolved.
     pub cells: Vec<Cell>,
+    /// How the grid was expanded.
+    pub grid_mode: GridMode,
+    /// Per grid axis (in grid order), the file's own value at that path (the baseline the
+    /// other axes are held at in a one-at-a-time grid), written as in the grid where one of
+    /// its values resolves to it; `None` where the file without its grid does not resolve
+    /// or does not set the path (product grids only: a one-at-a-time grid needs them all).
+    pub baseline: Vec<(String, Option<Value>)>,
 }
 
 impl ExperimentPlan {
@@ -264,9 +271,23 @@ impl ExperimentPlan {
             }
             axes.push((path.to_string(), values));
         }
-        let cell_count = axes
-            .iter()
-            .try_fold(seeds.len(), |n, (_, v)| n.checked_mul(v.len()))
+        let grid_mode: GridMode = match raw_map.remove("grid_mode") {
+            None | Some(Value::Null) => GridMode::Product,
+            Some(v) => serde_norway::from_value(v.clone()).map_err(|_| {
+                cfg_err(format!(
+                    "grid_mode: expected product or one-at-a-time, got {}",
+                    inline_yaml(&v)
+                ))
+            })?,
+        };
+        let combinations = match grid_mode {
+            GridMode::Product => axes
+                .iter()
+                .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len())),
+            GridMode::OneAtATime => Some(1 + axes.iter().map(|(_, v)| v.len()).sum::<usize>()),
+        };
+        let cell_count = combinations
+            .and_then(|n| n.checked_mul(seeds.len()))
             .filter(|&n| n <= MAX_CELLS);
         if cell_count.is_none() {
             let sizes: Vec<String> = axes
@@ -282,21 +303,49 @@ impl ExperimentPlan {
             )));
         }
 
-        // 3. Every combination, then every seed.
-        let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
-        for (path, values) in &axes {
-            combos = combos
-                .into_iter()
-                .flat_map(|c| {
-                    values.iter().map(move |v| {
-                        let mut c = c.clone();
-                        c.push((path.clone(), v.clone()));
-                        c
-                    })
-                })
-                .collect();
-        }
+        // 3. The baseline: the file's own value at each grid path.
+        let baseline = baseline_values(&raw_map, &axes, grid_mode).map_err(&cfg_err)?;
+
+        // 4. The cells: every combination (product), or the baseline and each axis varied
+        //    alone (one-at-a-time); then every seed.
+        let combos: Vec<Vec<(String, Value)>> = match grid_mode {
+            GridMode::Product => {
+                let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+                for (path, values) in &axes {
+                    combos = combos
+                        .into_iter()
+                        .flat_map(|c| {
+                            values.iter().map(move |v| {
+                                let mut c = c.clone();
+                                c.push((path.clone(), v.clone()));
+                                c
+                            })
+                        })
+                        .collect();
+                }
+                combos
+            }
+            GridMode::OneAtATime => {
+                let at_baseline: Vec<(String, Value)> = baseline
+                    .iter()
+                    .map(|(p, v)| (p.clone(), v.clone().unwrap_or(Value::Null)))
+                    .collect();
+                let mut combos = vec![at_baseline.clone()];
+                for (k, (_, values)) in axes.iter().enumerate() {
+                    for v in values {
+                        if Some(v) == baseline[k].1.as_ref() {
+                            continue;
+                        }
+                        let mut c = at_baseline.clone();
+                        c[k].1 = v.clone();
+                        combos.push(c);
+                    }
+                }
+                combos
+            }
+        };
         let mut cells = Vec::with_capacity(combos.len() * seeds.len());
+        let mut baseline_config: Option<Experiment> = None;
         for overrides in combos {
             let config = resolve_cell(&raw_map, &overrides).map_err(|message| {
                 let label = if overrides.is_empty() {
@@ -310,6 +359,15 @@ impl ExperimentPlan {
                 };
                 cfg_err(format!("{label}{message}"))
             })?;
+            if grid_mode == GridMode::OneAtATime {
+                // a value written differently from the baseline (`1` beside `1.0`) that
+                // resolves to it is the baseline cell again, not a cell of its own
+                match &baseline_config {
+                    Some(b) if *b == config => continue,
+                    Some(_) => {}
+                    None => baseline_config = Some(config.clone()),
+                }
+            }
             for &seed in &seeds {
                 let mut config = config.clone();
                 config.seeds = vec![seed];
@@ -325,6 +383,8 @@ impl ExperimentPlan {
             source_name: source_name.to_string(),
             base,
             cells,
+            grid_mode,
+            baseline,
         })
     }
 }
@@ -349,6 +409,48 @@ fn set_refused(raw: &Value, path: &str, value: Value) -> Option<String> {
         Value::Mapping(m) => resolve_cell(&m, &[]).err(),
         _ => None,
     }
+}
+
+/// The file's own value at each grid path: the grid's value that alone resolves to the same
+/// configuration as the file without its grid (so `1` and `1.0` are one value), else the
+/// resolved file's value at that path. A one-at-a-time grid needs every one; a product
+/// grid leaves `None` where there is none.
+fn baseline_values(
+    raw: &Mapping,
+    axes: &[(String, Vec<Value>)],
+    mode: GridMode,
+) -> std::result::Result<Vec<(String, Option<Value>)>, String> {
+    if axes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let one_at_a_time = mode == GridMode::OneAtATime;
+    let base = match resolve_cell(raw, &[]) {
+        Ok(b) => b,
+        Err(m) if one_at_a_time => {
+            return Err(format!(
+                "grid_mode: one-at-a-time varies each axis around the file's own values, but the file without its grid is not a valid experiment: {m}"
+            ))
+        }
+        Err(_) => return Ok(axes.iter().map(|(p, _)| (p.clone(), None)).collect()),
+    };
+    let resolved = serde_norway::to_value(&base).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(axes.len());
+    for (path, values) in axes {
+        let written = values
+            .iter()
+            .find(|v| resolve_cell(raw, &[(path.clone(), (*v).clone())]).is_ok_and(|c| c == base));
+        let value = match written {
+            Some(v) => Some(v.clone()),
+            None => get_path(&resolved, path).filter(|v| !v.is_null()).cloned(),
+        };
+        if value.is_none() && one_at_a_time {
+            return Err(format!(
+                "grid.{path}: a one-at-a-time grid holds the other axes at the file's own values, and the file does not set `{path}`; write its baseline value in the file"
+            ));
+        }
+        out.push((path.clone(), value));
+    }
+    Ok(out)
 }
 
 /// Apply grid overrides and the preset to the raw file, then parse and check it.
@@ -402,6 +504,7 @@ fn resolve_cell(
     let mut exp: Experiment =
         serde_path_to_error::deserialize(v).map_err(|e| describe_de_error(&e))?;
     exp.grid = Mapping::new();
+    exp.grid_mode = GridMode::Product;
     resolve_plugins(&mut exp).map_err(|e| e.to_string())?;
     check_values(&exp)?;
     Ok(exp)

@@ -533,9 +533,33 @@ pub struct Experiment {
     pub postprocess: Vec<PluginSpec>,
     pub evaluation: EvaluationConfig,
     pub report: ReportConfig,
-    /// Dotted paths mapped to lists of values; cells are their cartesian product.
+    /// Dotted paths mapped to lists of values; cells are their cartesian product, or (with
+    /// `grid_mode: one-at-a-time`) the baseline and one cell per value of one axis.
     #[serde(skip_serializing_if = "Mapping::is_empty")]
     pub grid: Mapping,
+    /// How the grid expands: `product` (every combination) or `one-at-a-time` (each axis
+    /// varied alone around the file's own values, as the paper's Fig. 6 does).
+    #[serde(skip_serializing_if = "GridMode::is_product")]
+    pub grid_mode: GridMode,
+}
+
+/// How `grid:` expands into cells.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GridMode {
+    /// The cartesian product of every axis.
+    #[default]
+    Product,
+    /// The baseline (the file's own values at every grid path) plus, for each axis, one cell
+    /// per value that differs from the baseline, the other axes held at their baseline.
+    OneAtATime,
+}
+
+impl GridMode {
+    /// Whether this is the default, [`GridMode::Product`].
+    pub fn is_product(&self) -> bool {
+        *self == GridMode::Product
+    }
 }
 
 impl Default for Experiment {
@@ -556,6 +580,7 @@ impl Default for Experiment {
             evaluation: EvaluationConfig::default(),
             report: ReportConfig::default(),
             grid: Mapping::new(),
+            grid_mode: GridMode::Product,
         }
     }
 }

@@ -286,8 +286,26 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
     blocks.push(Block::Para(if r.plan.axes.is_empty() {
         "The resolved configuration (every default filled in):".to_string()
     } else {
+        let baseline = if r.plan.baseline.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (the file's own values: {})",
+                r.plan
+                    .baseline
+                    .iter()
+                    .map(|(k, v)| format!("`{k}` = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         format!(
-            "Grid over {}; the resolved configuration of the first cell (the others differ only in the grid values and the seed):",
+            "{} over {}{baseline}; the resolved configuration of the first cell (the others differ only in the grid values and the seed):",
+            if r.plan.grid_mode == metricunet_core::config::GridMode::OneAtATime {
+                "One-at-a-time grid (each axis varied alone, the others at the file's own values)"
+            } else {
+                "Grid (every combination)"
+            },
             r.plan.axes.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")
         )
     }));

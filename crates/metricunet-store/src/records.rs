@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use metricunet_core::config::{inline_yaml, GridMode};
 use metricunet_core::ExperimentPlan;
 use serde::{Deserialize, Serialize};
 
@@ -185,6 +186,13 @@ pub struct PlanRecord {
     pub sets: Vec<String>,
     /// Grid axes (dotted paths) in grid order.
     pub axes: Vec<String>,
+    /// How the grid was expanded (`product` in plans written before this field existed).
+    #[serde(default)]
+    pub grid_mode: GridMode,
+    /// The file's own value of each grid axis that has one (as in cell labels), which a
+    /// one-at-a-time grid holds the other axes at.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baseline: Vec<(String, String)>,
     pub cells: Vec<PlanCell>,
 }
 
@@ -223,6 +231,12 @@ impl PlanRecord {
                 .first()
                 .map(|c| c.overrides.iter().map(|(k, _)| k.clone()).collect())
                 .unwrap_or_default(),
+            grid_mode: plan.grid_mode,
+            baseline: plan
+                .baseline
+                .iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), inline_yaml(v))))
+                .collect(),
             cells,
         })
     }

@@ -8,6 +8,7 @@ use plotters::prelude::*;
 use super::{axis_range, plot_err, render, Draw, Figure, FONT, SERIES};
 use crate::collect::{metric_title, RunResults};
 use crate::error::Result;
+use metricunet_core::config::GridMode;
 
 /// Box plots of some metrics (panels side by side) for groups of values.
 struct BoxPlots {
@@ -130,88 +131,195 @@ impl Draw for BoxPlots {
 }
 
 /// Fig. 6: for every grid axis (or, without a grid, every configuration), box plots of the
-/// first two metrics (DSC and ASD) over the values of that axis, pooled over the others.
+/// first two metrics (DSC and ASD) over the values of that axis. With several axes, each
+/// axis is drawn with the others held at the file's own values (the baseline), as the paper
+/// varies one parameter at a time; a product grid also gets the view pooled over the other
+/// axes, labelled as pooled (a one-at-a-time grid has no such view: its cells off the
+/// baseline vary one axis each).
 pub fn fig6(r: &RunResults, dir: &Path) -> Result<Vec<Figure>> {
     let metrics: Vec<usize> = (0..r.metrics.len().min(2)).collect();
     if metrics.is_empty() || r.groups.is_empty() {
         return Ok(Vec::new());
     }
-    // axes along which something varies (a one-value axis makes a one-box plot)
-    let mut axes: Vec<Option<String>> = r
-        .plan
-        .axes
-        .iter()
-        .filter(|a| {
-            let mut v: Vec<Option<String>> = r.groups.iter().map(|g| r.axis_value(g, a)).collect();
-            v.sort();
-            v.dedup();
-            v.len() > 1
-        })
-        .cloned()
-        .map(Some)
-        .collect();
-    if axes.is_empty() {
-        axes.push(None);
-    }
-    let mut out = Vec::new();
-    for axis in axes {
-        // values of this axis, in first-appearance order, and the groups with each
-        let mut names: Vec<String> = Vec::new();
-        let mut members: Vec<Vec<usize>> = Vec::new();
-        for (gi, g) in r.groups.iter().enumerate() {
-            let key = match &axis {
-                Some(a) => r.axis_value(g, a).unwrap_or_else(|| "-".into()),
-                None => g.label.clone(),
-            };
-            match names.iter().position(|n| *n == key) {
-                Some(k) => members[k].push(gi),
-                None => {
-                    names.push(key);
-                    members.push(vec![gi]);
-                }
-            }
-        }
-        let panels = metrics
+    let one_at_a_time = r.plan.grid_mode == GridMode::OneAtATime;
+    let all: Vec<usize> = (0..r.groups.len()).collect();
+    let baseline = |axis: &str| {
+        r.plan
+            .baseline
             .iter()
-            .map(|&m| {
-                let groups = members
-                    .iter()
-                    .map(|gs| gs.iter().flat_map(|&g| r.values(&r.groups[g], m)).collect())
-                    .collect();
-                (
-                    metric_title(&r.metrics[m]),
-                    groups,
-                    crate::collect::lower_is_better(&r.metrics[m]),
-                )
-            })
+            .find(|(k, _)| k == axis)
+            .map(|(_, v)| v.clone())
+    };
+    // the groups whose axes other than `axis` are all at their baseline
+    let held = |axis: &str| -> Option<Vec<usize>> {
+        let others: Vec<(&String, String)> = r
+            .plan
+            .axes
+            .iter()
+            .filter(|a| *a != axis)
+            .map(|a| baseline(a).map(|b| (a, b)))
+            .collect::<Option<_>>()?;
+        Some(
+            all.iter()
+                .copied()
+                .filter(|&g| {
+                    others
+                        .iter()
+                        .all(|(a, b)| r.axis_value(&r.groups[g], a).as_ref() == Some(b))
+                })
+                .collect(),
+        )
+    };
+    // the number of distinct values of `axis` among `groups`
+    let spread = |axis: &str, groups: &[usize]| {
+        let mut v: Vec<Option<String>> = groups
+            .iter()
+            .map(|&g| r.axis_value(&r.groups[g], axis))
             .collect();
-        let axis_name = axis.clone().unwrap_or_else(|| "configuration".into());
+        v.sort();
+        v.dedup();
+        v.len()
+    };
+    let metric_names = metrics
+        .iter()
+        .map(|&m| metric_title(&r.metrics[m]))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let whiskers = "box: quartiles and median; whiskers: the most extreme values within 1.5 IQR of the box; dots: every test case";
+    let mut out = Vec::new();
+    let varies = r.plan.axes.iter().any(|a| spread(a, &all) > 1);
+    if !varies {
+        // no grid, or one whose axes take one value each: a box per configuration
+        out.push(draw(
+            r,
+            dir,
+            &metrics,
+            None,
+            &all,
+            "fig6_configuration".into(),
+            "Fig. 6: DSC and ASD per configuration".into(),
+            format!("Box plots of the test cases' {metric_names} for each configuration, pooled over seeds ({whiskers})."),
+        )?);
+        return Ok(out);
+    }
+    let several = r.plan.axes.len() > 1;
+    for axis in &r.plan.axes {
         let stem = format!(
             "fig6_{}",
-            axis_name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_")
+            axis.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_")
         );
-        let width = (260 + 110 * names.len() as u32).clamp(420, 900);
-        let (png, svg) = render(
-            dir,
-            &stem,
-            (width * metrics.len() as u32, 420),
-            &BoxPlots {
-                axis: axis_name.clone(),
-                names,
-                panels,
-            },
-        )?;
-        out.push(Figure {
-            stem,
-            title: format!("Fig. 6: DSC and ASD per {axis_name}"),
-            caption: format!(
-                "Box plots of the test cases' {} for each value of `{axis_name}`, pooled over seeds{} (box: quartiles and median; whiskers: the most extreme values within 1.5 IQR of the box; dots: every test case).",
-                metrics.iter().map(|&m| metric_title(&r.metrics[m])).collect::<Vec<_>>().join(" and "),
-                if r.plan.axes.len() > 1 { " and the other grid axes" } else { "" }
-            ),
-            png,
-            svg,
-        });
+        let others: Vec<String> = r
+            .plan
+            .axes
+            .iter()
+            .filter(|a| *a != axis)
+            .map(|a| format!("{a} = {}", baseline(a).unwrap_or_default()))
+            .collect();
+        // each axis with the others at their baseline
+        let at_baseline = if several { held(axis) } else { None };
+        if let Some(groups) = at_baseline.filter(|g| spread(axis, g) > 1) {
+            out.push(draw(
+                r,
+                dir,
+                &metrics,
+                Some(axis),
+                &groups,
+                if one_at_a_time { stem.clone() } else { format!("{stem}_at_baseline") },
+                format!("Fig. 6: DSC and ASD per {axis}, {} held", others.join(", ")),
+                format!(
+                    "Box plots of the test cases' {metric_names} for each value of `{axis}` with the other grid {} at the file's own value ({}), pooled over seeds ({whiskers}).",
+                    if others.len() > 1 { "axes" } else { "axis" },
+                    others.join(", ")
+                ),
+            )?);
+        }
+        // pooled over the other axes (a product grid), or the only view (one axis)
+        if !one_at_a_time && spread(axis, &all) > 1 {
+            out.push(draw(
+                r,
+                dir,
+                &metrics,
+                Some(axis),
+                &all,
+                stem,
+                if several {
+                    format!("Fig. 6: DSC and ASD per {axis}, pooled over the other grid axes")
+                } else {
+                    format!("Fig. 6: DSC and ASD per {axis}")
+                },
+                format!(
+                    "Box plots of the test cases' {metric_names} for each value of `{axis}`, pooled over seeds{} ({whiskers}).",
+                    if several {
+                        " and over every value of the other grid axes (each box mixes them; see the held view where the file's own values are in the grid)"
+                    } else {
+                        ""
+                    }
+                ),
+            )?);
+        }
     }
     Ok(out)
+}
+
+/// One Fig. 6 figure: a box per value of `axis` (or per configuration) over `groups`.
+#[allow(clippy::too_many_arguments)]
+fn draw(
+    r: &RunResults,
+    dir: &Path,
+    metrics: &[usize],
+    axis: Option<&String>,
+    groups: &[usize],
+    stem: String,
+    title: String,
+    caption: String,
+) -> Result<Figure> {
+    // values of this axis, in first-appearance order, and the groups with each
+    let mut names: Vec<String> = Vec::new();
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    for &gi in groups {
+        let g = &r.groups[gi];
+        let key = match axis {
+            Some(a) => r.axis_value(g, a).unwrap_or_else(|| "-".into()),
+            None => g.label.clone(),
+        };
+        match names.iter().position(|n| *n == key) {
+            Some(k) => members[k].push(gi),
+            None => {
+                names.push(key);
+                members.push(vec![gi]);
+            }
+        }
+    }
+    let panels = metrics
+        .iter()
+        .map(|&m| {
+            let groups = members
+                .iter()
+                .map(|gs| gs.iter().flat_map(|&g| r.values(&r.groups[g], m)).collect())
+                .collect();
+            (
+                metric_title(&r.metrics[m]),
+                groups,
+                crate::collect::lower_is_better(&r.metrics[m]),
+            )
+        })
+        .collect();
+    let width = (260 + 110 * names.len() as u32).clamp(420, 900);
+    let (png, svg) = render(
+        dir,
+        &stem,
+        (width * metrics.len() as u32, 420),
+        &BoxPlots {
+            axis: axis.cloned().unwrap_or_else(|| "configuration".into()),
+            names,
+            panels,
+        },
+    )?;
+    Ok(Figure {
+        stem,
+        title,
+        caption,
+        png,
+        svg,
+    })
 }
