@@ -4,7 +4,11 @@
 //! L = sum_{a,p,n} [ d(a,p) - d(a,n) + sigma ]_+  +  beta * sum_{a,p} ( d(a,p) + epsilon )
 //! ```
 //!
-//! with `d` the squared L2 distance between voxel embeddings. Each anchor has `m`
+//! with `d` the squared L2 distance between voxel embeddings. Read literally (`pair: literal`,
+//! the default), epsilon only shifts the loss: the pair term's gradient does not depend on it.
+//! The paper calls epsilon "the maximum distance of the positive pairs", which reads as a
+//! hinge; `pair: hinged` is `beta * sum_{a,p} [ d(a,p) - epsilon ]_+`, which pulls only the
+//! positives farther than epsilon from their anchor. Each anchor has `m`
 //! positives and `m` negatives; the triplet term runs over all `m x m` (positive,
 //! negative) pairs of an anchor and the pair term over its `m` positives, as Eq. 2's sums
 //! over J and M do.
@@ -29,6 +33,15 @@ pub enum Reduction {
     Sum,
 }
 
+/// How the positive-pair term uses epsilon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairTerm {
+    /// `d(a,p) + epsilon`, Eq. 2 as printed (epsilon is a constant offset).
+    Literal,
+    /// `[d(a,p) - epsilon]_+`, epsilon as the largest positive distance left unpenalised.
+    Hinged,
+}
+
 /// Eq. 2 of the paper with its hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TripletPairLoss {
@@ -43,6 +56,7 @@ pub struct TripletPairLoss {
     /// Scale embeddings to unit length first.
     pub normalize: bool,
     pub reduction: Reduction,
+    pub pair: PairTerm,
 }
 
 impl TripletPairLoss {
@@ -107,7 +121,11 @@ impl MetricLoss for TripletPairLoss {
         // [d(a, p_j) - d(a, n_l) + sigma]_+ over every (j, l) of an anchor.
         let triplet = d_ap.unsqueeze(2)?.broadcast_sub(&d_an.unsqueeze(1)?)?;
         let triplet = self.reduce(&(triplet + self.sigma)?.relu()?)?;
-        let pair = (self.reduce(&(d_ap + self.epsilon)?)? * self.beta)?;
+        let pair = match self.pair {
+            PairTerm::Literal => d_ap + self.epsilon,
+            PairTerm::Hinged => (d_ap - self.epsilon)?.relu(),
+        }?;
+        let pair = (self.reduce(&pair)? * self.beta)?;
         Ok(LossTerms {
             total: (&triplet + &pair)?,
             parts: vec![("triplet", triplet), ("pair", pair)],
@@ -129,7 +147,7 @@ pub const PARAMS: &[ParamSpec] = &[
         0.01,
         Some(0.0),
         None,
-        "offset of the positive-pair term (paper: 0.01)",
+        "offset of the positive-pair term (paper: 0.01), or its hinge with `pair: hinged`",
     ),
     ParamSpec::float(
         "beta",
@@ -154,6 +172,12 @@ pub const PARAMS: &[ParamSpec] = &[
         "mean",
         "mean over tuples, or Eq. 2's literal sum",
     ),
+    ParamSpec::choice(
+        "pair",
+        &["literal", "hinged"],
+        "literal",
+        "positive-pair term: beta * (d + epsilon) as Eq. 2 prints it, or beta * [d - epsilon]_+ (epsilon as the largest unpenalised positive distance)",
+    ),
 ];
 
 impl TripletPairLoss {
@@ -169,6 +193,11 @@ impl TripletPairLoss {
                 Reduction::Sum
             } else {
                 Reduction::Mean
+            },
+            pair: if p.str("pair")? == "hinged" {
+                PairTerm::Hinged
+            } else {
+                PairTerm::Literal
             },
         })
     }
@@ -278,6 +307,45 @@ mod tests {
         assert!(close(tr, 37.0 / 4.0) && close(pa, 10.5 / 2.0), "{tr} {pa}");
     }
 
+    /// `pair: hinged`: only positives farther than epsilon count, by how much they exceed it;
+    /// `pair: literal` shifts by epsilon everywhere (its gradient does not see epsilon).
+    #[test]
+    fn hinged_pair_term_counts_only_positives_beyond_epsilon() {
+        // anchor 1 = (1,0); positives 0 (d = 1) and 3 (d = 20); negatives far enough away
+        let t = Tuples {
+            m: 2,
+            anchors: vec![1],
+            positives: vec![0, 3],
+            negatives: vec![2, 2],
+        };
+        let hinged = TripletPairLoss {
+            beta: 1.0,
+            epsilon: 2.0,
+            reduction: Reduction::Sum,
+            pair: PairTerm::Hinged,
+            ..paper()
+        };
+        // [1 - 2]_+ + [20 - 2]_+ = 18
+        let (_, pa, _) = parts(&hinged, &emb(), &t);
+        assert!(close(pa, 18.0), "{pa}");
+        let literal = TripletPairLoss {
+            pair: PairTerm::Literal,
+            ..hinged.clone()
+        };
+        // (1 + 2) + (20 + 2) = 25
+        let (_, pa, _) = parts(&literal, &emb(), &t);
+        assert!(close(pa, 25.0), "{pa}");
+        // epsilon above every positive distance: the hinged term is 0
+        let wide = TripletPairLoss {
+            epsilon: 21.0,
+            ..hinged
+        };
+        let (_, pa, _) = parts(&wide, &emb(), &t);
+        assert_eq!(pa, 0.0);
+        // the declared default is the literal term
+        assert_eq!(paper().pair, PairTerm::Literal);
+    }
+
     #[test]
     fn normalised_embeddings() {
         // anchor 3 = (3,4)/5, positive 1 = (1,0), negative 2 = (0,1)
@@ -321,19 +389,23 @@ mod tests {
             positives: vec![1, 2, 5, 8, 14, 9, 10, 12],
             negatives: vec![3, 6, 7, 0, 11, 15, 16, 9],
         };
-        for (squared, normalize, reduction) in [
-            (true, false, Reduction::Mean),
-            (false, false, Reduction::Sum),
-            (true, true, Reduction::Mean),
-            (false, true, Reduction::Sum),
+        for (squared, normalize, reduction, pair) in [
+            (true, false, Reduction::Mean, PairTerm::Literal),
+            (false, false, Reduction::Sum, PairTerm::Literal),
+            (true, true, Reduction::Mean, PairTerm::Literal),
+            (false, true, Reduction::Sum, PairTerm::Literal),
+            (true, false, Reduction::Mean, PairTerm::Hinged),
+            (false, true, Reduction::Sum, PairTerm::Hinged),
         ] {
             let l = TripletPairLoss {
                 sigma: 0.9,
-                epsilon: 0.01,
+                // the hinge at 0.5 is active for some positive pairs and not for others
+                epsilon: if pair == PairTerm::Hinged { 0.5 } else { 0.01 },
                 beta: 0.3,
                 squared,
                 normalize,
                 reduction,
+                pair,
             };
             let var = Var::from_vec(data.clone(), (n, c, h, w), &Device::Cpu).expect("var");
             let loss = l.forward(var.as_tensor(), &t).expect("forward").total;
