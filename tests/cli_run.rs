@@ -115,6 +115,8 @@ fn sweep_writes_cells_and_a_complete_report() {
         "report.html",
         "figures/fig6_preset.png",
         "figures/fig6_preset.svg",
+        "figures/fig7_anchors.png",
+        "figures/fig7_anchors.svg",
         "figures/fig7_curves.png",
         "figures/fig7_curves.svg",
         "figures/fig8_phantom_002.png",

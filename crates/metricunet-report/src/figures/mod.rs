@@ -169,7 +169,7 @@ mod paired;
 mod worst;
 
 pub use fig6::fig6;
-pub use fig7::{fig7, read_log, Curve};
+pub use fig7::{band, fig7, read_log, Band, Curve, LogCurves};
 pub use fig8::fig8;
 pub use paired::paired;
 pub use worst::worst_cases;
