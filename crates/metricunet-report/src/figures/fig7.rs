@@ -160,16 +160,18 @@ fn draw_bands<'a, DB: DrawingBackend + 'a>(
     Ok(())
 }
 
+/// One panel: title, y-axis label, y range, whether to dot the points, the named bands.
+type Panel = (
+    String,
+    String,
+    std::ops::Range<f64>,
+    bool,
+    Vec<(String, Band)>,
+);
+
 /// Panels of curves over iterations, each with its bands.
 struct Panels {
-    /// Per panel: title, y-axis label, y range, whether to dot the points, the bands.
-    panels: Vec<(
-        String,
-        String,
-        std::ops::Range<f64>,
-        bool,
-        Vec<(String, Band)>,
-    )>,
+    panels: Vec<Panel>,
 }
 
 impl Draw for Panels {
