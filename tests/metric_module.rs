@@ -227,3 +227,60 @@ fn runs_on_a_small_registered_backbone() {
         .get(d.get("conv1a.conv.weight").expect("var"))
         .is_some());
 }
+
+/// What `samplers show` draws, on a hand-built batch: per sampler the candidate count of
+/// each image and the anchors, positives and negatives, exactly those of a training step
+/// with the same seed.
+#[test]
+fn sampler_draws_and_counts_on_a_hand_built_batch() {
+    let m = module(
+        "metric:\n  samplers:\n    - {name: random, k: 5}\n    - {name: hard-negative, tau: 0.1}\n    - {name: contour-aware}\n",
+    );
+    // P(foreground) 0.95 everywhere but three foreground voxels at 0.5 (unsure: |p - 1| > tau)
+    let unsure = [8usize, 15, 22];
+    let mut logits = vec![0.0f64; 2 * 2 * 36];
+    for n in 0..2 {
+        for v in 0..36 {
+            let p: f64 = if n == 0 && unsure.contains(&v) {
+                0.5
+            } else {
+                0.95
+            };
+            logits[(n * 2 + 1) * 36 + v] = (p / (1.0 - p)).ln();
+        }
+    }
+    let logits = Tensor::from_vec(logits, (2, 2, 6, 6), &Device::Cpu).expect("t");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let d = m.draw(&logits, &labels(), &mut rng).expect("draw");
+    let probs = d.probabilities.as_ref().expect("hard-negative reads probabilities");
+    assert!((probs[8] - 0.5).abs() < 1e-6 && (probs[0] - 0.95).abs() < 1e-6);
+    let names: Vec<&str> = d.samplers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["random", "hard-negative", "contour-aware"]);
+    // candidates per image: 9 foreground voxels, the 3 unsure ones, the 8-voxel ring
+    let counts: Vec<Vec<usize>> = d.samplers.iter().map(|s| s.candidates.clone()).collect();
+    assert_eq!(counts, [vec![9, 0], vec![3, 0], vec![8, 0]]);
+    let anchors: Vec<usize> = d.samplers.iter().map(|s| s.tuples.len()).collect();
+    assert_eq!(anchors, [5, 3, 8]);
+    let sorted = |v: &[usize]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(sorted(&d.samplers[1].tuples.anchors), unsure);
+    let ring: Vec<usize> = (0..36).filter(|&v| labels()[v] == 1 && v != 15).collect();
+    assert_eq!(sorted(&d.samplers[2].tuples.anchors), ring);
+    for s in &d.samplers {
+        assert!(s.tuples.positives.iter().all(|&v| labels()[v] == 1));
+        assert!(s.tuples.negatives.iter().all(|&v| labels()[v] == 0));
+    }
+    // a training step with the same seed draws the same tuples (the anchors it logs)
+    let emb = Tensor::zeros((2, 4, 6, 6), DType::F64, &Device::Cpu).expect("t");
+    let s = scalars(&m, &logits, &emb, 5);
+    assert_eq!(get(&s, "random/anchors"), 5.0);
+    assert_eq!(get(&s, "hard-negative/anchors"), 3.0);
+    assert_eq!(get(&s, "contour-aware/anchors"), 8.0);
+    let again = m
+        .draw(&logits, &labels(), &mut ChaCha8Rng::seed_from_u64(5))
+        .expect("draw");
+    assert_eq!(again, d);
+}

@@ -32,7 +32,7 @@ pub use config::{Cell, Experiment, ExperimentPlan, PluginSpec};
 pub use error::{CoreError, Result};
 pub use loss::{gather_voxels, LossTerms, MetricLoss};
 pub use metric::{Comparison, MaskRef, Metric, MetricValue};
-pub use metric_module::{StepLoss, VoxelMetricModule};
+pub use metric_module::{BatchDraw, SamplerDraw, StepLoss, VoxelMetricModule};
 pub use params::{ParamKind, ParamSpec, ParamValue, Params};
 pub use postprocess::PostProcess;
 pub use progress::{Progress, ProgressTask, SharedProgress, Silent};

@@ -9,7 +9,7 @@ use rand::RngCore;
 use crate::error::{CoreError, Result};
 use crate::loss::{scalar_f64, zero_like_scalar, LossTerms, MetricLoss};
 use crate::registry;
-use crate::sampler::{SampleBatch, Sampler};
+use crate::sampler::{SampleBatch, Sampler, Tuples};
 use crate::schema::WeightedSpec;
 use crate::seg_loss::SegLoss;
 
@@ -172,27 +172,15 @@ impl VoxelMetricModule {
         }
         let seg = self.seg.forward(logits, labels)?;
         let active = !self.samplers.is_empty();
-        let probs: Option<Vec<f32>> = if active
-            && self
-                .samplers
-                .iter()
-                .any(|s| s.sampler.needs_probabilities())
-        {
-            Some(foreground_probabilities(logits)?)
-        } else {
-            None
-        };
-        let batch = SampleBatch::new(labels, probs.as_deref(), n, h, w)?;
+        let drawn = self.sample(logits, labels, rng)?;
         let mut metric = Vec::with_capacity(self.samplers.len());
         let mut sum = zero_like_scalar(&seg.total)?;
-        for s in &self.samplers {
-            let tuples = s.sampler.sample(&batch, rng)?;
-            tuples.check()?;
-            let terms = self.loss.forward(embedding, &tuples)?;
+        for d in drawn {
+            let terms = self.loss.forward(embedding, &d.tuples)?;
             sum = (sum + terms.total.to_dtype(seg.total.dtype())?)?;
             metric.push(SamplerLoss {
-                name: s.name.clone(),
-                anchors: tuples.len(),
+                name: d.name,
+                anchors: d.tuples.len(),
                 terms,
             });
         }
@@ -207,6 +195,95 @@ impl VoxelMetricModule {
             metric,
             total,
         })
+    }
+}
+
+/// What one sampler drew from a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerDraw {
+    /// The name it is logged under.
+    pub name: String,
+    /// Per image: how many voxels were anchor candidates (empty unless asked for).
+    pub candidates: Vec<usize>,
+    /// The drawn tuples (flat batch indices).
+    pub tuples: Tuples,
+}
+
+/// Every sampler's draw from one batch and the foreground probabilities they saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchDraw {
+    /// Softmax foreground probability per voxel (`N x H x W` flat), when a sampler read it.
+    pub probabilities: Option<Vec<f32>>,
+    pub samplers: Vec<SamplerDraw>,
+}
+
+impl VoxelMetricModule {
+    /// What every configured sampler draws from a batch (`logits` `N x 2 x H x W`, `labels`
+    /// flat `N x H x W`), in configuration order from `rng`, exactly as a training step
+    /// draws them, with the candidate count of every image and the probabilities the
+    /// samplers saw: what `metricunet samplers show` draws.
+    pub fn draw(&self, logits: &Tensor, labels: &[u8], rng: &mut dyn RngCore) -> Result<BatchDraw> {
+        let (n, _, h, w) = logits.dims4()?;
+        let probabilities = self.probabilities(logits)?;
+        let batch = SampleBatch::new(labels, probabilities.as_deref(), n, h, w)?;
+        let mut samplers = self.sample_batch(&batch, rng)?;
+        for (d, s) in samplers.iter_mut().zip(&self.samplers) {
+            d.candidates = (0..n)
+                .map(|i| s.sampler.candidates(&batch.item(i)).map(|c| c.len()))
+                .collect::<Result<_>>()?;
+        }
+        Ok(BatchDraw {
+            probabilities,
+            samplers,
+        })
+    }
+
+    /// The foreground probabilities when a configured sampler reads them.
+    fn probabilities(&self, logits: &Tensor) -> Result<Option<Vec<f32>>> {
+        if self
+            .samplers
+            .iter()
+            .any(|s| s.sampler.needs_probabilities())
+        {
+            Ok(Some(foreground_probabilities(logits)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Each sampler's tuples from `logits` and `labels` (no candidate counts).
+    fn sample(
+        &self,
+        logits: &Tensor,
+        labels: &[u8],
+        rng: &mut dyn RngCore,
+    ) -> Result<Vec<SamplerDraw>> {
+        if self.samplers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (n, _, h, w) = logits.dims4()?;
+        let probabilities = self.probabilities(logits)?;
+        let batch = SampleBatch::new(labels, probabilities.as_deref(), n, h, w)?;
+        self.sample_batch(&batch, rng)
+    }
+
+    fn sample_batch(
+        &self,
+        batch: &SampleBatch<'_>,
+        rng: &mut dyn RngCore,
+    ) -> Result<Vec<SamplerDraw>> {
+        self.samplers
+            .iter()
+            .map(|s| {
+                let tuples = s.sampler.sample(batch, rng)?;
+                tuples.check()?;
+                Ok(SamplerDraw {
+                    name: s.name.clone(),
+                    candidates: Vec::new(),
+                    tuples,
+                })
+            })
+            .collect()
     }
 }
 
