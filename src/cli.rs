@@ -51,6 +51,11 @@ enum Command {
     Phantom(PhantomArgs),
     /// Compare the phantom's HU statistics with a real CT and write slices of both.
     Realism(RealismArgs),
+    /// The sampler lab: what each configured sampler draws from a training batch.
+    Samplers {
+        #[command(subcommand)]
+        what: SamplersCommand,
+    },
     /// Benchmarks (they print timings; nothing is asserted).
     Bench {
         #[command(subcommand)]
@@ -364,6 +369,77 @@ impl RealismArgs {
 }
 
 #[derive(Subcommand)]
+enum SamplersCommand {
+    /// Draw where every sampler of a cell puts its anchors, positives and negatives on one
+    /// stage-2 training batch of a case (PNG + SVG), as a training step draws them, and print
+    /// the candidate and anchor counts per image.
+    Show(SamplersShowArgs),
+}
+
+#[derive(Args)]
+struct SamplersShowArgs {
+    /// The experiment YAML.
+    experiment: PathBuf,
+    /// Override a value: `--set metric.samplers.0.tau=0.3` (repeatable).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    sets: Vec<String>,
+    /// Which grid cell (default: the first one that configures samplers).
+    #[arg(long)]
+    cell: Option<usize>,
+    /// A training case id (default: the first training case of the split).
+    #[arg(long)]
+    case: Option<String>,
+    /// Trained stage-2 weights, e.g. `runs/<name>/cells/<hash>/stage2/model.safetensors`
+    /// (default: the network as initialised from the cell's seed).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Folder for the figure (default runs/<name>/samplers).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl SamplersShowArgs {
+    fn run(self) -> Result<String> {
+        let plan = read_plan(&self.experiment, &self.sets)?;
+        let cell = match self.cell {
+            Some(i) => plan.cells.get(i).with_context(|| {
+                format!("--cell {i}: the experiment has {} cells", plan.cells.len())
+            })?,
+            None => plan
+                .cells
+                .iter()
+                .find(|c| !c.config.metric.samplers.is_empty())
+                .with_context(|| {
+                    format!(
+                        "{}: no cell configures a sampler (metric.samplers is empty in every cell)",
+                        self.experiment.display()
+                    )
+                })?,
+        };
+        let dir = self
+            .experiment
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let out = self.out.unwrap_or_else(|| {
+            PathBuf::from("runs")
+                .join(&cell.config.name)
+                .join("samplers")
+        });
+        let text = crate::samplers_cmd::show(
+            cell,
+            &dir,
+            &crate::samplers_cmd::ShowArgs {
+                case: self.case,
+                weights: self.weights,
+                out,
+            },
+        )?;
+        Ok(format!("cell {} ({})\n{text}", cell.index, cell.label()))
+    }
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Training steps (forward, backward, optimizer; peak memory) of the paper network and
     /// the quickstart network, with the metric module off and with each sampler.
@@ -506,6 +582,9 @@ fn run(cli: Cli) -> Result<String> {
         Command::Eval(a) => a.run(),
         Command::Phantom(a) => a.run(),
         Command::Realism(a) => a.run(),
+        Command::Samplers { what } => match what {
+            SamplersCommand::Show(a) => a.run(),
+        },
         Command::Bench { what } => match what {
             BenchCommand::Train(a) => a.run(),
             BenchCommand::Infer(a) => a.run(),

@@ -9,6 +9,7 @@ mod data_cmds;
 mod eval_cmds;
 mod progress;
 mod run_cmd;
+mod samplers_cmd;
 mod train_cmd;
 
 /// mimalloc keeps freed pages for reuse; with the system allocator every large tensor was

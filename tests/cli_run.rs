@@ -593,3 +593,69 @@ fn a_rerun_in_another_root_gives_the_same_bytes() {
         }
     }
 }
+
+/// The sampler lab on the tiny sweep: the first cell with samplers (MetricUNet-HCP), its
+/// counts per sampler (at most k per image), the figure, and clear refusals.
+#[test]
+fn samplers_show_draws_the_configured_samplers_of_a_batch() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("lab");
+    let cache = format!("data.cache_dir={}", dir.path().join("cache").display());
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "samplers",
+            "show",
+            "tests/fixtures/tiny-sweep.yaml",
+            "--set",
+            cache.as_str(),
+            "--out",
+            out.to_str().expect("utf8"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        common::cli(&refs)
+    };
+    let (ok, stdout, stderr) = run(&[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("cell 1 (preset=metricunet-hcp)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("as initialised"), "{stdout}");
+    // a row per sampler: name, candidates, anchors (batch of 2 images, k = 20 each)
+    for name in ["hard-negative", "contour-aware"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {stdout}"));
+        let f: Vec<&str> = row.split_whitespace().collect();
+        let (candidates, anchors): (usize, usize) =
+            (f[1].parse().expect("count"), f[2].parse().expect("count"));
+        assert!(anchors <= 40 && anchors <= candidates, "{row}");
+        assert!(
+            anchors > 0,
+            "the tiny fixture's patches hold foreground: {row}"
+        );
+    }
+    let png = std::fs::read_dir(&out)
+        .expect("out")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "png"))
+        .expect("a PNG");
+    assert_eq!(&std::fs::read(&png).expect("png")[1..4], b"PNG");
+    // a cell without samplers, an unknown case: errors that say what to do
+    let (ok, _, stderr) = run(&["--cell", "0"]);
+    assert!(!ok && stderr.contains("configures no sampler"), "{stderr}");
+    let (ok, _, stderr) = run(&["--case", "nope"]);
+    assert!(
+        !ok && stderr.contains("--case nope") && stderr.contains("phantom_"),
+        "{stderr}"
+    );
+}

@@ -252,7 +252,10 @@ fn sampler_draws_and_counts_on_a_hand_built_batch() {
     let logits = Tensor::from_vec(logits, (2, 2, 6, 6), &Device::Cpu).expect("t");
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let d = m.draw(&logits, &labels(), &mut rng).expect("draw");
-    let probs = d.probabilities.as_ref().expect("hard-negative reads probabilities");
+    let probs = d
+        .probabilities
+        .as_ref()
+        .expect("hard-negative reads probabilities");
     assert!((probs[8] - 0.5).abs() < 1e-6 && (probs[0] - 0.95).abs() < 1e-6);
     let names: Vec<&str> = d.samplers.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["random", "hard-negative", "contour-aware"]);

@@ -166,10 +166,12 @@ mod fig6;
 mod fig7;
 mod fig8;
 mod paired;
+mod samplers;
 mod worst;
 
 pub use fig6::fig6;
 pub use fig7::{band, fig7, read_log, Band, Curve, LogCurves};
 pub use fig8::fig8;
 pub use paired::paired;
+pub use samplers::{sampler_picks, SamplerPanel, SamplerView};
 pub use worst::worst_cases;
