@@ -121,6 +121,8 @@ fn sweep_writes_cells_and_a_complete_report() {
         "figures/fig7_curves.svg",
         "figures/fig8_phantom_002.png",
         "figures/fig8_phantom_002.svg",
+        "figures/embedding_phantom_002.png",
+        "figures/embedding_phantom_002.svg",
         "figures/paired_preset_metricunet-hcp.png",
         "figures/worst_preset_unet.png",
         "figures/worst_preset_metricunet-hcp.svg",
@@ -144,6 +146,25 @@ fn sweep_writes_cells_and_a_complete_report() {
         md.contains("Worst test case of preset=unet") && md.contains("## Kept weights"),
         "{md}"
     );
+    // the embedding view's separation number, per configuration (one seed here)
+    let sep = md
+        .split("## Embedding separation")
+        .nth(1)
+        .expect("an embedding separation section");
+    for config in ["preset=unet", "preset=metricunet-hcp"] {
+        let row = sep
+            .lines()
+            .find(|l| l.starts_with(&format!("| {config} |")))
+            .unwrap_or_else(|| panic!("no separation row for {config}: {sep}"));
+        let value: f64 = row
+            .split('|')
+            .nth(2)
+            .expect("cell")
+            .trim()
+            .parse()
+            .expect("a number");
+        assert!(value.is_finite() && value > 0.0, "{row}");
+    }
     // the paired difference comes with its bootstrap interval
     assert!(md.contains("[95 % CI]"), "{md}");
     let html = std::fs::read_to_string(rep.join("report.html")).expect("html");

@@ -176,6 +176,15 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
     figs.extend(figures::paired(&r, &fig_dir)?);
     figs.extend(figures::fig7(&r, &fig_dir)?);
     figs.extend(figures::fig8(&r, &fig_dir)?);
+    // the embedding view runs each cell's network once; a cell it cannot load is named in
+    // the report, and the rest of the report is still written
+    let embeddings = figures::embeddings(&r).map_err(|e| {
+        tracing::warn!("embedding view: {e}");
+        e.to_string()
+    });
+    if let Ok(Some(e)) = &embeddings {
+        figs.push(figures::embedding_figure(e, &fig_dir)?);
+    }
     figs.extend(figures::worst_cases(&r, &fig_dir)?);
 
     // document
@@ -216,6 +225,44 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
             alt: f.title.clone(),
             caption: format!("{}. {} (SVG: `figures/{}.svg`)", f.title, f.caption, f.stem),
         });
+    }
+    match &embeddings {
+        Ok(Some(e)) => {
+            blocks.push(Block::Heading("Embedding separation".into()));
+            blocks.push(Block::Table {
+                header: ["configuration", "separation (mean over seeds)", "per seed"]
+                    .map(String::from)
+                    .to_vec(),
+                rows: (0..e.groups.len())
+                    .map(|g| {
+                        let (mean, each) = e.separation(g);
+                        let f = |v: Option<f64>| {
+                            v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into())
+                        };
+                        vec![
+                            e.groups[g].0.clone(),
+                            f(mean),
+                            e.groups[g]
+                                .1
+                                .iter()
+                                .zip(each)
+                                .map(|((seed, _), v)| format!("seed {seed}: {}", f(v)))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        ]
+                    })
+                    .collect(),
+            });
+            blocks.push(Block::Para(format!(
+                "On test case {} (see the embedding view above): the mean embedding distance between a foreground and a background voxel within 2 voxels of the reference boundary, over the mean distance between two voxels of the same class there. Above 1 the classes lie apart where the metric loss acts; it is scale-free, so networks with different feature scales compare.",
+                e.case
+            )));
+        }
+        Ok(None) => {}
+        Err(why) => {
+            blocks.push(Block::Heading("Embedding separation".into()));
+            blocks.push(Block::Para(format!("Not computed: {why}")));
+        }
     }
     blocks.push(Block::Heading("Cells".into()));
     blocks.push(Block::Table {

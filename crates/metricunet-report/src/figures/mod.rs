@@ -162,6 +162,7 @@ fn axis_range(v: &[f64], lo_floor: Option<f64>, hi_cap: Option<f64>) -> (f64, f6
     (lo, hi)
 }
 
+mod embedding;
 mod fig6;
 mod fig7;
 mod fig8;
@@ -169,6 +170,7 @@ mod paired;
 mod samplers;
 mod worst;
 
+pub use embedding::{embedding_figure, embeddings, Embeddings};
 pub use fig6::fig6;
 pub use fig7::{band, fig7, read_log, Band, Curve, LogCurves};
 pub use fig8::fig8;

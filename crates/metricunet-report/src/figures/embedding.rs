@@ -1,0 +1,227 @@
+//! The embedding view in the report: for the first test case, each configuration's
+//! embedding map on the slice with the most reference foreground, its first three principal
+//! components as RGB and a scatter of its first two, and the boundary separation number of
+//! every seed (`metricunet_eval::embedding`).
+
+use std::path::Path;
+
+use candle_core::Device;
+use metricunet_data::dataset::{load_case, Case};
+use metricunet_data::preprocess::{preprocess, PreprocessParams};
+use metricunet_eval::embedding::{
+    cell_view, EmbeddingView, BACKGROUND, BOUNDARY_BG, BOUNDARY_FG, FOREGROUND,
+};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::{axis_range, plot_err, render, Draw, Figure, FONT, REFERENCE};
+use crate::collect::RunResults;
+use crate::error::{ReportError, Result};
+
+/// Every configuration's views on one case: (label, per seed (seed, view)).
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    pub case: String,
+    pub groups: Vec<(String, Vec<(u64, EmbeddingView)>)>,
+}
+
+impl Embeddings {
+    /// Mean separation over the seeds of group `g` and each seed's value.
+    pub fn separation(&self, g: usize) -> (Option<f64>, Vec<Option<f64>>) {
+        let each: Vec<Option<f64>> = self.groups[g].1.iter().map(|(_, v)| v.separation).collect();
+        let finite: Vec<f64> = each.iter().flatten().copied().collect();
+        let mean = (!finite.is_empty()).then(|| finite.iter().sum::<f64>() / finite.len() as f64);
+        (mean, each)
+    }
+}
+
+/// The views of every finished cell on the first test case (CPU, inference mode).
+pub fn embeddings(r: &RunResults) -> Result<Option<Embeddings>> {
+    let Some(first) = r.groups.first().map(|g| &r.cells[g.cells[0]]) else {
+        return Ok(None);
+    };
+    let Some(case) = first.record.test_cases.first() else {
+        return Ok(None);
+    };
+    let loaded = load_case(
+        &Case {
+            id: case.id.clone(),
+            image: case.image.clone(),
+            label: case.label.clone(),
+        },
+        &first.config.data.label_map,
+    )?;
+    let mut groups = Vec::new();
+    for g in &r.groups {
+        let mut views = Vec::new();
+        for &c in &g.cells {
+            let cell = &r.cells[c];
+            let p = preprocess(
+                &loaded.image.volume,
+                loaded.label.as_ref(),
+                &PreprocessParams::from(&cell.config.data),
+            )?;
+            let view = cell_view(&cell.dir, &cell.config, &case.id, &p, &Device::Cpu)
+                .map_err(|e| ReportError::file(&cell.dir, format!("embedding view: {e}")))?;
+            if let Some(v) = view {
+                views.push((cell.record.seed, v));
+            }
+        }
+        if !views.is_empty() {
+            groups.push((g.label.clone(), views));
+        }
+    }
+    Ok((!groups.is_empty()).then(|| Embeddings {
+        case: case.id.clone(),
+        groups,
+    }))
+}
+
+const CLASS_COLOURS: [(u8, &str, RGBColor); 4] = [
+    (BACKGROUND, "background", RGBColor(120, 120, 120)),
+    (FOREGROUND, "foreground", RGBColor(255, 140, 0)),
+    (
+        BOUNDARY_BG,
+        "boundary, background side",
+        RGBColor(31, 119, 180),
+    ),
+    (
+        BOUNDARY_FG,
+        "boundary, foreground side",
+        RGBColor(214, 39, 40),
+    ),
+];
+
+struct Panels<'a>(&'a Embeddings);
+
+impl Draw for Panels<'_> {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
+        let e = plot_err("embedding");
+        let n = self.0.groups.len();
+        let parts = area.split_evenly((2, n));
+        for (k, (label, views)) in self.0.groups.iter().enumerate() {
+            let v = &views[0].1;
+            let (h, w) = (v.h, v.w);
+            let sep = v
+                .separation
+                .map(|s| format!("{s:.3}"))
+                .unwrap_or_else(|| "-".into());
+            // top: the first three principal components as RGB, reference outline on top
+            let mut chart = ChartBuilder::on(&parts[k])
+                .caption(
+                    format!("{label} (seed {}): PCA RGB", views[0].0),
+                    (FONT, 14),
+                )
+                .margin(6)
+                .build_cartesian_2d(0.0..w as f64, 0.0..h as f64)
+                .map_err(&e)?;
+            chart
+                .draw_series((0..h * w).map(|p| {
+                    let (r, c) = (p / w, p % w);
+                    let y = (h - r - 1) as f64;
+                    let [a, b, d] = v.rgb[p];
+                    Rectangle::new(
+                        [(c as f64, y), (c as f64 + 1.0, y + 1.0)],
+                        RGBColor(a, b, d).filled(),
+                    )
+                }))
+                .map_err(&e)?;
+            let fg = |r: usize, c: usize| v.labels[r * w + c] != 0;
+            let mut segs = Vec::new();
+            for r in 0..h {
+                for c in 0..w {
+                    if !fg(r, c) {
+                        continue;
+                    }
+                    let (x0, x1) = (c as f64, c as f64 + 1.0);
+                    let (y1, y0) = ((h - r) as f64, (h - r - 1) as f64);
+                    if c == 0 || !fg(r, c - 1) {
+                        segs.push(vec![(x0, y0), (x0, y1)]);
+                    }
+                    if c + 1 == w || !fg(r, c + 1) {
+                        segs.push(vec![(x1, y0), (x1, y1)]);
+                    }
+                    if r == 0 || !fg(r - 1, c) {
+                        segs.push(vec![(x0, y1), (x1, y1)]);
+                    }
+                    if r + 1 == h || !fg(r + 1, c) {
+                        segs.push(vec![(x0, y0), (x1, y0)]);
+                    }
+                }
+            }
+            chart
+                .draw_series(
+                    segs.into_iter()
+                        .map(|s| PathElement::new(s, REFERENCE.stroke_width(1))),
+                )
+                .map_err(&e)?;
+            // bottom: PC1 against PC2 of sampled voxels, by class
+            let xs: Vec<f64> = v.scatter.iter().map(|p| p.0).collect();
+            let ys: Vec<f64> = v.scatter.iter().map(|p| p.1).collect();
+            let (x0, x1) = axis_range(&xs, None, None);
+            let (y0, y1) = axis_range(&ys, None, None);
+            let mut chart = ChartBuilder::on(&parts[n + k])
+                .caption(format!("PC1 / PC2, boundary separation {sep}"), (FONT, 14))
+                .margin(8)
+                .x_label_area_size(30)
+                .y_label_area_size(44)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(&e)?;
+            chart
+                .configure_mesh()
+                .light_line_style(RGBColor(240, 240, 240))
+                .label_style((FONT, 11))
+                .x_labels(4)
+                .y_labels(4)
+                .draw()
+                .map_err(&e)?;
+            for (class, name, colour) in CLASS_COLOURS {
+                let s = chart
+                    .draw_series(
+                        v.scatter
+                            .iter()
+                            .filter(|p| p.2 == class)
+                            .map(|p| Circle::new((p.0, p.1), 2, colour.mix(0.7).filled())),
+                    )
+                    .map_err(&e)?;
+                if k == 0 {
+                    s.label(name)
+                        .legend(move |(x, y)| Circle::new((x + 6, y), 3, colour.filled()));
+                }
+            }
+            if k == 0 {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::UpperLeft)
+                    .label_font((FONT, 11))
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .draw()
+                    .map_err(&e)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The embedding figure of `e` (first seed of each configuration).
+pub fn embedding_figure(e: &Embeddings, dir: &Path) -> Result<Figure> {
+    let n = e.groups.len().max(1) as u32;
+    let stem = format!(
+        "embedding_{}",
+        e.case
+            .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+    );
+    let (png, svg) = render(dir, &stem, (n * 360, 700), &Panels(e))?;
+    let v = &e.groups[0].1[0].1;
+    Ok(Figure {
+        stem,
+        title: format!("Embedding view: {}", e.case),
+        caption: format!(
+            "Test case {}, stage-2 crop around the reference, axial slice {} (the one with the most reference foreground; array orientation, row 0 at the top). Top: the backbone's embedding map (the {}-channel features the samplers draw from) projected on its first three principal components, as red, green and blue (each scaled between its 1st and 99th percentile), reference outline in green. Bottom: the first two components of up to 300 voxels per class; boundary = within 2 voxels of the other class. Boundary separation: the mean embedding distance between a foreground and a background voxel of that band over the mean distance between two voxels of the same class there (1: the classes are not apart).",
+            e.case, v.z, v.dims
+        ),
+        png,
+        svg,
+    })
+}
