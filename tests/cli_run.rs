@@ -123,6 +123,8 @@ fn sweep_writes_cells_and_a_complete_report() {
         "figures/fig8_phantom_002.svg",
         "figures/embedding_phantom_002.png",
         "figures/embedding_phantom_002.svg",
+        "figures/samplers_preset_metricunet-hcp.png",
+        "figures/samplers_preset_metricunet-hcp.svg",
         "figures/paired_preset_metricunet-hcp.png",
         "figures/worst_preset_unet.png",
         "figures/worst_preset_metricunet-hcp.svg",
@@ -146,6 +148,8 @@ fn sweep_writes_cells_and_a_complete_report() {
         md.contains("Worst test case of preset=unet") && md.contains("## Kept weights"),
         "{md}"
     );
+    // the sampler lab only for the configuration with samplers
+    assert!(!rep.join("figures/samplers_preset_unet.png").exists());
     // the embedding view's separation number, per configuration (one seed here)
     let sep = md
         .split("## Embedding separation")

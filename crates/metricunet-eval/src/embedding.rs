@@ -10,11 +10,12 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use metricunet_core::config::{Experiment, StageName};
-use metricunet_core::Backbone;
+use metricunet_core::{Backbone, BatchDraw, VoxelMetricModule};
 use metricunet_data::patches::slice_stack;
 use metricunet_data::preprocess::{stage2_crop, Preprocessed};
 use metricunet_data::Volume;
 use metricunet_model::ModelSpec;
+use rand::SeedableRng;
 
 use crate::predict::PredictError;
 
@@ -47,6 +48,11 @@ pub struct EmbeddingView {
     /// Inter- over intra-class mean distance on the boundary band; `None` without both
     /// classes there.
     pub separation: Option<f64>,
+    /// The network's input slice (the middle context slice), scaled to [0, 1].
+    pub image: Vec<f32>,
+    /// What the configured samplers draw on this slice from the same network pass (seeded
+    /// 0, as a training step of a batch of one would); `None` without samplers.
+    pub draw: Option<BatchDraw>,
 }
 
 /// Voxels per class in the scatter.
@@ -203,7 +209,8 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
-/// The view of one `1 x D x H x W` embedding map and its `H x W` reference.
+/// The view of one `1 x D x H x W` embedding map and its `H x W` reference (no input
+/// image, no sampler draw: [`case_view`] adds them).
 pub fn view_of(
     case: &str,
     z: usize,
@@ -251,6 +258,8 @@ pub fn view_of(
         scatter,
         explained,
         separation: separation(embedding, d, &class),
+        image: Vec::new(),
+        draw: None,
     }
 }
 
@@ -285,24 +294,44 @@ pub fn case_view(
         return Ok(None);
     };
     let spec = ModelSpec::of(config, StageName::Stage2);
-    let (embedding, d) = slice_embedding(net, &spec, &image, z, device)?;
+    let out = slice_outputs(net, &spec, &image, z, device)?;
     let labels: Vec<u8> = label.data[z * nx * ny..(z + 1) * nx * ny]
         .iter()
         .map(|&v| u8::from(v != 0))
         .collect();
-    Ok(Some(view_of(case, z, &embedding, d, &labels, ny, nx)))
+    let mut view = view_of(case, z, &out.embedding, out.dims, &labels, ny, nx);
+    view.image = out.image;
+    if !config.metric.samplers.is_empty() {
+        let module = VoxelMetricModule::from_config(
+            &config.model.segmentation_loss,
+            "model.segmentation_loss",
+            &config.metric,
+        )?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        view.draw = Some(module.draw(&out.logits, &labels, &mut rng)?);
+    }
+    Ok(Some(view))
 }
 
-/// The embedding map (`D x (ny * nx)`, channel-major) of slice `z` of `image` (values in
-/// [0, 255]) with its context slices, padded in-plane to the network's size multiple as
-/// prediction pads it, and cut back to the slice.
-fn slice_embedding(
+/// One slice through the network: the embedding map (`D x (ny * nx)`, channel-major), the
+/// logits (`1 x 2 x ny x nx`) and the middle input slice.
+struct SliceOutputs {
+    embedding: Vec<f32>,
+    dims: usize,
+    logits: Tensor,
+    image: Vec<f32>,
+}
+
+/// Slice `z` of `image` (values in [0, 255]) with its context slices through `net`, padded
+/// in-plane to the network's size multiple as prediction pads it, the outputs cut back to
+/// the slice.
+fn slice_outputs(
     net: &dyn Backbone,
     spec: &ModelSpec,
     image: &Volume<f32>,
     z: usize,
     device: &Device,
-) -> Result<(Vec<f32>, usize), PredictError> {
+) -> Result<SliceOutputs, PredictError> {
     let slices = spec.in_channels;
     let multiple = spec.size_multiple();
     let [nx, ny, _] = image.geometry.dims;
@@ -321,8 +350,14 @@ fn slice_embedding(
             }
         }
     }
+    let middle = x[(slices / 2) * py * px..(slices / 2 + 1) * py * px].to_vec();
+    let image: Vec<f32> = (0..ny)
+        .flat_map(|y| middle[y * px..y * px + nx].to_vec())
+        .collect();
     let x = Tensor::from_vec(x, (1, slices, py, px), device)?;
-    let e = net.forward_t(&x, false)?.embedding;
+    let out = net.forward_t(&x, false)?;
+    let logits = out.logits.narrow(2, 0, ny)?.narrow(3, 0, nx)?;
+    let e = out.embedding;
     let (_, d, eh, ew) = e.dims4()?;
     if (eh, ew) != (py, px) {
         return Err(PredictError::Model(format!(
@@ -335,7 +370,12 @@ fn slice_embedding(
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?;
-    Ok((e, d))
+    Ok(SliceOutputs {
+        embedding: e,
+        dims: d,
+        logits,
+        image,
+    })
 }
 
 /// The view of a trained cell (its `stage2/model.safetensors` and `config`) on a case.

@@ -184,6 +184,7 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
     });
     if let Ok(Some(e)) = &embeddings {
         figs.push(figures::embedding_figure(e, &fig_dir)?);
+        figs.extend(figures::sampler_figures(e, &fig_dir)?);
     }
     figs.extend(figures::worst_cases(&r, &fig_dir)?);
 

@@ -14,6 +14,7 @@ use metricunet_eval::embedding::{
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::samplers::{sampler_picks, SamplerPanel, SamplerView};
 use super::{axis_range, plot_err, render, Draw, Figure, FONT, REFERENCE};
 use crate::collect::RunResults;
 use crate::error::{ReportError, Result};
@@ -202,6 +203,53 @@ impl Draw for Panels<'_> {
         }
         Ok(())
     }
+}
+
+/// The sampler lab on the report's test slice: for each configuration with samplers (its
+/// first seed), where every sampler puts its anchors, positives and negatives with the
+/// trained network (`samplers_<configuration>`).
+pub fn sampler_figures(e: &Embeddings, dir: &Path) -> Result<Vec<Figure>> {
+    let mut out = Vec::new();
+    for (label, views) in &e.groups {
+        let (seed, v) = (&views[0].0, &views[0].1);
+        let Some(draw) = &v.draw else { continue };
+        let panels = draw
+            .samplers
+            .iter()
+            .map(|s| {
+                let m = s.tuples.m;
+                SamplerPanel {
+                    name: s.name.clone(),
+                    candidates: s.candidates.iter().sum(),
+                    batch_candidates: s.candidates.iter().sum(),
+                    batch_anchors: s.tuples.len(),
+                    anchors: s.tuples.anchors.clone(),
+                    positives: s.tuples.positives[..s.tuples.len() * m].to_vec(),
+                    negatives: s.tuples.negatives[..s.tuples.len() * m].to_vec(),
+                }
+            })
+            .collect();
+        let view = SamplerView {
+            title: format!("{label} (seed {seed}), test case {} slice {}", e.case, v.z),
+            h: v.h,
+            w: v.w,
+            image: v.image.clone(),
+            labels: v.labels.clone(),
+            probabilities: draw.probabilities.clone(),
+            samplers: panels,
+        };
+        let stem = format!(
+            "samplers_{}",
+            label.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+        );
+        let mut fig = sampler_picks(&view, dir, &stem)?;
+        fig.caption = format!(
+            "{} With the trained stage-2 network (inference mode) on the embedding view's slice, as one training step on this slice alone would draw them (seed 0). `metricunet samplers show` draws a training batch instead.",
+            fig.caption
+        );
+        out.push(fig);
+    }
+    Ok(out)
 }
 
 /// The embedding figure of `e` (first seed of each configuration).

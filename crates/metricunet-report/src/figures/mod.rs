@@ -170,7 +170,7 @@ mod paired;
 mod samplers;
 mod worst;
 
-pub use embedding::{embedding_figure, embeddings, Embeddings};
+pub use embedding::{embedding_figure, embeddings, sampler_figures, Embeddings};
 pub use fig6::fig6;
 pub use fig7::{band, fig7, read_log, Band, Curve, LogCurves};
 pub use fig8::fig8;
