@@ -1,63 +1,52 @@
 #!/usr/bin/env bash
-# CPU side by side (run by hand, not in CI): `metricunet bench train` with one process per case
-# (each its own peak RSS), then `bench/pytorch_reference.py` with the same cases, steps and
-# threads, one after the other on an otherwise idle machine; then `bench infer`.
+# CPU side by side (run by hand, not in CI): candle (`metricunet bench train`) and PyTorch
+# (`bench/pytorch_reference.py`) alternately, A B A B ..., one process per case and framework
+# (each its own peak RSS), for ROUNDS rounds; then each case's median step and range per
+# framework and the median and range of the per-round ratio, so that one noisy run (this kind
+# of VM moves 10-30 % between runs) cannot decide a claim. Then `bench infer`.
 #
 #   bench/side_by_side.sh [OUT_DIR] [PYTHON]
 #
-# OUT_DIR (default bench/results) gets candle_cpu.json, pytorch_cpu.json and
-# candle_infer_cpu.json; PYTHON (default python3) must have torch installed. The release
-# binary is built first. Set STEPS / WARMUP / BATCHES / VARIANTS to change the cases.
+# OUT_DIR (default bench/results) gets side_by_side_cpu.json (every round, the CPU model and
+# flags, the summary) and candle_infer_cpu.json; PYTHON (default python3) must have torch
+# installed. The release binary is built first. Set ROUNDS (3) / STEPS (3) / WARMUP (1) /
+# BATCHES (1,8,30) / VARIANTS (unet,hcp) / THREADS (2) to change the cases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/results}
 py=${2:-python3}
+rounds=${ROUNDS:-3}
 steps=${STEPS:-3}
 warmup=${WARMUP:-1}
 batches=${BATCHES:-1,8,30}
 variants=${VARIANTS:-unet,hcp}
+threads=${THREADS:-2}
 mkdir -p "$out"
+"$py" -c 'import torch' || { echo "$py has no torch: pip install torch (CPU build)" >&2; exit 1; }
 cargo build --release -p metricunet
 bin=target/release/metricunet
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-for v in ${variants//,/ }; do
-  for b in ${batches//,/ }; do
-    echo "candle: paper $v, batch $b"
-    "$bin" bench train --models paper --batches "$b" --variants "$v" --steps "$steps" \
-      --warmup "$warmup" --json "$tmp/candle_${v}_$b.json" | grep '^| paper'
+# the CPU every number below was measured on
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+cpu_flags=$(grep -o -w -E 'avx2|avx512f|avx512bw|avx512vl|avx512_vnni|fma' /proc/cpuinfo | sort -u | tr '\n' ' ')
+echo "CPU: $cpu_model, $(nproc) cores visible; flags: $cpu_flags; $threads threads each"
+
+for r in $(seq 1 "$rounds"); do
+  for v in ${variants//,/ }; do
+    for b in ${batches//,/ }; do
+      echo "round $r: paper $v, batch $b: candle, then PyTorch"
+      RAYON_NUM_THREADS=$threads "$bin" bench train --models paper --batches "$b" --variants "$v" \
+        --steps "$steps" --warmup "$warmup" --json "$tmp/candle_${r}_${v}_$b.json" | grep '^| paper' || true
+      "$py" bench/pytorch_reference.py --threads "$threads" --batches "$b" --variants "$v" \
+        --steps "$steps" --warmup "$warmup" --json "$tmp/torch_${r}_${v}_$b.json" | grep '^| paper' || true
+    done
   done
 done
-"$py" - "$tmp" "$out/candle_cpu.json" "$(date -u +%Y-%m-%dT%H:%MZ)" <<'EOF'
-import glob, json, os, sys
-tmp, dest, when = sys.argv[1:4]
-parts = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(tmp, "candle_*.json")))]
-merged = dict(parts[0])
-merged["note"] = f"one process per case (fresh peak RSS), {when}; side by side with pytorch_cpu.json"
-merged["results"] = sorted((r for p in parts for r in p["results"]),
-                           key=lambda r: (r["label"], r["batch"]))
-with open(dest + ".tmp", "w") as f:
-    json.dump(merged, f, indent=2)
-os.replace(dest + ".tmp", dest)
-EOF
-
-echo "PyTorch: the same cases"
-"$py" bench/pytorch_reference.py --threads 2 --batches "$batches" --variants "$variants" \
-  --steps "$steps" --warmup "$warmup" --json "$out/pytorch_cpu.json" | grep '^|'
 
 echo "candle: whole-case inference"
-"$bin" bench infer --json "$out/candle_infer_cpu.json" | grep -E 'whole case|alone|peak'
+"$bin" bench infer --json "$out/candle_infer_cpu.json" | grep -E 'whole case|alone|peak' || true
 
-"$py" - "$out/candle_cpu.json" "$out/pytorch_cpu.json" <<'EOF'
-import json, sys
-c, t = (json.load(open(p))["results"] for p in sys.argv[1:3])
-torch = {(r["label"], r["batch"]): r for r in t}
-print("| case | batch | candle step (s) | PyTorch step (s) | ratio | candle / PyTorch peak RSS (MB) |")
-print("|---|---|---|---|---|---|")
-for r in c:
-    p = torch.get((r["label"], r["batch"]))
-    if p:
-        print(f"| {r['label']} | {r['batch']} | {r['step_s']:.3f} | {p['step_s']:.3f} | "
-              f"{r['step_s'] / p['step_s']:.2f}x | {r['peak_rss_mb']:.0f} / {p['peak_rss_mb']:.0f} |")
-EOF
+"$py" bench/side_by_side_summary.py "$tmp" "$out/side_by_side_cpu.json" \
+  "$cpu_model" "$cpu_flags" "$threads" "$(date -u +%Y-%m-%dT%H:%MZ)"
