@@ -148,6 +148,11 @@ fn sweep_writes_cells_and_a_complete_report() {
         md.contains("Worst test case of preset=unet") && md.contains("## Kept weights"),
         "{md}"
     );
+    // which reduction lambda refers to
+    assert!(
+        md.contains("`metric.lambda` = ") && md.contains("`reduction: mean`"),
+        "{md}"
+    );
     // the sampler lab only for the configuration with samplers
     assert!(!rep.join("figures/samplers_preset_unet.png").exists());
     // the embedding view's separation number, per configuration (one seed here)

@@ -331,6 +331,13 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
         ));
     }
     blocks.push(Block::Heading("Configuration".into()));
+    if let Some(c) = r
+        .cells
+        .iter()
+        .find(|c| !c.config.metric.samplers.is_empty())
+    {
+        blocks.push(Block::Para(lambda_note(&c.config)));
+    }
     blocks.push(Block::Para(if r.plan.axes.is_empty() {
         "The resolved configuration (every default filled in):".to_string()
     } else {
@@ -381,4 +388,29 @@ mod tests {
         assert_eq!(super::utc_text(1_798_000_000), "2026-12-23 04:26 UTC");
         assert_eq!(super::utc_text(951_782_400), "2000-02-29 00:00 UTC");
     }
+}
+
+/// What `metric.lambda` multiplies: the metric loss as configured, with its reduction when it
+/// declares one (a lambda under `mean` and one under `sum` differ by the number of tuples).
+fn lambda_note(c: &metricunet_core::config::Experiment) -> String {
+    let loss = &c.metric.loss;
+    let reduction = loss
+        .params
+        .get("reduction")
+        .and_then(|v| v.as_str())
+        .map(|r| {
+            format!(
+                " with `reduction: {r}` ({})",
+                match r {
+                    "mean" => "each term averaged over its tuples, so lambda does not scale with the batch size or the anchors drawn; Eq. 2 written as sums is `reduction: sum`, larger by the number of tuples",
+                    "sum" => "each term summed over its tuples, as Eq. 2 is written; the same lambda weighs more with a larger batch or more anchors",
+                    _ => "as the loss defines it",
+                }
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "`metric.lambda` = {} weighs the metric loss `{}`{reduction}, added to the segmentation loss once per sampler (Eq. 4; README: \"Which reduction a lambda refers to\").",
+        c.metric.lambda, loss.name
+    )
 }
