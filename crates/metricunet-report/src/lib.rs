@@ -380,16 +380,6 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_dates() {
-        assert_eq!(super::utc_text(0), "1970-01-01 00:00 UTC");
-        assert_eq!(super::utc_text(1_798_000_000), "2026-12-23 04:26 UTC");
-        assert_eq!(super::utc_text(951_782_400), "2000-02-29 00:00 UTC");
-    }
-}
-
 /// What `metric.lambda` multiplies: the metric loss as configured, with its reduction when it
 /// declares one (a lambda under `mean` and one under `sum` differ by the number of tuples).
 fn lambda_note(c: &metricunet_core::config::Experiment) -> String {
@@ -413,4 +403,14 @@ fn lambda_note(c: &metricunet_core::config::Experiment) -> String {
         "`metric.lambda` = {} weighs the metric loss `{}`{reduction}, added to the segmentation loss once per sampler (Eq. 4; README: \"Which reduction a lambda refers to\").",
         c.metric.lambda, loss.name
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc_text(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::utc_text(1_798_000_000), "2026-12-23 04:26 UTC");
+        assert_eq!(super::utc_text(951_782_400), "2000-02-29 00:00 UTC");
+    }
 }
