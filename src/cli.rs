@@ -73,6 +73,11 @@ fn parse_device(s: &str) -> Result<DeviceChoice, String> {
     }
 }
 
+/// The folder relative data paths of an experiment file are taken from: the file's own.
+pub(crate) fn experiment_dir(experiment: &Path) -> PathBuf {
+    experiment.parent().map(PathBuf::from).unwrap_or_default()
+}
+
 /// An experiment file with `--set` overrides, expanded into its cells.
 fn read_plan(experiment: &Path, sets: &[String]) -> Result<ExperimentPlan> {
     let text = std::fs::read_to_string(experiment)
@@ -162,11 +167,7 @@ impl TrainArgs {
                 "the experiment has {n} grid cells; pick one with --cell (see `metricunet validate`)"
             ),
         };
-        let dir = self
-            .experiment
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
+        let dir = experiment_dir(&self.experiment);
         let args = train_cmd::TrainArgs {
             out: self.out,
             device: self.device,
@@ -416,11 +417,7 @@ impl SamplersShowArgs {
                     )
                 })?,
         };
-        let dir = self
-            .experiment
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
+        let dir = experiment_dir(&self.experiment);
         let out = self.out.unwrap_or_else(|| {
             PathBuf::from("runs")
                 .join(&cell.config.name)

@@ -32,7 +32,7 @@ pub fn run(experiment: &Path, args: &RunArgs) -> Result<String> {
     let record = PlanRecord::of(&plan, &source, &args.sets)?;
     let opts = RunOptions {
         root: root.clone(),
-        experiment_dir: experiment.parent().map(PathBuf::from).unwrap_or_default(),
+        experiment_dir: crate::cli::experiment_dir(experiment),
         device: args.device,
         shard: args.shard,
         retry_failed: args.retry_failed,

@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use candle_core::Device;
-use metricunet_data::dataset::{load_case, Case};
 use metricunet_data::preprocess::{preprocess, PreprocessParams};
 use metricunet_eval::embedding::{
     cell_view, EmbeddingView, BACKGROUND, BOUNDARY_BG, BOUNDARY_FG, FOREGROUND,
@@ -15,7 +14,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::samplers::{sampler_picks, SamplerPanel, SamplerView};
-use super::{axis_range, plot_err, render, Draw, Figure, FONT, REFERENCE};
+use super::{axis_range, load_test_case, outline, plot_err, render, Draw, Figure, FONT, REFERENCE};
 use crate::collect::RunResults;
 use crate::error::{ReportError, Result};
 
@@ -44,14 +43,7 @@ pub fn embeddings(r: &RunResults) -> Result<Option<Embeddings>> {
     let Some(case) = first.record.test_cases.first() else {
         return Ok(None);
     };
-    let loaded = load_case(
-        &Case {
-            id: case.id.clone(),
-            image: case.image.clone(),
-            label: case.label.clone(),
-        },
-        &first.config.data.label_map,
-    )?;
+    let loaded = load_test_case(case, &first.config)?;
     let mut groups = Vec::new();
     for g in &r.groups {
         let mut views = Vec::new();
@@ -127,33 +119,11 @@ impl Draw for Panels<'_> {
                     )
                 }))
                 .map_err(&e)?;
-            let fg = |r: usize, c: usize| v.labels[r * w + c] != 0;
-            let mut segs = Vec::new();
-            for r in 0..h {
-                for c in 0..w {
-                    if !fg(r, c) {
-                        continue;
-                    }
-                    let (x0, x1) = (c as f64, c as f64 + 1.0);
-                    let (y1, y0) = ((h - r) as f64, (h - r - 1) as f64);
-                    if c == 0 || !fg(r, c - 1) {
-                        segs.push(vec![(x0, y0), (x0, y1)]);
-                    }
-                    if c + 1 == w || !fg(r, c + 1) {
-                        segs.push(vec![(x1, y0), (x1, y1)]);
-                    }
-                    if r == 0 || !fg(r - 1, c) {
-                        segs.push(vec![(x0, y1), (x1, y1)]);
-                    }
-                    if r + 1 == h || !fg(r + 1, c) {
-                        segs.push(vec![(x0, y0), (x1, y0)]);
-                    }
-                }
-            }
+            let segs = outline(h, w, |r, c| v.labels[r * w + c] != 0);
             chart
                 .draw_series(
                     segs.into_iter()
-                        .map(|s| PathElement::new(s, REFERENCE.stroke_width(1))),
+                        .map(|s| PathElement::new(s.to_vec(), REFERENCE.stroke_width(1))),
                 )
                 .map_err(&e)?;
             // bottom: PC1 against PC2 of sampled voxels, by class

@@ -3,14 +3,16 @@
 
 use std::path::Path;
 
-use metricunet_data::dataset::{load_case, Case};
 use metricunet_data::io::read_nifti;
 use metricunet_data::Volume;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
 
-use super::{plot_err, render, scale_bar_and_legend, Draw, Figure, CONTOUR, FONT, REFERENCE};
+use super::{
+    load_test_case, outline, plot_err, render, scale_bar_and_legend, Draw, Figure, Segment,
+    CONTOUR, FONT, REFERENCE,
+};
 use crate::collect::RunResults;
 use crate::error::{ReportError, Result};
 
@@ -38,35 +40,9 @@ impl CaseSlice {
 
 struct Overlay<'a>(&'a CaseSlice);
 
-/// A line segment in display coordinates.
-type Segment = [(f64, f64); 2];
-
+/// The outline of `mask` in the slice's display coordinates.
 fn edges(s: &CaseSlice, mask: &[bool]) -> Vec<Segment> {
-    let (w, h) = (s.cols.len(), s.rows.len());
-    let mut out = Vec::new();
-    for r in 0..h {
-        for c in 0..w {
-            if !s.at(mask, c, r) {
-                continue;
-            }
-            // display y grows upwards: row 0 is the top
-            let (x0, x1) = (c as f64, c as f64 + 1.0);
-            let (y1, y0) = ((h - r) as f64, (h - r - 1) as f64);
-            if c == 0 || !s.at(mask, c - 1, r) {
-                out.push([(x0, y0), (x0, y1)]);
-            }
-            if c + 1 == w || !s.at(mask, c + 1, r) {
-                out.push([(x1, y0), (x1, y1)]);
-            }
-            if r == 0 || !s.at(mask, c, r - 1) {
-                out.push([(x0, y1), (x1, y1)]);
-            }
-            if r + 1 == h || !s.at(mask, c, r + 1) {
-                out.push([(x0, y0), (x1, y0)]);
-            }
-        }
-    }
-    out
+    outline(s.rows.len(), s.cols.len(), |r, c| s.at(mask, c, r))
 }
 
 impl Draw for Overlay<'_> {
@@ -169,14 +145,7 @@ fn centroid_slice(m: &Volume<bool>) -> Option<usize> {
 
 fn load_case_slice(r: &RunResults, case: &metricunet_store::TestCase) -> Result<Option<CaseSlice>> {
     let first = &r.cells[r.groups[0].cells[0]];
-    let loaded = load_case(
-        &Case {
-            id: case.id.clone(),
-            image: case.image.clone(),
-            label: case.label.clone(),
-        },
-        &first.config.data.label_map,
-    )?;
+    let loaded = load_test_case(case, &first.config)?;
     let Some(label) = loaded.label else {
         return Ok(None);
     };

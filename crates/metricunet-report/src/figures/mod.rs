@@ -127,14 +127,69 @@ fn scale_bar_and_legend<'a, DB: DrawingBackend + 'a>(
             WHITE.stroke_width(3),
         )))
         .map_err(&e)?;
+    dark_legend(chart, name)
+}
+
+/// The legend in the upper right, white on translucent black (over a CT slice).
+fn dark_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    name: &str,
+) -> Result<()> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
         .label_font((FONT, 12).into_font().color(&WHITE))
         .background_style(BLACK.mix(0.5))
         .draw()
-        .map_err(&e)?;
+        .map_err(plot_err(name))?;
     Ok(())
+}
+
+/// A line segment in display coordinates.
+type Segment = [(f64, f64); 2];
+
+/// The outline of a mask on an `h x w` image drawn with row 0 at the top (display y grows
+/// upwards): the unit edges between a voxel where `fg(row, column)` holds and one where it
+/// does not (or the image border).
+fn outline(h: usize, w: usize, fg: impl Fn(usize, usize) -> bool) -> Vec<Segment> {
+    let mut out = Vec::new();
+    for r in 0..h {
+        for c in 0..w {
+            if !fg(r, c) {
+                continue;
+            }
+            let (x0, x1) = (c as f64, c as f64 + 1.0);
+            let (y1, y0) = ((h - r) as f64, (h - r - 1) as f64);
+            if c == 0 || !fg(r, c - 1) {
+                out.push([(x0, y0), (x0, y1)]);
+            }
+            if c + 1 == w || !fg(r, c + 1) {
+                out.push([(x1, y0), (x1, y1)]);
+            }
+            if r == 0 || !fg(r - 1, c) {
+                out.push([(x0, y1), (x1, y1)]);
+            }
+            if r + 1 == h || !fg(r + 1, c) {
+                out.push([(x0, y0), (x1, y0)]);
+            }
+        }
+    }
+    out
+}
+
+/// A test case of a cell's record, read and checked, its labels mapped by `config`.
+fn load_test_case(
+    case: &metricunet_store::TestCase,
+    config: &metricunet_core::config::Experiment,
+) -> Result<metricunet_data::dataset::LoadedCase> {
+    Ok(metricunet_data::dataset::load_case(
+        &metricunet_data::dataset::Case {
+            id: case.id.clone(),
+            image: case.image.clone(),
+            label: case.label.clone(),
+        },
+        &config.data.label_map,
+    )?)
 }
 
 fn axis_range(v: &[f64], lo_floor: Option<f64>, hi_cap: Option<f64>) -> (f64, f64) {

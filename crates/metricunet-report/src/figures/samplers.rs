@@ -7,7 +7,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
 
-use super::{plot_err, render, Draw, Figure, FONT, REFERENCE};
+use super::{dark_legend, outline, plot_err, render, Draw, Figure, FONT, REFERENCE};
 use crate::error::{ReportError, Result};
 
 /// One sampler's draw on the image shown (item-local indices, `y * W + x`).
@@ -79,35 +79,6 @@ impl SamplerView {
         let (r, c) = (v / self.w, v % self.w);
         (c as f64 + 0.5, (self.h - r) as f64 - 0.5)
     }
-
-    /// The reference's outline as unit segments in display coordinates.
-    fn outline(&self) -> Vec<[(f64, f64); 2]> {
-        let (h, w) = (self.h, self.w);
-        let fg = |r: usize, c: usize| self.labels[r * w + c] != 0;
-        let mut out = Vec::new();
-        for r in 0..h {
-            for c in 0..w {
-                if !fg(r, c) {
-                    continue;
-                }
-                let (x0, x1) = (c as f64, c as f64 + 1.0);
-                let (y1, y0) = ((h - r) as f64, (h - r - 1) as f64);
-                if c == 0 || !fg(r, c - 1) {
-                    out.push([(x0, y0), (x0, y1)]);
-                }
-                if c + 1 == w || !fg(r, c + 1) {
-                    out.push([(x1, y0), (x1, y1)]);
-                }
-                if r == 0 || !fg(r - 1, c) {
-                    out.push([(x0, y1), (x1, y1)]);
-                }
-                if r + 1 == h || !fg(r + 1, c) {
-                    out.push([(x0, y0), (x1, y0)]);
-                }
-            }
-        }
-        out
-    }
 }
 
 impl Draw for SamplerView {
@@ -118,7 +89,7 @@ impl Draw for SamplerView {
         let n = self.samplers.len() + with_probs;
         let cols = n.clamp(1, 3);
         let parts = area.split_evenly((n.div_ceil(cols).max(1), cols));
-        let outline = self.outline();
+        let outline = outline(h, w, |r, c| self.labels[r * w + c] != 0);
         for (k, part) in parts.iter().enumerate().take(n) {
             let (title, probs) = if k < with_probs {
                 ("P(foreground) the samplers saw".to_string(), true)
@@ -217,13 +188,7 @@ impl Draw for SamplerView {
                 .map_err(&e)?
                 .label("anchor")
                 .legend(|(x, y)| Circle::new((x + 8, y), 4, ANCHOR.filled()));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((FONT, 12).into_font().color(&WHITE))
-                .background_style(BLACK.mix(0.5))
-                .draw()
-                .map_err(&e)?;
+            dark_legend(&mut chart, "samplers")?;
         }
         Ok(())
     }

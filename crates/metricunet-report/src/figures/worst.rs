@@ -5,14 +5,13 @@
 
 use std::path::Path;
 
-use metricunet_data::dataset::{load_case, Case};
 use metricunet_data::io::read_nifti;
 use metricunet_data::morphology::centroid;
 use metricunet_data::Volume;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{plot_err, render, scale_bar_and_legend, Draw, Figure, FONT};
+use super::{load_test_case, plot_err, render, scale_bar_and_legend, Draw, Figure, FONT};
 use crate::collect::RunResults;
 use crate::error::{ReportError, Result};
 
@@ -193,14 +192,7 @@ pub fn worst_cases(r: &RunResults, dir: &Path) -> Result<Vec<Figure>> {
         let Some(tc) = cell.record.test_cases.iter().find(|t| t.id == row.case) else {
             continue;
         };
-        let loaded = load_case(
-            &Case {
-                id: tc.id.clone(),
-                image: tc.image.clone(),
-                label: tc.label.clone(),
-            },
-            &cell.config.data.label_map,
-        )?;
+        let loaded = load_test_case(tc, &cell.config)?;
         let Some(label) = loaded.label else {
             continue;
         };
