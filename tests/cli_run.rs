@@ -501,6 +501,36 @@ fn a_one_at_a_time_grid_draws_each_axis_with_the_other_held() {
         assert!(!md.contains("pooled over the other grid axes"), "{md}");
         assert!(md.contains("One-at-a-time grid"), "{md}");
     }
+    // the same axes as a product grid (4 cells, 3 of them the configurations above): each
+    // axis pooled over the other, labelled so, and held at the file's value beside it
+    let root = dir.path().join("product");
+    let (ok, stdout, stderr) = run(
+        &root,
+        &[
+            "--set",
+            "preset=metricunet-r",
+            "--set",
+            "grid={metric.lambda: [0.1, 0.01], metric.loss.sigma: [0.7, 1.0]}",
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(cell_dirs(&root).len(), 4);
+    let figs = root.join("report/figures");
+    let md = std::fs::read_to_string(root.join("report/report.md")).expect("md");
+    for (axis, other) in [
+        ("metric.lambda", "metric.loss.sigma = 0.7"),
+        ("metric.loss.sigma", "metric.lambda = 0.01"),
+    ] {
+        assert!(figs.join(format!("fig6_{axis}.png")).exists());
+        assert!(figs.join(format!("fig6_{axis}_at_baseline.png")).exists());
+        assert!(
+            md.contains(&format!(
+                "Fig. 6: DSC and ASD per {axis}, pooled over the other grid axes"
+            )) && md.contains(&format!("Fig. 6: DSC and ASD per {axis}, {other} held")),
+            "{md}"
+        );
+    }
+    assert!(md.contains("Grid (every combination)"), "{md}");
 }
 
 /// A top-level field of a cell's record, as text.
