@@ -172,7 +172,7 @@ impl VoxelMetricModule {
         }
         let seg = self.seg.forward(logits, labels)?;
         let active = !self.samplers.is_empty();
-        let drawn = self.sample(logits, labels, rng)?;
+        let (_, drawn) = self.sample(logits, labels, rng)?;
         let mut metric = Vec::with_capacity(self.samplers.len());
         let mut sum = zero_like_scalar(&seg.total)?;
         for d in drawn {
@@ -224,9 +224,8 @@ impl VoxelMetricModule {
     /// samplers saw: what `metricunet samplers show` draws.
     pub fn draw(&self, logits: &Tensor, labels: &[u8], rng: &mut dyn RngCore) -> Result<BatchDraw> {
         let (n, _, h, w) = logits.dims4()?;
-        let probabilities = self.probabilities(logits)?;
+        let (probabilities, mut samplers) = self.sample(logits, labels, rng)?;
         let batch = SampleBatch::new(labels, probabilities.as_deref(), n, h, w)?;
-        let mut samplers = self.sample_batch(&batch, rng)?;
         for (d, s) in samplers.iter_mut().zip(&self.samplers) {
             d.candidates = (0..n)
                 .map(|i| s.sampler.candidates(&batch.item(i)).map(|c| c.len()))
@@ -238,44 +237,33 @@ impl VoxelMetricModule {
         })
     }
 
-    /// The foreground probabilities when a configured sampler reads them.
-    fn probabilities(&self, logits: &Tensor) -> Result<Option<Vec<f32>>> {
-        if self
-            .samplers
-            .iter()
-            .any(|s| s.sampler.needs_probabilities())
-        {
-            Ok(Some(foreground_probabilities(logits)?))
-        } else {
-            Ok(None)
-        }
-    }
-
-    /// Each sampler's tuples from `logits` and `labels` (no candidate counts).
+    /// Each sampler's tuples from `logits` and `labels` (no candidate counts), and the
+    /// foreground probabilities when a sampler reads them (computed only then).
     fn sample(
         &self,
         logits: &Tensor,
         labels: &[u8],
         rng: &mut dyn RngCore,
-    ) -> Result<Vec<SamplerDraw>> {
+    ) -> Result<(Option<Vec<f32>>, Vec<SamplerDraw>)> {
         if self.samplers.is_empty() {
-            return Ok(Vec::new());
+            return Ok((None, Vec::new()));
         }
         let (n, _, h, w) = logits.dims4()?;
-        let probabilities = self.probabilities(logits)?;
+        let probabilities = if self
+            .samplers
+            .iter()
+            .any(|s| s.sampler.needs_probabilities())
+        {
+            Some(foreground_probabilities(logits)?)
+        } else {
+            None
+        };
         let batch = SampleBatch::new(labels, probabilities.as_deref(), n, h, w)?;
-        self.sample_batch(&batch, rng)
-    }
-
-    fn sample_batch(
-        &self,
-        batch: &SampleBatch<'_>,
-        rng: &mut dyn RngCore,
-    ) -> Result<Vec<SamplerDraw>> {
-        self.samplers
+        let draws = self
+            .samplers
             .iter()
             .map(|s| {
-                let tuples = s.sampler.sample(batch, rng)?;
+                let tuples = s.sampler.sample(&batch, rng)?;
                 tuples.check()?;
                 Ok(SamplerDraw {
                     name: s.name.clone(),
@@ -283,7 +271,8 @@ impl VoxelMetricModule {
                     tuples,
                 })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((probabilities, draws))
     }
 }
 
