@@ -378,22 +378,29 @@ fn slice_outputs(
     })
 }
 
-/// The view of a trained cell (its `stage2/model.safetensors` and `config`) on a case.
-pub fn cell_view(
+/// The views of a trained cell (its `stage2/model.safetensors` and `config`) on `cases` (id,
+/// preprocessed case), in order, the network loaded once; cases without a view are left out.
+/// Empty when the cell has no trained stage 2.
+pub fn cell_views(
     cell_dir: &Path,
     config: &Experiment,
-    case: &str,
-    p: &Preprocessed,
+    cases: &[(String, Preprocessed)],
     device: &Device,
-) -> Result<Option<EmbeddingView>, PredictError> {
+) -> Result<Vec<EmbeddingView>, PredictError> {
     let weights = cell_dir
         .join(metricunet_store::stage_dir(StageName::Stage2))
         .join(metricunet_store::WEIGHTS);
     if !weights.exists() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let (_vars, net) = ModelSpec::of(config, StageName::Stage2).load(&weights, device)?;
-    case_view(net.as_ref(), config, case, p, device)
+    let mut out = Vec::new();
+    for (id, p) in cases {
+        if let Some(v) = case_view(net.as_ref(), config, id, p, device)? {
+            out.push(v);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -231,9 +231,13 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
         Ok(Some(e)) => {
             blocks.push(Block::Heading("Embedding separation".into()));
             blocks.push(Block::Table {
-                header: ["configuration", "separation (mean over seeds)", "per seed"]
-                    .map(String::from)
-                    .to_vec(),
+                header: [
+                    "configuration",
+                    "separation (mean over seeds)",
+                    "per seed (mean over test cases)",
+                ]
+                .map(String::from)
+                .to_vec(),
                 rows: (0..e.groups.len())
                     .map(|g| {
                         let (mean, each) = e.separation(g);
@@ -247,7 +251,9 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
                                 .1
                                 .iter()
                                 .zip(each)
-                                .map(|((seed, _), v)| format!("seed {seed}: {}", f(v)))
+                                .map(|(s, v)| {
+                                    format!("seed {}: {} ({} cases)", s.seed, f(v), s.cases)
+                                })
                                 .collect::<Vec<_>>()
                                 .join(", "),
                         ]
@@ -255,7 +261,7 @@ pub fn write_report(root: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
                     .collect(),
             });
             blocks.push(Block::Para(format!(
-                "On test case {} (see the embedding view above): the mean embedding distance between a foreground and a background voxel within 2 voxels of the reference boundary, over the mean distance between two voxels of the same class there. Above 1 the classes lie apart where the metric loss acts; it is scale-free, so networks with different feature scales compare.",
+                "The mean embedding distance between a foreground and a background voxel within 2 voxels of the reference boundary, over the mean distance between two voxels of the same class there, on each test case's slice with the most reference foreground (stage-2 crop around the reference, as the embedding view of {} above), averaged over the test cases for each seed. Above 1 the classes lie apart where the metric loss acts; it is scale-free, so networks with different feature scales compare.",
                 e.case
             )));
         }

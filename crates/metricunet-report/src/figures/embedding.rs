@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use candle_core::Device;
-use metricunet_data::preprocess::{preprocess, PreprocessParams};
+use metricunet_data::preprocess::{preprocess, PreprocessParams, Preprocessed};
 use metricunet_eval::embedding::{
-    cell_view, EmbeddingView, BACKGROUND, BOUNDARY_BG, BOUNDARY_FG, FOREGROUND,
+    cell_views, EmbeddingView, BACKGROUND, BOUNDARY_BG, BOUNDARY_FG, FOREGROUND,
 };
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -18,56 +18,86 @@ use super::{axis_range, load_test_case, outline, plot_err, render, Draw, Figure,
 use crate::collect::RunResults;
 use crate::error::{ReportError, Result};
 
-/// Every configuration's views on one case: (label, per seed (seed, view)).
+/// One trained cell's embedding views: the first test case's (drawn) and the boundary
+/// separation averaged over every test case that has one.
+#[derive(Debug, Clone)]
+pub struct SeedViews {
+    pub seed: u64,
+    pub first: EmbeddingView,
+    /// Mean over the test cases of each one's separation (its slice with the most foreground).
+    pub separation: Option<f64>,
+    /// How many test cases that mean is over.
+    pub cases: usize,
+}
+
+/// Every configuration's embedding views: (label, one entry per seed).
 #[derive(Debug, Clone)]
 pub struct Embeddings {
+    /// The drawn (first) test case.
     pub case: String,
-    pub groups: Vec<(String, Vec<(u64, EmbeddingView)>)>,
+    pub groups: Vec<(String, Vec<SeedViews>)>,
 }
 
 impl Embeddings {
     /// Mean separation over the seeds of group `g` and each seed's value.
     pub fn separation(&self, g: usize) -> (Option<f64>, Vec<Option<f64>>) {
-        let each: Vec<Option<f64>> = self.groups[g].1.iter().map(|(_, v)| v.separation).collect();
+        let each: Vec<Option<f64>> = self.groups[g].1.iter().map(|v| v.separation).collect();
         let finite: Vec<f64> = each.iter().flatten().copied().collect();
         let mean = (!finite.is_empty()).then(|| finite.iter().sum::<f64>() / finite.len() as f64);
         (mean, each)
     }
 }
 
-/// The views of every finished cell on the first test case (CPU, inference mode).
+/// The views of every finished cell on every test case (CPU, inference mode); each test case
+/// is read and preprocessed once per preprocessing setting.
 pub fn embeddings(r: &RunResults) -> Result<Option<Embeddings>> {
-    let Some(first) = r.groups.first().map(|g| &r.cells[g.cells[0]]) else {
-        return Ok(None);
-    };
-    let Some(case) = first.record.test_cases.first() else {
-        return Ok(None);
-    };
-    let loaded = load_test_case(case, &first.config)?;
+    let mut prepared: Vec<(String, Vec<(String, Preprocessed)>)> = Vec::new();
     let mut groups = Vec::new();
     for g in &r.groups {
         let mut views = Vec::new();
         for &c in &g.cells {
             let cell = &r.cells[c];
-            let p = preprocess(
-                &loaded.image.volume,
-                loaded.label.as_ref(),
-                &PreprocessParams::from(&cell.config.data),
-            )?;
-            let view = cell_view(&cell.dir, &cell.config, &case.id, &p, &Device::Cpu)
+            let params = PreprocessParams::from(&cell.config.data);
+            let key = params.fingerprint();
+            let k = match prepared.iter().position(|(f, _)| *f == key) {
+                Some(k) => k,
+                None => {
+                    let mut cases = Vec::new();
+                    for tc in &cell.record.test_cases {
+                        let loaded = load_test_case(tc, &cell.config)?;
+                        let p = preprocess(&loaded.image.volume, loaded.label.as_ref(), &params)?;
+                        cases.push((tc.id.clone(), p));
+                    }
+                    prepared.push((key, cases));
+                    prepared.len() - 1
+                }
+            };
+            let cell_views = cell_views(&cell.dir, &cell.config, &prepared[k].1, &Device::Cpu)
                 .map_err(|e| ReportError::file(&cell.dir, format!("embedding view: {e}")))?;
-            if let Some(v) = view {
-                views.push((cell.record.seed, v));
-            }
+            let Some(first) = cell_views.first().cloned() else {
+                continue;
+            };
+            let finite: Vec<f64> = cell_views
+                .iter()
+                .filter_map(|v| v.separation)
+                .filter(|s| s.is_finite())
+                .collect();
+            views.push(SeedViews {
+                seed: cell.record.seed,
+                first,
+                separation: (!finite.is_empty())
+                    .then(|| finite.iter().sum::<f64>() / finite.len() as f64),
+                cases: finite.len(),
+            });
         }
         if !views.is_empty() {
             groups.push((g.label.clone(), views));
         }
     }
-    Ok((!groups.is_empty()).then(|| Embeddings {
-        case: case.id.clone(),
-        groups,
-    }))
+    let Some(case) = groups.first().map(|(_, v)| v[0].first.case.clone()) else {
+        return Ok(None);
+    };
+    Ok(Some(Embeddings { case, groups }))
 }
 
 const CLASS_COLOURS: [(u8, &str, RGBColor); 4] = [
@@ -93,7 +123,7 @@ impl Draw for Panels<'_> {
         let n = self.0.groups.len();
         let parts = area.split_evenly((2, n));
         for (k, (label, views)) in self.0.groups.iter().enumerate() {
-            let v = &views[0].1;
+            let v = &views[0].first;
             let (h, w) = (v.h, v.w);
             let sep = v
                 .separation
@@ -102,7 +132,7 @@ impl Draw for Panels<'_> {
             // top: the first three principal components as RGB, reference outline on top
             let mut chart = ChartBuilder::on(&parts[k])
                 .caption(
-                    format!("{label} (seed {}): PCA RGB", views[0].0),
+                    format!("{label} (seed {}): PCA RGB", views[0].seed),
                     (FONT, 14),
                 )
                 .margin(6)
@@ -132,7 +162,10 @@ impl Draw for Panels<'_> {
             let (x0, x1) = axis_range(&xs, None, None);
             let (y0, y1) = axis_range(&ys, None, None);
             let mut chart = ChartBuilder::on(&parts[n + k])
-                .caption(format!("PC1 / PC2, boundary separation {sep}"), (FONT, 14))
+                .caption(
+                    format!("PC1 / PC2, separation on this slice {sep}"),
+                    (FONT, 14),
+                )
                 .margin(8)
                 .x_label_area_size(30)
                 .y_label_area_size(44)
@@ -181,7 +214,7 @@ impl Draw for Panels<'_> {
 pub fn sampler_figures(e: &Embeddings, dir: &Path) -> Result<Vec<Figure>> {
     let mut out = Vec::new();
     for (label, views) in &e.groups {
-        let (seed, v) = (&views[0].0, &views[0].1);
+        let (seed, v) = (&views[0].seed, &views[0].first);
         let Some(draw) = &v.draw else { continue };
         let panels = draw
             .samplers
@@ -231,7 +264,7 @@ pub fn embedding_figure(e: &Embeddings, dir: &Path) -> Result<Figure> {
             .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
     );
     let (png, svg) = render(dir, &stem, (n * 360, 700), &Panels(e))?;
-    let v = &e.groups[0].1[0].1;
+    let v = &e.groups[0].1[0].first;
     Ok(Figure {
         stem,
         title: format!("Embedding view: {}", e.case),
