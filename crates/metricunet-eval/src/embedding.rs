@@ -11,9 +11,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use metricunet_core::config::{Experiment, StageName};
 use metricunet_core::{Backbone, BatchDraw, VoxelMetricModule};
-use metricunet_data::patches::slice_stack;
 use metricunet_data::preprocess::{stage2_crop, Preprocessed};
 use metricunet_data::Volume;
+use metricunet_model::infer::slice_inputs;
 use metricunet_model::ModelSpec;
 use rand::SeedableRng;
 
@@ -333,23 +333,8 @@ fn slice_outputs(
     device: &Device,
 ) -> Result<SliceOutputs, PredictError> {
     let slices = spec.in_channels;
-    let multiple = spec.size_multiple();
     let [nx, ny, _] = image.geometry.dims;
-    let (px, py) = (
-        nx.div_ceil(multiple) * multiple,
-        ny.div_ceil(multiple) * multiple,
-    );
-    let stack = slice_stack(image, z, slices);
-    let mut x = vec![0f32; slices * px * py];
-    for c in 0..slices {
-        for y in 0..ny {
-            let src = &stack[(c * ny + y) * nx..(c * ny + y) * nx + nx];
-            let dst = (c * py + y) * px;
-            for (d, s) in x[dst..dst + nx].iter_mut().zip(src) {
-                *d = s / 255.0;
-            }
-        }
-    }
+    let (x, (py, px)) = slice_inputs(spec, image, &[z]);
     let middle = x[(slices / 2) * py * px..(slices / 2 + 1) * py * px].to_vec();
     let image: Vec<f32> = (0..ny)
         .flat_map(|y| middle[y * px..y * px + nx].to_vec())

@@ -36,30 +36,12 @@ pub fn segment_slices(
     batch: usize,
     device: &Device,
 ) -> Result<Volume<f32>> {
-    let slices = spec.in_channels;
-    let multiple = spec.size_multiple();
     let [nx, ny, nz] = image.geometry.dims;
-    let (px, py) = (
-        nx.div_ceil(multiple) * multiple,
-        ny.div_ceil(multiple) * multiple,
-    );
     let mut out = Volume::filled(0f32, image.geometry.clone());
     let zs: Vec<usize> = (0..nz).collect();
     for chunk in zs.chunks(batch.max(1)) {
-        let mut x = vec![0f32; chunk.len() * slices * px * py];
-        for (b, &z) in chunk.iter().enumerate() {
-            let stack = slice_stack(image, z, slices);
-            for c in 0..slices {
-                for y in 0..ny {
-                    let src = &stack[(c * ny + y) * nx..(c * ny + y) * nx + nx];
-                    let dst = ((b * slices + c) * py + y) * px;
-                    for (d, s) in x[dst..dst + nx].iter_mut().zip(src) {
-                        *d = s / 255.0;
-                    }
-                }
-            }
-        }
-        let x = Tensor::from_vec(x, (chunk.len(), slices, py, px), device)?;
+        let (x, (py, px)) = slice_inputs(spec, image, chunk);
+        let x = Tensor::from_vec(x, (chunk.len(), spec.in_channels, py, px), device)?;
         let logits = net.forward_t(&x, false)?.logits;
         let p = candle_nn::ops::softmax(&logits, 1)?
             .narrow(1, 1, 1)?
@@ -75,6 +57,37 @@ pub fn segment_slices(
         }
     }
     Ok(out)
+}
+
+/// The network input of the axial slices `zs` of `image` (values in [0, 255]): each with its
+/// `spec.in_channels` slices of context, scaled to [0, 1], zero-padded in-plane to the
+/// network's size multiple; flat `zs.len() x C x py x px`, and `(py, px)`.
+pub fn slice_inputs(
+    spec: &ModelSpec,
+    image: &Volume<f32>,
+    zs: &[usize],
+) -> (Vec<f32>, (usize, usize)) {
+    let slices = spec.in_channels;
+    let multiple = spec.size_multiple();
+    let [nx, ny, _] = image.geometry.dims;
+    let (px, py) = (
+        nx.div_ceil(multiple) * multiple,
+        ny.div_ceil(multiple) * multiple,
+    );
+    let mut x = vec![0f32; zs.len() * slices * px * py];
+    for (b, &z) in zs.iter().enumerate() {
+        let stack = slice_stack(image, z, slices);
+        for c in 0..slices {
+            for y in 0..ny {
+                let src = &stack[(c * ny + y) * nx..(c * ny + y) * nx + nx];
+                let dst = ((b * slices + c) * py + y) * px;
+                for (d, s) in x[dst..dst + nx].iter_mut().zip(src) {
+                    *d = s / 255.0;
+                }
+            }
+        }
+    }
+    (x, (py, px))
 }
 
 /// Stage 1's answer: the centroid (voxels of `prob`'s grid) of the largest connected
