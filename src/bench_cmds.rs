@@ -331,3 +331,205 @@ pub fn parity(
     let _ = writeln!(out, "parity: passed");
     Ok(out)
 }
+
+/// One 3x3 convolution of a network: its name and geometry.
+struct ConvLayer {
+    name: String,
+    g: metricunet_ops::conv_cpu::Geometry,
+}
+
+/// The 3x3 convolutions of a UNet with these widths on `size` x `size` x 3 patches (Table I's
+/// layer names; the decoder's first convolution reads the skip concatenation).
+fn conv_layers(encoder: &[i64], decoder: &[i64], size: usize, batch: usize) -> Vec<ConvLayer> {
+    let geometry = |cin: usize, cout: usize, side: usize| metricunet_ops::conv_cpu::Geometry {
+        batch,
+        cin,
+        cout,
+        h: side,
+        w: side,
+        k: 3,
+    };
+    let (enc, dec): (Vec<usize>, Vec<usize>) = (
+        encoder.iter().map(|&w| w as usize).collect(),
+        decoder.iter().map(|&w| w as usize).collect(),
+    );
+    let levels = enc.len();
+    let mut layers = Vec::new();
+    let mut cin = 3;
+    for (i, &w) in enc.iter().enumerate() {
+        let side = size >> i;
+        layers.push(ConvLayer {
+            name: format!("conv{}a", i + 1),
+            g: geometry(cin, w, side),
+        });
+        layers.push(ConvLayer {
+            name: format!("conv{}b", i + 1),
+            g: geometry(w, w, side),
+        });
+        cin = w;
+    }
+    for (j, &w) in dec.iter().enumerate() {
+        let level = levels + j;
+        let side = size >> (levels - 2 - j);
+        let skip = enc[levels - 2 - j];
+        layers.push(ConvLayer {
+            name: format!("conv{level}c"),
+            g: geometry(w + skip, w, side),
+        });
+        layers.push(ConvLayer {
+            name: format!("conv{level}d"),
+            g: geometry(w, w, side),
+        });
+    }
+    layers
+}
+
+/// Median seconds of `f` over `repeats` runs.
+fn median_seconds(repeats: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..repeats.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// Largest |a - b| over the largest |b|.
+fn relative_difference(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    let worst = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs())) as f64;
+    if scale > 0.0 {
+        worst / scale
+    } else {
+        worst
+    }
+}
+
+/// `metricunet bench conv`: per 3x3 layer of a network, forward, input gradient and weight
+/// gradient through the direct (gemm per tap) path and through Winograd F(2x2, 3x3), f32,
+/// alternating the two; with the path the automatic choice takes.
+pub fn conv(
+    model: &str,
+    batch: usize,
+    size: usize,
+    repeats: usize,
+    json: Option<&Path>,
+) -> Result<String> {
+    use metricunet_ops::{conv_cpu, winograd};
+    let Some((name, enc, dec)) = MODELS.iter().find(|(n, _, _)| *n == model) else {
+        bail!("--model {model}: expected paper or quickstart");
+    };
+    let m = 1usize << (enc.len() - 1);
+    if size == 0 || size % m != 0 {
+        bail!("--size {size}: expected a positive multiple of {m}");
+    }
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    let mut random = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
+            .collect()
+    };
+    let mut out = format!(
+        "bench conv: {name} network, batch {batch}, {size} x {size}, f32, {} threads; median of {repeats} runs per pass, direct and Winograd alternating\n\n| layer | cin -> cout | side | pass | direct (ms) | Winograd (ms) | Winograd / direct | rel. difference | auto |\n|---|---|---|---|---|---|---|---|---|\n",
+        rayon::current_num_threads()
+    );
+    let mut rows = Vec::new();
+    let (mut total_direct, mut total_wino, mut total_auto) = (0.0, 0.0, 0.0);
+    for layer in conv_layers(enc, dec, size, batch) {
+        let g = layer.g;
+        let x = random(g.batch * g.cin * g.h * g.w);
+        let w = random(g.cout * g.cin * 9);
+        let gy = random(g.batch * g.cout * g.h * g.w);
+        type Pass<'a> = (&'a str, winograd::Pass, Box<dyn Fn(bool) -> Vec<f32> + 'a>);
+        let passes: [Pass; 3] = [
+            (
+                "forward",
+                winograd::Pass::Forward,
+                Box::new(|wino| {
+                    if wino {
+                        winograd::forward(&x, &w, &g)
+                    } else {
+                        conv_cpu::forward(&x, &w, &g)
+                    }
+                }),
+            ),
+            (
+                "input grad",
+                winograd::Pass::InputGrad,
+                Box::new(|wino| {
+                    if wino {
+                        winograd::input_grad(&gy, &w, &g)
+                    } else {
+                        conv_cpu::input_grad(&gy, &w, &g)
+                    }
+                }),
+            ),
+            (
+                "weight grad",
+                winograd::Pass::WeightGrad,
+                Box::new(|wino| {
+                    if wino {
+                        winograd::weight_grad(&x, &gy, &g)
+                    } else {
+                        conv_cpu::weight_grad(&x, &gy, &g)
+                    }
+                }),
+            ),
+        ];
+        for (pass, kind, f) in &passes {
+            let diff = relative_difference(&f(true), &f(false));
+            let (mut td, mut tw) = (Vec::new(), Vec::new());
+            for _ in 0..repeats.max(1) {
+                td.push(median_seconds(1, || drop(f(false))));
+                tw.push(median_seconds(1, || drop(f(true))));
+            }
+            td.sort_by(f64::total_cmp);
+            tw.sort_by(f64::total_cmp);
+            let (d, wn) = (td[td.len() / 2], tw[tw.len() / 2]);
+            let auto = winograd::chosen_automatically(&g, *kind);
+            total_direct += d;
+            total_wino += wn;
+            total_auto += if auto { wn } else { d };
+            let _ = writeln!(
+                out,
+                "| {} | {} -> {} | {} | {pass} | {:.2} | {:.2} | {:.2} | {diff:.1e} | {} |",
+                layer.name,
+                g.cin,
+                g.cout,
+                g.h,
+                d * 1e3,
+                wn * 1e3,
+                wn / d,
+                if auto { "Winograd" } else { "direct" }
+            );
+            rows.push(serde_json::json!({
+                "layer": layer.name, "cin": g.cin, "cout": g.cout, "side": g.h, "batch": batch,
+                "pass": pass, "direct_s": d, "winograd_s": wn, "relative_difference": diff,
+                "auto_winograd": auto,
+            }));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nAll 3x3 layers, three passes: direct {:.1} ms, Winograd {:.1} ms, automatic choice {:.1} ms ({:.2}x of direct).",
+        total_direct * 1e3,
+        total_wino * 1e3,
+        total_auto * 1e3,
+        total_auto / total_direct
+    );
+    if let Some(path) = json {
+        write_json(
+            path,
+            &serde_json::json!({
+                "model": name, "batch": batch, "size": size, "repeats": repeats,
+                "threads": rayon::current_num_threads(), "layers": rows,
+                "total_direct_s": total_direct, "total_winograd_s": total_wino,
+                "total_auto_s": total_auto,
+            }),
+        )?;
+    }
+    Ok(out)
+}

@@ -446,6 +446,9 @@ enum BenchCommand {
     /// One training step on a device (cuda) against the same step on the CPU: relative
     /// differences of loss, logits, gradients and stepped weights; fails above --tolerance.
     Parity(BenchParityArgs),
+    /// Each 3x3 convolution of a network, forward and both gradients, through the direct
+    /// path and through Winograd F(2x2, 3x3), side by side (f32, CPU).
+    Conv(BenchConvArgs),
     /// Every evaluation metric on a 512 x 512 x 200 mask pair.
     Metrics {
         #[arg(long, default_value_t = 3)]
@@ -537,6 +540,36 @@ impl BenchInferArgs {
 }
 
 #[derive(Args)]
+struct BenchConvArgs {
+    /// paper (Table I) or quickstart.
+    #[arg(long, default_value = "paper")]
+    model: String,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Patch side (the paper: 64).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Runs of each pass and path (the median is printed).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl BenchConvArgs {
+    fn run(self) -> Result<String> {
+        bench_cmds::conv(
+            &self.model,
+            self.batch,
+            self.size,
+            self.repeats,
+            self.json.as_deref(),
+        )
+    }
+}
+
+#[derive(Args)]
 struct BenchParityArgs {
     /// paper (Table I) or quickstart.
     #[arg(long, default_value = "paper")]
@@ -586,6 +619,7 @@ fn run(cli: Cli) -> Result<String> {
             BenchCommand::Train(a) => a.run(),
             BenchCommand::Infer(a) => a.run(),
             BenchCommand::Parity(a) => a.run(),
+            BenchCommand::Conv(a) => a.run(),
             BenchCommand::Metrics { repeats } => eval_cmds::bench_metrics(repeats),
             BenchCommand::Preprocess {
                 in_plane,

@@ -18,6 +18,34 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, T
 
 use crate::conv_cpu::{self, Elem, Geometry};
 use crate::cpu_values::{dense, env_flag, with_values};
+use crate::winograd::{self, Pass};
+
+/// The CPU forward through the path [`winograd::chosen`] picks for this layer.
+fn forward_parts<T: Elem>(parts: &[(&[T], usize)], w: &[T], g: &Geometry) -> Vec<T> {
+    if winograd::chosen(g, Pass::Forward) {
+        winograd::forward_parts(parts, w, g)
+    } else {
+        conv_cpu::forward_parts(parts, w, g)
+    }
+}
+
+/// The CPU input gradient through the path [`winograd::chosen`] picks.
+fn input_grad<T: Elem>(grad: &[T], w: &[T], g: &Geometry) -> Vec<T> {
+    if winograd::chosen(g, Pass::InputGrad) {
+        winograd::input_grad(grad, w, g)
+    } else {
+        conv_cpu::input_grad(grad, w, g)
+    }
+}
+
+/// The CPU weight gradient through the path [`winograd::chosen`] picks.
+fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry) -> Vec<T> {
+    if winograd::chosen(g, Pass::WeightGrad) {
+        winograd::weight_grad_parts(x, grad, g)
+    } else {
+        conv_cpu::weight_grad_parts(x, grad, g)
+    }
+}
 
 const OP: &str = "conv2d-same";
 
@@ -52,8 +80,10 @@ fn cpu_backward<T: WithDType + Elem>(
     grad: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
     let g = geometry(x.dims(), w.dims())?;
-    let gx = with_values::<T, _, 2>(OP, [grad, w], |[gy, wv]| conv_cpu::input_grad(gy, wv, &g))?;
-    let gw = with_values::<T, _, 2>(OP, [x, grad], |[xv, gy]| conv_cpu::weight_grad(xv, gy, &g))?;
+    let gx = with_values::<T, _, 2>(OP, [grad, w], |[gy, wv]| input_grad(gy, wv, &g))?;
+    let gw = with_values::<T, _, 2>(OP, [x, grad], |[xv, gy]| {
+        weight_grad_parts(&[(xv, g.cin)], gy, &g)
+    })?;
     Ok((
         Tensor::from_vec(gx, x.shape(), &Device::Cpu)?,
         Tensor::from_vec(gw, w.shape(), &Device::Cpu)?,
@@ -75,12 +105,16 @@ impl CustomOp2 for SameConv {
         let g = geometry(l1.dims(), l2.dims())?;
         let shape = Shape::from((g.batch, g.cout, g.h, g.w));
         let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(conv_cpu::forward(slice(s1, l1)?, slice(s2, l2)?, &g))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(conv_cpu::forward(slice(s1, l1)?, slice(s2, l2)?, &g))
-            }
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(forward_parts(
+                &[(slice(s1, l1)?, g.cin)],
+                slice(s2, l2)?,
+                &g,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(forward_parts(
+                &[(slice(s1, l1)?, g.cin)],
+                slice(s2, l2)?,
+                &g,
+            )),
             _ => candle_core::bail!("conv2d-same: f32 or f64 only"),
         };
         Ok((out, shape))
@@ -229,7 +263,7 @@ fn cat_forward<T: WithDType + Elem>(
         slice(s[1].0, s[1].1)?,
         slice(s[2].0, s[2].1)?,
     );
-    Ok(conv_cpu::forward_parts(&[(a, c1), (b, g.cin - c1)], w, g))
+    Ok(forward_parts(&[(a, c1), (b, g.cin - c1)], w, g))
 }
 
 /// Input gradients (split) and weight gradient on the CPU.
@@ -241,10 +275,10 @@ fn cat_backward<T: WithDType + Elem>(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (g, c1) = cat_geometry(a.dims(), b.dims(), w.dims())?;
     let c2 = g.cin - c1;
-    let gx = with_values::<T, _, 2>(OP, [grad, w], |[gy, wv]| conv_cpu::input_grad(gy, wv, &g))?;
+    let gx = with_values::<T, _, 2>(OP, [grad, w], |[gy, wv]| input_grad(gy, wv, &g))?;
     let gx = Tensor::from_vec(gx, (g.batch, g.cin, g.h, g.w), &Device::Cpu)?;
     let gw = with_values::<T, _, 3>(OP, [a, b, grad], |[av, bv, gy]| {
-        conv_cpu::weight_grad_parts(&[(av, c1), (bv, c2)], gy, &g)
+        weight_grad_parts(&[(av, c1), (bv, c2)], gy, &g)
     })?;
     Ok((
         gx.narrow(1, 0, c1)?.contiguous()?,

@@ -17,14 +17,27 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// f32 or f64.
-pub trait Elem: Copy + Send + Sync + Default + std::ops::AddAssign + 'static {
+pub trait Elem:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + std::ops::AddAssign
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + 'static
+{
     const ONE: Self;
+    const HALF: Self;
 }
 impl Elem for f32 {
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
 }
 impl Elem for f64 {
     const ONE: Self = 1.0;
+    const HALF: Self = 0.5;
 }
 
 /// Shapes of one "same" convolution.

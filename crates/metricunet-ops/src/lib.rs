@@ -19,3 +19,4 @@ pub mod conv_cpu;
 pub mod conv_transpose;
 mod cpu_values;
 pub mod testing;
+pub mod winograd;
