@@ -133,8 +133,17 @@ fn per_chunk<T: Elem>(
     }
 }
 
+/// The 16 blocks of `nt` values of one channel's transform (`[ξ][t]`), as separate slices.
+fn blocks<T>(v: &mut [T], nt: usize) -> Vec<&mut [T]> {
+    v.chunks_mut(nt).take(16).collect()
+}
+
 /// Image `i` of a batch given as channel groups `(values, channels)` transformed:
 /// `V[c][ξ][t]` (channels x 16 x tiles) into `v`; the channels on the threads when `parallel`.
+///
+/// Per row of tiles: first `B^T` over the tile's 4 rows for every column of the row span at
+/// once (contiguous vectors), then `B` over each tile's 4 columns (a window of 4 moving by 2),
+/// each of the 16 results written to its own contiguous block.
 fn input_transform<T: Elem>(
     parts: &[(&[T], usize)],
     i: usize,
@@ -157,85 +166,137 @@ fn input_transform<T: Elem>(
         for y in 0..g.h {
             plane[(y + 1) * pw + 1..][..g.w].copy_from_slice(&img[y * g.w..][..g.w]);
         }
+        let mut out = blocks(v, nt);
+        let mut rt = vec![T::default(); 4 * pw];
         for ty in 0..tl.ty {
-            let rows: [&[T]; 4] = std::array::from_fn(|r| &plane[(2 * ty + r) * pw..][..pw]);
-            for tx in 0..tl.tx {
-                let x0 = 2 * tx;
-                // B^T d: the 4 columns of the tile, each combined over its rows
-                let cols: [[T; 4]; 4] = std::array::from_fn(|s| {
-                    bt([
-                        rows[0][x0 + s],
-                        rows[1][x0 + s],
-                        rows[2][x0 + s],
-                        rows[3][x0 + s],
-                    ])
-                });
-                let t = ty * tl.tx + tx;
-                for r in 0..4 {
-                    let row = bt([cols[0][r], cols[1][r], cols[2][r], cols[3][r]]);
-                    for (s, val) in row.into_iter().enumerate() {
-                        v[(r * 4 + s) * nt + t] = val;
-                    }
+            let rows = &plane[2 * ty * pw..][..4 * pw];
+            let (d0, rest) = rows.split_at(pw);
+            let (d1, rest) = rest.split_at(pw);
+            let (d2, d3) = rest.split_at(pw);
+            {
+                let (r0, rest) = rt.split_at_mut(pw);
+                let (r1, rest) = rest.split_at_mut(pw);
+                let (r2, r3) = rest.split_at_mut(pw);
+                for x in 0..pw {
+                    let [a0, a1, a2, a3] = bt([d0[x], d1[x], d2[x], d3[x]]);
+                    r0[x] = a0;
+                    r1[x] = a1;
+                    r2[x] = a2;
+                    r3[x] = a3;
+                }
+            }
+            let span = ty * tl.tx..(ty + 1) * tl.tx;
+            for r in 0..4 {
+                let src = &rt[r * pw..][..pw];
+                let [o0, o1, o2, o3] = &mut out[r * 4..r * 4 + 4] else {
+                    unreachable!("16 blocks")
+                };
+                let (o0, o1, o2, o3) = (
+                    &mut o0[span.clone()],
+                    &mut o1[span.clone()],
+                    &mut o2[span.clone()],
+                    &mut o3[span.clone()],
+                );
+                for (tx, e) in src.windows(4).step_by(2).enumerate() {
+                    let [a0, a1, a2, a3] = bt([e[0], e[1], e[2], e[3]]);
+                    o0[tx] = a0;
+                    o1[tx] = a1;
+                    o2[tx] = a2;
+                    o3[tx] = a3;
                 }
             }
         }
     });
 }
 
-/// `M[o][ξ][t]` back to one image's `(m, h, w)` output: `A^T M A` per tile.
+/// `M[o][ξ][t]` back to one image's `(m, h, w)` output: `A^T M A` per tile, a row of tiles at
+/// a time (`A^T` over the 4 rows as contiguous vectors, then `A` over the 4 columns).
 fn output_transform<T: Elem>(mm: &[T], g: &Geometry, tl: Tiles, dst: &mut [T], parallel: bool) {
     let nt = tl.count();
     per_chunk(dst, g.h * g.w, parallel, |o, out| {
         let mo = &mm[o * 16 * nt..][..16 * nt];
+        // cols[s][r']: row r' of A^T M for column s of every tile of the row
+        let mut cols = vec![T::default(); 8 * tl.tx];
+        let mut row = vec![T::default(); 2 * tl.tx];
         for ty in 0..tl.ty {
-            for tx in 0..tl.tx {
-                let t = ty * tl.tx + tx;
-                let at_ = |xi: usize| mo[xi * nt + t];
-                // A^T M: the 4 columns, each combined over its rows
-                let cols: [[T; 2]; 4] =
-                    std::array::from_fn(|s| at([at_(s), at_(4 + s), at_(8 + s), at_(12 + s)]));
-                for r in 0..2 {
-                    let y = 2 * ty + r;
-                    if y >= g.h {
-                        break;
-                    }
-                    let row = at([cols[0][r], cols[1][r], cols[2][r], cols[3][r]]);
-                    for (s, val) in row.into_iter().enumerate() {
-                        let x = 2 * tx + s;
-                        if x < g.w {
-                            out[y * g.w + x] = val;
-                        }
-                    }
+            let span = ty * tl.tx..(ty + 1) * tl.tx;
+            for s in 0..4 {
+                let m: [&[T]; 4] = std::array::from_fn(|r| &mo[(r * 4 + s) * nt..][span.clone()]);
+                let (c0, c1) = cols[2 * s * tl.tx..][..2 * tl.tx].split_at_mut(tl.tx);
+                for t in 0..tl.tx {
+                    let [a0, a1] = at([m[0][t], m[1][t], m[2][t], m[3][t]]);
+                    c0[t] = a0;
+                    c1[t] = a1;
                 }
+            }
+            for r in 0..2 {
+                let y = 2 * ty + r;
+                if y >= g.h {
+                    break;
+                }
+                let c: [&[T]; 4] = std::array::from_fn(|s| &cols[(2 * s + r) * tl.tx..][..tl.tx]);
+                for (t, pair) in row.chunks_exact_mut(2).enumerate() {
+                    let [a0, a1] = at([c[0][t], c[1][t], c[2][t], c[3][t]]);
+                    pair[0] = a0;
+                    pair[1] = a1;
+                }
+                out[y * g.w..][..g.w].copy_from_slice(&row[..g.w]);
             }
         }
     });
 }
 
-/// One image's output gradient `(m, h, w)` transformed: `A dY A^T` per tile, `D[o][ξ][t]`.
+/// One image's output gradient `(m, h, w)` transformed: `A dY A^T` per tile, `D[o][ξ][t]`, a
+/// row of tiles at a time (as [`input_transform`]).
 fn grad_transform<T: Elem>(gy: &[T], g: &Geometry, tl: Tiles, d: &mut [T], parallel: bool) {
-    let nt = tl.count();
-    let z = T::default();
+    let (nt, wide) = (tl.count(), 2 * tl.tx);
     per_chunk(d, 16 * nt, parallel, |o, d| {
         let img = &gy[o * g.h * g.w..][..g.h * g.w];
-        let at_ = |y: usize, x: usize| {
-            if y < g.h && x < g.w {
-                img[y * g.w + x]
-            } else {
-                z
-            }
-        };
+        let mut out = blocks(d, nt);
+        // the two rows of a tile row, zero past the image
+        let mut rows = vec![T::default(); 2 * wide];
+        let mut rt = vec![T::default(); 4 * wide];
         for ty in 0..tl.ty {
-            for tx in 0..tl.tx {
-                let (y0, x0) = (2 * ty, 2 * tx);
-                let cols: [[T; 4]; 2] =
-                    std::array::from_fn(|s| a([at_(y0, x0 + s), at_(y0 + 1, x0 + s)]));
-                let t = ty * tl.tx + tx;
-                for r in 0..4 {
-                    let row = a([cols[0][r], cols[1][r]]);
-                    for (s, val) in row.into_iter().enumerate() {
-                        d[(r * 4 + s) * nt + t] = val;
-                    }
+            for r in 0..2 {
+                let y = 2 * ty + r;
+                let dst = &mut rows[r * wide..][..wide];
+                if y < g.h {
+                    dst[..g.w].copy_from_slice(&img[y * g.w..][..g.w]);
+                } else {
+                    dst[..g.w].fill(T::default());
+                }
+            }
+            {
+                let (y0, y1) = rows.split_at(wide);
+                let (r0, rest) = rt.split_at_mut(wide);
+                let (r1, rest) = rest.split_at_mut(wide);
+                let (r2, r3) = rest.split_at_mut(wide);
+                for x in 0..wide {
+                    let [a0, a1, a2, a3] = a([y0[x], y1[x]]);
+                    r0[x] = a0;
+                    r1[x] = a1;
+                    r2[x] = a2;
+                    r3[x] = a3;
+                }
+            }
+            let span = ty * tl.tx..(ty + 1) * tl.tx;
+            for r in 0..4 {
+                let src = &rt[r * wide..][..wide];
+                let [o0, o1, o2, o3] = &mut out[r * 4..r * 4 + 4] else {
+                    unreachable!("16 blocks")
+                };
+                let (o0, o1, o2, o3) = (
+                    &mut o0[span.clone()],
+                    &mut o1[span.clone()],
+                    &mut o2[span.clone()],
+                    &mut o3[span.clone()],
+                );
+                for (tx, e) in src.chunks_exact(2).enumerate() {
+                    let [a0, a1, a2, a3] = a([e[0], e[1]]);
+                    o0[tx] = a0;
+                    o1[tx] = a1;
+                    o2[tx] = a2;
+                    o3[tx] = a3;
                 }
             }
         }
@@ -397,19 +458,28 @@ pub enum Pass {
     WeightGrad,
 }
 
-/// Whether the automatic choice takes Winograd for this 3x3 layer: at least 64 channels in
-/// and out, images of at least 16 x 16 and at least 1024 output positions per channel over the
-/// batch. Measured per layer shape of the paper and quickstart networks at batch 1 and 8 by
-/// `metricunet bench conv` (bench/NOTES.md, session 10): below 64 channels the tile transforms
-/// cost more than the products save (1.2-3x slower at 32 channels), on 8 x 8 images the 16
-/// tiles per image leave the products too narrow (up to 2x slower at batch 1), and at batch 1
-/// the 16 x 16 layers are 1.1-1.3x slower while at batch 8 they are 0.8-0.9x; the 64 x 64
-/// layers with 256 channels take 0.52-0.77x of the direct path's time at every batch. The same
-/// rule for the three passes (the weight gradient gains least, 0.6-0.8x on the top layers).
+/// Whether the automatic choice takes Winograd for this 3x3 layer, from the per-layer
+/// measurements of `metricunet bench conv` on the paper and quickstart networks at batch 1 and
+/// 8 (bench/NOTES.md, session 10; Winograd / direct time):
+///
+/// - fewer than 32 channels in or out: never (1.1-2x slower: the products are too thin for
+///   the transforms to pay);
+/// - images of at least 32 x 32 with at least 32 channels: always (0.46-0.97 at batch 8, the
+///   top 256-channel layers 0.46-0.57; 0.52-0.96 at batch 1 apart from two passes at 1.04 and
+///   1.09);
+/// - smaller images: only with enough tiles over the batch, at least 2048 output positions
+///   per channel with 64 channels (16 x 16 at batch 8: 0.61-0.84; at batch 1 1.04-1.32) or
+///   512 with 128 (8 x 8 at batch 8: 0.72-0.95, while the quickstart's 64-channel 8 x 8
+///   layer is 1.03-1.15).
+///
+/// One rule for the three passes.
 pub fn chosen_automatically(g: &Geometry, pass: Pass) -> bool {
     let _ = pass;
-    let hw = g.h * g.w;
-    g.k == 3 && g.cin.min(g.cout) >= 64 && hw >= 256 && g.batch * hw >= 1024
+    let (c, hw) = (g.cin.min(g.cout), g.h * g.w);
+    let positions = g.batch * hw;
+    g.k == 3
+        && c >= 32
+        && (hw >= 1024 || (c >= 64 && positions >= 2048) || (c >= 128 && positions >= 512))
 }
 
 /// The setting of `METRICUNET_WINOGRAD`: `0` never, `1` every 3x3 layer, unset or `auto` the
@@ -467,8 +537,7 @@ mod tests {
     }
 
     /// The automatic choice on the paper network's layers (encoder 32/64/128/256, decoder
-    /// 128/64/256 on 64 x 64) and the quickstart's (widths up to 64): the top decoder layers
-    /// of the paper network at every batch, nothing of the quickstart network.
+    /// 128/64/256 on 64 x 64) and the quickstart's (encoder 8/16/32/64, decoder 32/16/32).
     #[test]
     fn automatic_choice_follows_the_measured_rule() {
         for pass in [Pass::Forward, Pass::InputGrad, Pass::WeightGrad] {
@@ -477,15 +546,26 @@ mod tests {
                 assert!(auto(layer(batch, 288, 256, 64)), "conv6c at batch {batch}");
                 assert!(auto(layer(batch, 256, 256, 64)), "conv6d at batch {batch}");
                 assert!(auto(layer(batch, 64, 64, 32)), "conv2b at batch {batch}");
-                assert!(!auto(layer(batch, 3, 32, 64)), "conv1a");
-                assert!(!auto(layer(batch, 32, 32, 64)), "conv1b: 32 channels");
-                assert!(!auto(layer(batch, 256, 256, 8)), "conv4b: 8 x 8 images");
-                // quickstart: encoder 8/16/32/64, decoder 32/16/32
-                assert!(!auto(layer(batch, 64, 64, 8)), "quickstart conv4b");
-                assert!(!auto(layer(batch, 40, 32, 64)), "quickstart conv6c");
+                assert!(auto(layer(batch, 32, 32, 64)), "conv1b at batch {batch}");
+                assert!(!auto(layer(batch, 3, 32, 64)), "conv1a: 3 channels in");
+                // quickstart
+                assert!(auto(layer(batch, 40, 32, 64)), "quickstart conv6c");
+                assert!(
+                    !auto(layer(batch, 8, 8, 64)),
+                    "quickstart conv1b: 8 channels"
+                );
+                assert!(!auto(layer(batch, 32, 16, 32)), "quickstart conv5c: 16 out");
+                assert!(
+                    !auto(layer(batch, 32, 32, 16)),
+                    "quickstart conv3b: 16 x 16"
+                );
+                assert!(!auto(layer(batch, 64, 64, 8)), "quickstart conv4b: 8 x 8");
             }
             assert!(!auto(layer(1, 128, 128, 16)), "16 x 16 at batch 1");
             assert!(auto(layer(8, 128, 128, 16)), "16 x 16 at batch 8");
+            assert!(auto(layer(8, 64, 128, 16)), "conv3a at batch 8");
+            assert!(!auto(layer(1, 256, 256, 8)), "8 x 8 at batch 1");
+            assert!(auto(layer(8, 256, 256, 8)), "8 x 8 at batch 8");
             assert!(
                 !auto(Geometry {
                     k: 1,
