@@ -3,7 +3,10 @@
 //! On the CPU (f32 and f64) forward, input gradient and weight gradient are the im2col-free
 //! kernels of [`crate::conv_cpu`] (k * k matrix products per image over a zero-padded copy;
 //! checked there against the definition by direct loops, and here against candle's own
-//! convolution and finite differences in `tests/finite_differences.rs`). candle's CPU conv2d
+//! convolution and finite differences in `tests/finite_differences.rs`) or, for the 3x3
+//! layers [`crate::winograd::chosen`] picks (`METRICUNET_WINOGRAD`), Winograd F(2x2, 3x3)
+//! (checked against the direct kernels, and by finite differences in `tests/winograd_op.rs`).
+//! candle's CPU conv2d
 //! forms the column matrix of the whole batch, and its backward computes the input gradient
 //! with `conv_transpose2d`, several times slower than a conv2d of the same size.
 //!

@@ -2,11 +2,13 @@
 //! for this project's shapes, as candle custom ops with their own backward. Networks (the
 //! backbone plugins) call these; each op has an environment switch back to candle's op for
 //! A/B comparisons (`METRICUNET_CANDLE_CONV`, `METRICUNET_CANDLE_CONVT`,
-//! `METRICUNET_CANDLE_BN`), and on other devices each falls back to candle's op.
+//! `METRICUNET_CANDLE_BN`; `METRICUNET_WINOGRAD=0` keeps the direct 3x3 path), and on other
+//! devices each falls back to candle's op.
 //!
 //! - [`conv`]: the 3x3 / 1x1 "same" convolution and the decoder's convolution that reads the
 //!   skip concatenation from both inputs, without an im2col matrix ([`conv_cpu`] holds the
-//!   kernels).
+//!   kernels; [`winograd`] the F(2x2, 3x3) kernels it takes for the 3x3 layers where they
+//!   were measured to win).
 //! - [`conv_transpose`]: the decoder's 2x2 stride-2 transposed convolution with its bias.
 //! - [`bn_relu`]: bias + BatchNorm + ReLU in one pass (training and inference modes).
 //! - [`testing`]: the finite-difference gradient check the ops' and networks' tests share.

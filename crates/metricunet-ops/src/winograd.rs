@@ -460,17 +460,17 @@ pub enum Pass {
 
 /// Whether the automatic choice takes Winograd for this 3x3 layer, from the per-layer
 /// measurements of `metricunet bench conv` on the paper and quickstart networks at batch 1 and
-/// 8 (bench/NOTES.md, session 10; Winograd / direct time):
+/// 8 and from whole training steps (bench/NOTES.md, session 10; Winograd / direct time):
 ///
-/// - fewer than 32 channels in or out: never (1.1-2x slower: the products are too thin for
-///   the transforms to pay);
-/// - images of at least 32 x 32 with at least 32 channels: always (0.46-0.97 at batch 8, the
-///   top 256-channel layers 0.46-0.57; 0.52-0.96 at batch 1 apart from two passes at 1.04 and
-///   1.09);
-/// - smaller images: only with enough tiles over the batch, at least 2048 output positions
-///   per channel with 64 channels (16 x 16 at batch 8: 0.61-0.84; at batch 1 1.04-1.32) or
-///   512 with 128 (8 x 8 at batch 8: 0.72-0.95, while the quickstart's 64-channel 8 x 8
-///   layer is 1.03-1.15).
+/// - fewer than 64 channels in or out: never. Below 32 the products are too thin for the
+///   transforms to pay (1.1-2x slower); at 32 the quickstart's 64 x 64 layers win alone
+///   (0.81-1.08) but its whole training step did not (four alternating pairs: 0.97-1.06).
+/// - images of at least 32 x 32: always (0.46-0.89 at batch 8, the top 256-channel layers
+///   0.46-0.57; 0.52-1.09 at batch 1);
+/// - smaller images only with enough tiles over the batch: at least 2048 output positions per
+///   channel (16 x 16 at batch 8: 0.61-0.84; at batch 1 1.04-1.32), or 512 with 128 channels
+///   (8 x 8 at batch 8: 0.72-0.95, where the quickstart's 64-channel 8 x 8 layer took
+///   1.03-1.15).
 ///
 /// One rule for the three passes.
 pub fn chosen_automatically(g: &Geometry, pass: Pass) -> bool {
@@ -478,8 +478,8 @@ pub fn chosen_automatically(g: &Geometry, pass: Pass) -> bool {
     let (c, hw) = (g.cin.min(g.cout), g.h * g.w);
     let positions = g.batch * hw;
     g.k == 3
-        && c >= 32
-        && (hw >= 1024 || (c >= 64 && positions >= 2048) || (c >= 128 && positions >= 512))
+        && c >= 64
+        && (hw >= 1024 || positions >= 2048 || (c >= 128 && positions >= 512))
 }
 
 /// The setting of `METRICUNET_WINOGRAD`: `0` never, `1` every 3x3 layer, unset or `auto` the
@@ -537,7 +537,8 @@ mod tests {
     }
 
     /// The automatic choice on the paper network's layers (encoder 32/64/128/256, decoder
-    /// 128/64/256 on 64 x 64) and the quickstart's (encoder 8/16/32/64, decoder 32/16/32).
+    /// 128/64/256 on 64 x 64) and the quickstart's (encoder 8/16/32/64, decoder 32/16/32:
+    /// none of its layers, so the main job's numbers are those of the direct path).
     #[test]
     fn automatic_choice_follows_the_measured_rule() {
         for pass in [Pass::Forward, Pass::InputGrad, Pass::WeightGrad] {
@@ -546,10 +547,10 @@ mod tests {
                 assert!(auto(layer(batch, 288, 256, 64)), "conv6c at batch {batch}");
                 assert!(auto(layer(batch, 256, 256, 64)), "conv6d at batch {batch}");
                 assert!(auto(layer(batch, 64, 64, 32)), "conv2b at batch {batch}");
-                assert!(auto(layer(batch, 32, 32, 64)), "conv1b at batch {batch}");
+                assert!(!auto(layer(batch, 32, 32, 64)), "conv1b: 32 channels");
                 assert!(!auto(layer(batch, 3, 32, 64)), "conv1a: 3 channels in");
                 // quickstart
-                assert!(auto(layer(batch, 40, 32, 64)), "quickstart conv6c");
+                assert!(!auto(layer(batch, 40, 32, 64)), "quickstart conv6c: 32 out");
                 assert!(
                     !auto(layer(batch, 8, 8, 64)),
                     "quickstart conv1b: 8 channels"
