@@ -341,13 +341,8 @@ struct ConvLayer {
 /// The 3x3 convolutions of a UNet with these widths on `size` x `size` x 3 patches (Table I's
 /// layer names; the decoder's first convolution reads the skip concatenation).
 fn conv_layers(encoder: &[i64], decoder: &[i64], size: usize, batch: usize) -> Vec<ConvLayer> {
-    let geometry = |cin: usize, cout: usize, side: usize| metricunet_ops::conv_cpu::Geometry {
-        batch,
-        cin,
-        cout,
-        h: side,
-        w: side,
-        k: 3,
+    let geometry = |cin: usize, cout: usize, side: usize| {
+        metricunet_ops::conv_cpu::Geometry::square(batch, cin, cout, side, 3)
     };
     let (enc, dec): (Vec<usize>, Vec<usize>) = (
         encoder.iter().map(|&w| w as usize).collect(),

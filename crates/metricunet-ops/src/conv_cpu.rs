@@ -53,6 +53,17 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of `side` x `side` images.
+    pub fn square(batch: usize, cin: usize, cout: usize, side: usize, k: usize) -> Self {
+        Geometry {
+            batch,
+            cin,
+            cout,
+            h: side,
+            w: side,
+            k,
+        }
+    }
     fn p(&self) -> usize {
         self.k / 2
     }

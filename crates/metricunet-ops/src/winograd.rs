@@ -138,6 +138,59 @@ fn blocks<T>(v: &mut [T], nt: usize) -> Vec<&mut [T]> {
     v.chunks_mut(nt).take(16).collect()
 }
 
+/// The row pass of a transform for one row of tiles: `rt[r][x] = f(the K input rows at x)[r]`
+/// for every column x (4 rows of `len` values, contiguous vectors).
+fn row_pass<T: Elem, const K: usize>(
+    rows: [&[T]; K],
+    len: usize,
+    rt: &mut [T],
+    f: impl Fn([T; K]) -> [T; 4],
+) {
+    let (r0, rest) = rt.split_at_mut(len);
+    let (r1, rest) = rest.split_at_mut(len);
+    let (r2, r3) = rest.split_at_mut(len);
+    for x in 0..len {
+        let [a0, a1, a2, a3] = f(std::array::from_fn(|k| rows[k][x]));
+        r0[x] = a0;
+        r1[x] = a1;
+        r2[x] = a2;
+        r3[x] = a3;
+    }
+}
+
+/// The column pass of a transform for one row of tiles: for each of the 4 rows of `rt` (`len`
+/// values each) and each tile (a window of `width` values moving by 2), `f` of the window gives
+/// the tile's 4 values in that row, written to blocks `4 r .. 4 r + 4` of `out` at the tile's
+/// position within `span`.
+fn column_pass<T: Elem>(
+    rt: &[T],
+    len: usize,
+    width: usize,
+    out: &mut [&mut [T]],
+    span: std::ops::Range<usize>,
+    f: impl Fn(&[T]) -> [T; 4],
+) {
+    for (r, quad) in out.chunks_exact_mut(4).enumerate().take(4) {
+        let src = &rt[r * len..][..len];
+        let [o0, o1, o2, o3] = quad else {
+            unreachable!("chunks of 4")
+        };
+        let (o0, o1, o2, o3) = (
+            &mut o0[span.clone()],
+            &mut o1[span.clone()],
+            &mut o2[span.clone()],
+            &mut o3[span.clone()],
+        );
+        for (tx, e) in src.windows(width).step_by(2).enumerate() {
+            let [a0, a1, a2, a3] = f(e);
+            o0[tx] = a0;
+            o1[tx] = a1;
+            o2[tx] = a2;
+            o3[tx] = a3;
+        }
+    }
+}
+
 /// Image `i` of a batch given as channel groups `(values, channels)` transformed:
 /// `V[c][ξ][t]` (channels x 16 x tiles) into `v`; the channels on the threads when `parallel`.
 ///
@@ -169,42 +222,11 @@ fn input_transform<T: Elem>(
         let mut out = blocks(v, nt);
         let mut rt = vec![T::default(); 4 * pw];
         for ty in 0..tl.ty {
-            let rows = &plane[2 * ty * pw..][..4 * pw];
-            let (d0, rest) = rows.split_at(pw);
-            let (d1, rest) = rest.split_at(pw);
-            let (d2, d3) = rest.split_at(pw);
-            {
-                let (r0, rest) = rt.split_at_mut(pw);
-                let (r1, rest) = rest.split_at_mut(pw);
-                let (r2, r3) = rest.split_at_mut(pw);
-                for x in 0..pw {
-                    let [a0, a1, a2, a3] = bt([d0[x], d1[x], d2[x], d3[x]]);
-                    r0[x] = a0;
-                    r1[x] = a1;
-                    r2[x] = a2;
-                    r3[x] = a3;
-                }
-            }
+            let rows: [&[T]; 4] = std::array::from_fn(|r| &plane[(2 * ty + r) * pw..][..pw]);
+            // B^T over the tile's 4 rows, then B over each tile's 4 columns
+            row_pass(rows, pw, &mut rt, bt);
             let span = ty * tl.tx..(ty + 1) * tl.tx;
-            for r in 0..4 {
-                let src = &rt[r * pw..][..pw];
-                let [o0, o1, o2, o3] = &mut out[r * 4..r * 4 + 4] else {
-                    unreachable!("16 blocks")
-                };
-                let (o0, o1, o2, o3) = (
-                    &mut o0[span.clone()],
-                    &mut o1[span.clone()],
-                    &mut o2[span.clone()],
-                    &mut o3[span.clone()],
-                );
-                for (tx, e) in src.windows(4).step_by(2).enumerate() {
-                    let [a0, a1, a2, a3] = bt([e[0], e[1], e[2], e[3]]);
-                    o0[tx] = a0;
-                    o1[tx] = a1;
-                    o2[tx] = a2;
-                    o3[tx] = a3;
-                }
-            }
+            column_pass(&rt, pw, 4, &mut out, span, |e| bt([e[0], e[1], e[2], e[3]]));
         }
     });
 }
@@ -266,39 +288,11 @@ fn grad_transform<T: Elem>(gy: &[T], g: &Geometry, tl: Tiles, d: &mut [T], paral
                     dst[..g.w].fill(T::default());
                 }
             }
-            {
-                let (y0, y1) = rows.split_at(wide);
-                let (r0, rest) = rt.split_at_mut(wide);
-                let (r1, rest) = rest.split_at_mut(wide);
-                let (r2, r3) = rest.split_at_mut(wide);
-                for x in 0..wide {
-                    let [a0, a1, a2, a3] = a([y0[x], y1[x]]);
-                    r0[x] = a0;
-                    r1[x] = a1;
-                    r2[x] = a2;
-                    r3[x] = a3;
-                }
-            }
+            let (y0, y1) = rows.split_at(wide);
+            // A over the tile's 2 rows, then A^T over each tile's 2 columns
+            row_pass([y0, y1], wide, &mut rt, a);
             let span = ty * tl.tx..(ty + 1) * tl.tx;
-            for r in 0..4 {
-                let src = &rt[r * wide..][..wide];
-                let [o0, o1, o2, o3] = &mut out[r * 4..r * 4 + 4] else {
-                    unreachable!("16 blocks")
-                };
-                let (o0, o1, o2, o3) = (
-                    &mut o0[span.clone()],
-                    &mut o1[span.clone()],
-                    &mut o2[span.clone()],
-                    &mut o3[span.clone()],
-                );
-                for (tx, e) in src.chunks_exact(2).enumerate() {
-                    let [a0, a1, a2, a3] = a([e[0], e[1]]);
-                    o0[tx] = a0;
-                    o1[tx] = a1;
-                    o2[tx] = a2;
-                    o3[tx] = a3;
-                }
-            }
+            column_pass(&rt, wide, 2, &mut out, span, |e| a([e[0], e[1]]));
         }
     });
 }
@@ -477,9 +471,7 @@ pub fn chosen_automatically(g: &Geometry, pass: Pass) -> bool {
     let _ = pass;
     let (c, hw) = (g.cin.min(g.cout), g.h * g.w);
     let positions = g.batch * hw;
-    g.k == 3
-        && c >= 64
-        && (hw >= 1024 || positions >= 2048 || (c >= 128 && positions >= 512))
+    g.k == 3 && c >= 64 && (hw >= 1024 || positions >= 2048 || (c >= 128 && positions >= 512))
 }
 
 /// The setting of `METRICUNET_WINOGRAD`: `0` never, `1` every 3x3 layer, unset or `auto` the
@@ -526,14 +518,7 @@ mod tests {
     }
 
     fn layer(batch: usize, cin: usize, cout: usize, side: usize) -> Geometry {
-        Geometry {
-            batch,
-            cin,
-            cout,
-            h: side,
-            w: side,
-            k: 3,
-        }
+        Geometry::square(batch, cin, cout, side, 3)
     }
 
     /// The automatic choice on the paper network's layers (encoder 32/64/128/256, decoder
