@@ -379,17 +379,11 @@ fn conv_layers(encoder: &[i64], decoder: &[i64], size: usize, batch: usize) -> V
     layers
 }
 
-/// Median seconds of `f` over `repeats` runs.
-fn median_seconds(repeats: usize, mut f: impl FnMut()) -> f64 {
-    let mut t: Vec<f64> = (0..repeats.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+/// Seconds one call of `f` takes.
+fn seconds<R>(f: impl FnOnce() -> R) -> f64 {
+    let start = Instant::now();
+    drop(f());
+    start.elapsed().as_secs_f64()
 }
 
 /// Largest |a - b| over the largest |b|.
@@ -438,11 +432,10 @@ pub fn conv(
         let x = random(g.batch * g.cin * g.h * g.w);
         let w = random(g.cout * g.cin * 9);
         let gy = random(g.batch * g.cout * g.h * g.w);
-        type Pass<'a> = (&'a str, winograd::Pass, Box<dyn Fn(bool) -> Vec<f32> + 'a>);
+        type Pass<'a> = (&'a str, Box<dyn Fn(bool) -> Vec<f32> + 'a>);
         let passes: [Pass; 3] = [
             (
                 "forward",
-                winograd::Pass::Forward,
                 Box::new(|wino| {
                     if wino {
                         winograd::forward(&x, &w, &g)
@@ -453,7 +446,6 @@ pub fn conv(
             ),
             (
                 "input grad",
-                winograd::Pass::InputGrad,
                 Box::new(|wino| {
                     if wino {
                         winograd::input_grad(&gy, &w, &g)
@@ -464,7 +456,6 @@ pub fn conv(
             ),
             (
                 "weight grad",
-                winograd::Pass::WeightGrad,
                 Box::new(|wino| {
                     if wino {
                         winograd::weight_grad(&x, &gy, &g)
@@ -474,17 +465,17 @@ pub fn conv(
                 }),
             ),
         ];
-        for (pass, kind, f) in &passes {
+        for (pass, f) in &passes {
             let diff = relative_difference(&f(true), &f(false));
             let (mut td, mut tw) = (Vec::new(), Vec::new());
             for _ in 0..repeats.max(1) {
-                td.push(median_seconds(1, || drop(f(false))));
-                tw.push(median_seconds(1, || drop(f(true))));
+                td.push(seconds(|| f(false)));
+                tw.push(seconds(|| f(true)));
             }
             td.sort_by(f64::total_cmp);
             tw.sort_by(f64::total_cmp);
             let (d, wn) = (td[td.len() / 2], tw[tw.len() / 2]);
-            let auto = winograd::chosen_automatically(&g, *kind);
+            let auto = winograd::chosen_automatically(&g);
             total_direct += d;
             total_wino += wn;
             total_auto += if auto { wn } else { d };

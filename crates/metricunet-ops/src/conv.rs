@@ -21,11 +21,11 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, T
 
 use crate::conv_cpu::{self, Elem, Geometry};
 use crate::cpu_values::{dense, env_flag, with_values};
-use crate::winograd::{self, Pass};
+use crate::winograd;
 
 /// The CPU forward through the path [`winograd::chosen`] picks for this layer.
 fn forward_parts<T: Elem>(parts: &[(&[T], usize)], w: &[T], g: &Geometry) -> Vec<T> {
-    if winograd::chosen(g, Pass::Forward) {
+    if winograd::chosen(g) {
         winograd::forward_parts(parts, w, g)
     } else {
         conv_cpu::forward_parts(parts, w, g)
@@ -34,7 +34,7 @@ fn forward_parts<T: Elem>(parts: &[(&[T], usize)], w: &[T], g: &Geometry) -> Vec
 
 /// The CPU input gradient through the path [`winograd::chosen`] picks.
 fn input_grad<T: Elem>(grad: &[T], w: &[T], g: &Geometry) -> Vec<T> {
-    if winograd::chosen(g, Pass::InputGrad) {
+    if winograd::chosen(g) {
         winograd::input_grad(grad, w, g)
     } else {
         conv_cpu::input_grad(grad, w, g)
@@ -43,7 +43,7 @@ fn input_grad<T: Elem>(grad: &[T], w: &[T], g: &Geometry) -> Vec<T> {
 
 /// The CPU weight gradient through the path [`winograd::chosen`] picks.
 fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry) -> Vec<T> {
-    if winograd::chosen(g, Pass::WeightGrad) {
+    if winograd::chosen(g) {
         winograd::weight_grad_parts(x, grad, g)
     } else {
         conv_cpu::weight_grad_parts(x, grad, g)

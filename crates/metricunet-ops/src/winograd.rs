@@ -444,14 +444,6 @@ pub fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry)
     gw
 }
 
-/// The three passes of a convolution, for [`chosen`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
-    Forward,
-    InputGrad,
-    WeightGrad,
-}
-
 /// Whether the automatic choice takes Winograd for this 3x3 layer, from the per-layer
 /// measurements of `metricunet bench conv` on the paper and quickstart networks at batch 1 and
 /// 8 and from whole training steps (bench/NOTES.md, session 10; Winograd / direct time):
@@ -466,9 +458,8 @@ pub enum Pass {
 ///   (8 x 8 at batch 8: 0.72-0.95, where the quickstart's 64-channel 8 x 8 layer took
 ///   1.03-1.15).
 ///
-/// One rule for the three passes.
-pub fn chosen_automatically(g: &Geometry, pass: Pass) -> bool {
-    let _ = pass;
+/// One rule for the forward and both gradients (the weight gradient gains least, but gains).
+pub fn chosen_automatically(g: &Geometry) -> bool {
     let (c, hw) = (g.cin.min(g.cout), g.h * g.w);
     let positions = g.batch * hw;
     g.k == 3 && c >= 64 && (hw >= 1024 || positions >= 2048 || (c >= 128 && positions >= 512))
@@ -496,13 +487,13 @@ fn setting() -> Setting {
     })
 }
 
-/// Whether the CPU convolution runs this layer's `pass` through Winograd.
-pub fn chosen(g: &Geometry, pass: Pass) -> bool {
+/// Whether the CPU convolution runs this layer (forward and gradients) through Winograd.
+pub fn chosen(g: &Geometry) -> bool {
     g.k == 3
         && match setting() {
             Setting::Never => false,
             Setting::Always => true,
-            Setting::Auto => chosen_automatically(g, pass),
+            Setting::Auto => chosen_automatically(g),
         }
 }
 
@@ -526,40 +517,32 @@ mod tests {
     /// none of its layers, so the main job's numbers are those of the direct path).
     #[test]
     fn automatic_choice_follows_the_measured_rule() {
-        for pass in [Pass::Forward, Pass::InputGrad, Pass::WeightGrad] {
-            let auto = |g: Geometry| chosen_automatically(&g, pass);
-            for batch in [1, 8, 30] {
-                assert!(auto(layer(batch, 288, 256, 64)), "conv6c at batch {batch}");
-                assert!(auto(layer(batch, 256, 256, 64)), "conv6d at batch {batch}");
-                assert!(auto(layer(batch, 64, 64, 32)), "conv2b at batch {batch}");
-                assert!(!auto(layer(batch, 32, 32, 64)), "conv1b: 32 channels");
-                assert!(!auto(layer(batch, 3, 32, 64)), "conv1a: 3 channels in");
-                // quickstart
-                assert!(!auto(layer(batch, 40, 32, 64)), "quickstart conv6c: 32 out");
-                assert!(
-                    !auto(layer(batch, 8, 8, 64)),
-                    "quickstart conv1b: 8 channels"
-                );
-                assert!(!auto(layer(batch, 32, 16, 32)), "quickstart conv5c: 16 out");
-                assert!(
-                    !auto(layer(batch, 32, 32, 16)),
-                    "quickstart conv3b: 16 x 16"
-                );
-                assert!(!auto(layer(batch, 64, 64, 8)), "quickstart conv4b: 8 x 8");
-            }
-            assert!(!auto(layer(1, 128, 128, 16)), "16 x 16 at batch 1");
-            assert!(auto(layer(8, 128, 128, 16)), "16 x 16 at batch 8");
-            assert!(auto(layer(8, 64, 128, 16)), "conv3a at batch 8");
-            assert!(!auto(layer(1, 256, 256, 8)), "8 x 8 at batch 1");
-            assert!(auto(layer(8, 256, 256, 8)), "8 x 8 at batch 8");
+        let auto = |g: Geometry| chosen_automatically(&g);
+        for batch in [1, 8, 30] {
+            assert!(auto(layer(batch, 288, 256, 64)), "conv6c at batch {batch}");
+            assert!(auto(layer(batch, 256, 256, 64)), "conv6d at batch {batch}");
+            assert!(auto(layer(batch, 64, 64, 32)), "conv2b at batch {batch}");
+            assert!(!auto(layer(batch, 32, 32, 64)), "conv1b: 32 channels");
+            assert!(!auto(layer(batch, 3, 32, 64)), "conv1a: 3 channels in");
+            // quickstart
+            assert!(!auto(layer(batch, 40, 32, 64)), "quickstart conv6c: 32 out");
             assert!(
-                !auto(Geometry {
-                    k: 1,
-                    ..layer(8, 256, 256, 64)
-                }),
-                "1 x 1"
+                !auto(layer(batch, 8, 8, 64)),
+                "quickstart conv1b: 8 channels"
             );
+            assert!(!auto(layer(batch, 32, 16, 32)), "quickstart conv5c: 16 out");
+            assert!(
+                !auto(layer(batch, 32, 32, 16)),
+                "quickstart conv3b: 16 x 16"
+            );
+            assert!(!auto(layer(batch, 64, 64, 8)), "quickstart conv4b: 8 x 8");
         }
+        assert!(!auto(layer(1, 128, 128, 16)), "16 x 16 at batch 1");
+        assert!(auto(layer(8, 128, 128, 16)), "16 x 16 at batch 8");
+        assert!(auto(layer(8, 64, 128, 16)), "conv3a at batch 8");
+        assert!(!auto(layer(1, 256, 256, 8)), "8 x 8 at batch 1");
+        assert!(auto(layer(8, 256, 256, 8)), "8 x 8 at batch 8");
+        assert!(!auto(Geometry::square(8, 256, 256, 64, 1)), "1 x 1");
     }
 
     fn geometries() -> Vec<Geometry> {
