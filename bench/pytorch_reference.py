@@ -192,16 +192,20 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tf32", choices=["default", "off"], default="default",
                     help="CUDA: PyTorch's default (TF32 in cuDNN convolutions) or strict f32")
+    ap.add_argument("--infer", choices=["yes", "no", "only"], default="yes",
+                    help="the inference forwards (1 and 16 slices of 128 x 128): with the training "
+                         "steps, not at all, or alone")
     ap.add_argument("--json")
     args = ap.parse_args()
     results = []
-    for n in [int(b) for b in args.batches.split(",")]:
+    batches = [] if args.infer == "only" else [int(b) for b in args.batches.split(",")]
+    for n in batches:
         for v in args.variants.split(","):
             r = in_fresh_process(time_train, args, v, n)
             results.append(r)
             print(f"| {r['label']} | {n} | {r['forward_s']:.3f} | {r['backward_s']:.3f} | {r['optimizer_s']:.4f} "
                   f"| {r['step_s']:.3f} | {n / r['step_s']:.2f} | {r['peak_rss_mb']:.0f} |", flush=True)
-    for n, size in ((1, 128), (16, 128)):
+    for n, size in ((1, 128), (16, 128)) if args.infer != "no" else ():
         r = in_fresh_process(time_infer, args, n, size)
         results.append(r)
         print(f"| {r['label']} | forward {r['forward_s']:.3f} s | peak {r['peak_rss_mb']:.0f} MB |", flush=True)
