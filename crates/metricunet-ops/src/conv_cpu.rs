@@ -15,10 +15,12 @@
 
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// f32 or f64.
 pub trait Elem:
-    Copy
+    Fma
+    + Copy
     + Send
     + Sync
     + Default
@@ -30,14 +32,143 @@ pub trait Elem:
 {
     const ONE: Self;
     const HALF: Self;
+    const NAN: Self;
+    /// The per-image buffers kept between op calls ([`Scratch`]).
+    fn kept() -> &'static Mutex<Vec<Vec<Self>>>;
 }
+
 impl Elem for f32 {
     const ONE: Self = 1.0;
     const HALF: Self = 0.5;
+    const NAN: Self = f32::NAN;
+    fn kept() -> &'static Mutex<Vec<Vec<Self>>> {
+        &KEPT_F32
+    }
 }
 impl Elem for f64 {
     const ONE: Self = 1.0;
     const HALF: Self = 0.5;
+    const NAN: Self = f64::NAN;
+    fn kept() -> &'static Mutex<Vec<Vec<Self>>> {
+        &KEPT_F64
+    }
+}
+
+/// Per-image buffers of one op call, handed from image to image instead of allocated per image.
+/// [`Scratch::with`] gives `f` a buffer of `len` values **not zeroed** (what an earlier image
+/// left there), so only for buffers that `f` writes in full before reading them. Each thread
+/// working on the images takes one buffer, so an op holds as many as before (one per thread
+/// at a time); only a new buffer pays the allocation's zero-fill and page faults (per image
+/// those were 12 % (memset) and 3 % (kernel page clearing) of a paper-network step at batch
+/// 8). With fewer images than threads the buffers are kept for the next call (up to
+/// [`keep_bytes`]), else freed at the end of the call.
+pub(crate) struct Scratch<T: Elem> {
+    free: Mutex<Vec<Vec<T>>>,
+    /// Whether the buffers are kept after the call (fewer images than threads).
+    keep: bool,
+    #[cfg(test)]
+    poison: bool,
+}
+
+/// At most this many bytes of per-image buffers are kept between op calls (per element type),
+/// so that ops with one image per thread (batch 1: every op) reuse them too: 64 MiB, or
+/// `METRICUNET_SCRATCH_KEEP_MB` (0: none kept, each call's buffers freed at its end). The
+/// largest of the paper network's at batch 1 (Winograd's transformed input and products of a
+/// 64 x 64 layer with 288 / 256 channels) are 19 and 17 MB.
+fn keep_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var("METRICUNET_SCRATCH_KEEP_MB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(64)
+            << 20
+    })
+}
+
+static KEPT_F32: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+static KEPT_F64: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
+
+/// A lock whose holder panicked still guards plain buffers: take it anyway.
+fn lock<V>(m: &Mutex<V>) -> std::sync::MutexGuard<'_, V> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<T: Elem> Scratch<T> {
+    /// The buffers of one call on `batch` images: with fewer images than threads (each thread
+    /// sees at most one image, so nothing is reused within the call) they are kept for the
+    /// next call; with more, each thread reuses its own within the call and they are freed at
+    /// its end (keeping them as well cost 0.3 GB of peak memory in whole-case inference,
+    /// batches of 8, for no measured gain).
+    pub(crate) fn new(batch: usize) -> Self {
+        Scratch {
+            free: Mutex::new(Vec::new()),
+            keep: batch < rayon::current_num_threads(),
+            #[cfg(test)]
+            poison: POISON.with(|p| p.get()),
+        }
+    }
+
+    /// A buffer of at least `len` values: this call's own, else one kept from an earlier call
+    /// (the smallest that is large enough, else the largest), else a new zeroed one.
+    fn take(&self, len: usize) -> Vec<T> {
+        if let Some(b) = lock(&self.free).pop() {
+            return b;
+        }
+        let mut kept = lock(T::kept());
+        let fits = (0..kept.len())
+            .filter(|&k| kept[k].capacity() >= len)
+            .min_by_key(|&k| kept[k].capacity());
+        let largest = (0..kept.len()).max_by_key(|&k| kept[k].capacity());
+        match fits.or(largest) {
+            Some(k) => kept.swap_remove(k),
+            None => Vec::new(),
+        }
+    }
+
+    pub(crate) fn with<R>(&self, len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+        let mut buf = self.take(len);
+        #[cfg(test)]
+        if self.poison {
+            // tests: every buffer handed out full of NaN, so a value read before it is written
+            // shows in the result
+            buf.clear();
+        }
+        #[cfg(test)]
+        let fill = if self.poison { T::NAN } else { T::default() };
+        #[cfg(not(test))]
+        let fill = T::default();
+        // only a new (or grown) buffer is filled; a reused one keeps the last image's values
+        buf.resize(len.max(buf.len()), fill);
+        let out = f(&mut buf[..len]);
+        lock(&self.free).push(buf);
+        out
+    }
+}
+
+impl<T: Elem> Drop for Scratch<T> {
+    /// Where kept, this call's buffers join the kept ones; the oldest go while more than
+    /// [`keep_bytes`].
+    fn drop(&mut self) {
+        if !self.keep {
+            return;
+        }
+        let mine = std::mem::take(&mut *lock(&self.free));
+        let mut kept = lock(T::kept());
+        kept.extend(mine);
+        let bytes = |v: &Vec<Vec<T>>| {
+            v.iter().map(|b| b.capacity()).sum::<usize>() * std::mem::size_of::<T>()
+        };
+        while bytes(&kept) > keep_bytes() {
+            kept.remove(0);
+        }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the fresh buffers of a [`Scratch`] made on this thread start full of NaN.
+    pub(crate) static POISON: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Shapes of one "same" convolution.
@@ -130,8 +261,228 @@ fn unwide<T: Elem>(wide: &[T], c: usize, g: &Geometry, dst: &mut [T]) {
     }
 }
 
+/// Whether the matrix products may take the gemm crate's AVX-512 kernels (where the CPU has
+/// them): `METRICUNET_AVX512=0` makes every product of these ops take its AVX2 + FMA kernels,
+/// as on a CPU without AVX-512, for A/B measurements (candle's own matrix products, a small
+/// part of a step, keep gemm's own choice). Read once.
+pub fn avx512_allowed() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| std::env::var("METRICUNET_AVX512").map_or(true, |v| v != "0"))
+}
+
+/// The arguments of a gemm call, in the gemm crate's order: `m, n, k, dst, dst_cs, dst_rs,
+/// read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, alpha, beta, conj_dst, conj_lhs,
+/// conj_rhs, parallelism`.
+type GemmFn<T> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *mut T,
+    isize,
+    isize,
+    bool,
+    *const T,
+    isize,
+    isize,
+    *const T,
+    isize,
+    isize,
+    T,
+    T,
+    bool,
+    bool,
+    bool,
+    Parallelism,
+);
+
+/// The gemm crate's AVX2 + FMA kernels for one element type, by name (the crate's own dispatch
+/// takes AVX-512 wherever the CPU has it).
+pub trait Fma: Sized {
+    /// The FMA-kernel gemm, or `None` where the CPU lacks AVX2 + FMA (or is not x86-64).
+    fn fma_gemm() -> Option<GemmFn<Self>>;
+}
+
+/// A product's operands as `(pointer, column stride, row stride)`, in the form the gemm
+/// crate's kernels take: as `gemm::gemm` prepares them before its dispatch (the problem
+/// transposed when the destination is column-oriented, negative strides turned positive).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Operands<T> {
+    m: usize,
+    n: usize,
+    dst: (*mut T, isize, isize),
+    lhs: (*const T, isize, isize),
+    rhs: (*const T, isize, isize),
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl<T> Operands<T> {
+    fn new(
+        (m, n, k): (usize, usize, usize),
+        dst: (*mut T, isize, isize),
+        lhs: (*const T, isize, isize),
+        rhs: (*const T, isize, isize),
+    ) -> Self {
+        let mut o = if dst.1.abs() < dst.2.abs() {
+            // dst^T = rhs^T lhs^T
+            Operands {
+                m: n,
+                n: m,
+                dst: (dst.0, dst.2, dst.1),
+                lhs: (rhs.0, rhs.2, rhs.1),
+                rhs: (lhs.0, lhs.2, lhs.1),
+            }
+        } else {
+            Operands {
+                m,
+                n,
+                dst,
+                lhs,
+                rhs,
+            }
+        };
+        if o.dst.2 < 0 && o.m > 0 {
+            o.dst = (
+                o.dst.0.wrapping_offset((o.m - 1) as isize * o.dst.2),
+                o.dst.1,
+                -o.dst.2,
+            );
+            o.lhs = (
+                o.lhs.0.wrapping_offset((o.m - 1) as isize * o.lhs.2),
+                o.lhs.1,
+                -o.lhs.2,
+            );
+        }
+        if o.dst.1 < 0 && o.n > 0 {
+            o.dst = (
+                o.dst.0.wrapping_offset((o.n - 1) as isize * o.dst.1),
+                -o.dst.1,
+                o.dst.2,
+            );
+            o.rhs = (
+                o.rhs.0.wrapping_offset((o.n - 1) as isize * o.rhs.1),
+                -o.rhs.1,
+                o.rhs.2,
+            );
+        }
+        if o.lhs.1 < 0 && k > 0 {
+            o.lhs = (
+                o.lhs.0.wrapping_offset((k - 1) as isize * o.lhs.1),
+                -o.lhs.1,
+                o.lhs.2,
+            );
+            o.rhs = (
+                o.rhs.0.wrapping_offset((k - 1) as isize * o.rhs.2),
+                o.rhs.1,
+                -o.rhs.2,
+            );
+        }
+        o
+    }
+}
+
+/// One element type's FMA gemm, as the gemm crate's own `gemm_def!` builds it for its
+/// dispatch (same kernels, same blocking), from that crate's public kernel tables.
+macro_rules! fma_gemm {
+    ($ty:ident, $kernels:path) => {
+        impl Fma for $ty {
+            fn fma_gemm() -> Option<GemmFn<$ty>> {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use gemm_common::simd::MixedSimd;
+                    use $kernels as k;
+                    #[allow(clippy::too_many_arguments)]
+                    unsafe fn run(
+                        m: usize,
+                        n: usize,
+                        k_: usize,
+                        dst: *mut $ty,
+                        dst_cs: isize,
+                        dst_rs: isize,
+                        read_dst: bool,
+                        lhs: *const $ty,
+                        lhs_cs: isize,
+                        lhs_rs: isize,
+                        rhs: *const $ty,
+                        rhs_cs: isize,
+                        rhs_rs: isize,
+                        alpha: $ty,
+                        beta: $ty,
+                        _conj_dst: bool,
+                        _conj_lhs: bool,
+                        _conj_rhs: bool,
+                        par: Parallelism,
+                    ) {
+                        const N: usize = 32 / std::mem::size_of::<$ty>();
+                        // `fma_gemm` only hands this out where the CPU has AVX2 + FMA
+                        let Some(simd) =
+                            <gemm_common::simd::V3 as MixedSimd<$ty, $ty, $ty, $ty>>::try_new()
+                        else {
+                            unreachable!("AVX2 + FMA were detected")
+                        };
+                        let o = Operands::new(
+                            (m, n, k_),
+                            (dst, dst_cs, dst_rs),
+                            (lhs, lhs_cs, lhs_rs),
+                            (rhs, rhs_cs, rhs_rs),
+                        );
+                        // SAFETY: the caller's contract (`matmul`); `Operands::new` only
+                        // re-expresses the same elements (transposed / strides made positive).
+                        unsafe {
+                            gemm_common::gemm::gemm_basic_generic::<
+                                _,
+                                $ty,
+                                N,
+                                { k::MR_DIV_N * N },
+                                { k::NR },
+                                { k::MR_DIV_N },
+                                { k::H_M },
+                                { k::H_N },
+                            >(
+                                simd,
+                                o.m,
+                                o.n,
+                                k_,
+                                o.dst.0,
+                                o.dst.1,
+                                o.dst.2,
+                                read_dst,
+                                o.lhs.0,
+                                o.lhs.1,
+                                o.lhs.2,
+                                o.rhs.0,
+                                o.rhs.1,
+                                o.rhs.2,
+                                alpha,
+                                beta,
+                                false,
+                                false,
+                                false,
+                                |a, b, c| a * b + c,
+                                &k::UKR,
+                                &k::H_UKR,
+                                false,
+                                par,
+                            )
+                        }
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        return Some(run);
+                    }
+                }
+                None
+            }
+        }
+    };
+}
+fma_gemm!(f32, gemm_f32::microkernel::fma::f32);
+fma_gemm!(f64, gemm_f64::microkernel::fma::f64);
+
 /// `dst (+)= lhs * rhs` for an `m x n` result with inner dimension `k`; every operand is a
-/// pointer with its row and column strides (the gemm crate takes them column first).
+/// pointer with its row and column strides (the gemm crate takes them column first). The
+/// gemm crate's own dispatch (AVX-512 where the CPU has it), or its AVX2 + FMA kernels under
+/// `METRICUNET_AVX512=0` ([`avx512_allowed`]).
 ///
 /// # Safety
 /// Every `(r, c)` the strides address must lie inside the buffer behind its pointer, and `dst`
@@ -144,7 +495,12 @@ pub(crate) unsafe fn matmul<T: Elem>(
     rhs: (*const T, isize, isize),
     par: Parallelism,
 ) {
-    gemm::gemm(
+    let gemm: GemmFn<T> = if avx512_allowed() {
+        gemm::gemm::<T>
+    } else {
+        T::fma_gemm().unwrap_or(gemm::gemm::<T>)
+    };
+    gemm(
         m,
         n,
         k,
@@ -292,14 +648,17 @@ fn conv_batch<T: Elem>(
     let c_from: usize = input.iter().map(|p| p.1).sum();
     let mut out = vec![T::default(); g.batch * c_to * hw];
     let ptr = OutPtr(out.as_mut_ptr());
+    let wides = Scratch::new(g.batch);
     for_images(g.batch, |i, par| {
         let padded = padded_image(input, i, g);
-        let mut wide = vec![T::default(); c_to * n];
-        conv_wide(weights, view, &padded, c_to, c_from, g, &mut wide, par);
-        // SAFETY: image i owns out[i * c_to * hw .. (i + 1) * c_to * hw]
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(ptr.get().add(i * c_to * hw), c_to * hw) };
-        unwide(&wide, c_to, g, dst);
+        // the first tap's product overwrites every value of `wide`
+        wides.with(c_to * n, |wide: &mut [T]| {
+            conv_wide(weights, view, &padded, c_to, c_from, g, wide, par);
+            // SAFETY: image i owns out[i * c_to * hw .. (i + 1) * c_to * hw]
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(ptr.get().add(i * c_to * hw), c_to * hw) };
+            unwide(wide, c_to, g, dst);
+        });
     });
     out
 }
@@ -429,6 +788,77 @@ mod tests {
     /// Forward against the direct loops; the gradients against the adjoint identities
     /// <conv(x), gy> = <x, input_grad(gy)> = <w, weight_grad(x, gy)>, which hold exactly for
     /// the true gradients (the loss L = <conv(x, w), gy> is linear in x and in w).
+    /// The AVX2 + FMA kernels taken under `METRICUNET_AVX512=0` compute the product the gemm
+    /// crate's own dispatch computes (f64: to rounding, as the two may sum in another order)
+    /// for the layouts the ops use: row-major and column-major results (the latter transposed
+    /// before the kernels), strided operands, accumulation and overwriting.
+    #[test]
+    fn fma_kernels_match_the_dispatched_product() {
+        let Some(fma) = f64::fma_gemm() else {
+            eprintln!("no AVX2 + FMA on this CPU: nothing to compare");
+            return;
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for (m, n, k) in [(1, 1, 1), (7, 13, 5), (33, 70, 19), (64, 9, 130)] {
+            let lhs = random(m * k * 2, &mut rng);
+            let rhs = random(k * n, &mut rng);
+            let start = random(m * n, &mut rng);
+            // (dst column stride, dst row stride): row-major, column-major
+            for (dcs, drs) in [(1, n as isize), (m as isize, 1)] {
+                for accumulate in [false, true] {
+                    let run = |f: GemmFn<f64>| {
+                        let mut dst = start.clone();
+                        // lhs: every other column of an m x 2k row-major matrix
+                        unsafe {
+                            f(
+                                m,
+                                n,
+                                k,
+                                dst.as_mut_ptr(),
+                                dcs,
+                                drs,
+                                accumulate,
+                                lhs.as_ptr(),
+                                2,
+                                (2 * k) as isize,
+                                rhs.as_ptr(),
+                                1,
+                                n as isize,
+                                1.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                Parallelism::None,
+                            );
+                        }
+                        dst
+                    };
+                    let (got, want) = (run(fma), run(gemm::gemm::<f64>));
+                    for (a, b) in got.iter().zip(&want) {
+                        assert!(
+                            (a - b).abs() < 1e-12 * (1.0 + b.abs()),
+                            "{m}x{n}x{k}: {a} vs {b}"
+                        );
+                    }
+                    // and the definition
+                    for r in 0..m {
+                        for c in 0..n {
+                            let mut v: f64 = (0..k)
+                                .map(|j| lhs[r * 2 * k + 2 * j] * rhs[j * n + c])
+                                .sum();
+                            if accumulate {
+                                v += start[(r as isize * drs + c as isize * dcs) as usize];
+                            }
+                            let at = (r as isize * drs + c as isize * dcs) as usize;
+                            assert!((got[at] - v).abs() < 1e-12 * (1.0 + v.abs()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn forward_and_gradients_against_the_definition() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);

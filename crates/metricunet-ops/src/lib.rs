@@ -2,8 +2,9 @@
 //! for this project's shapes, as candle custom ops with their own backward. Networks (the
 //! backbone plugins) call these; each op has an environment switch back to candle's op for
 //! A/B comparisons (`METRICUNET_CANDLE_CONV`, `METRICUNET_CANDLE_CONVT`,
-//! `METRICUNET_CANDLE_BN`; `METRICUNET_WINOGRAD=0` keeps the direct 3x3 path), and on other
-//! devices each falls back to candle's op.
+//! `METRICUNET_CANDLE_BN`; `METRICUNET_WINOGRAD=0` keeps the direct 3x3 path;
+//! `METRICUNET_AVX512=0` makes their matrix products take the gemm crate's AVX2 + FMA kernels,
+//! as on a CPU without AVX-512), and on other devices each falls back to candle's op.
 //!
 //! - [`conv`]: the 3x3 / 1x1 "same" convolution and the decoder's convolution that reads the
 //!   skip concatenation from both inputs, without an im2col matrix ([`conv_cpu`] holds the

@@ -26,7 +26,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::conv_cpu::{for_images, matmul, sum_over_images, Elem, Geometry, OutPtr};
+use crate::conv_cpu::{for_images, matmul, sum_over_images, Elem, Geometry, OutPtr, Scratch};
 
 /// 2x2 output tiles of one image, `ty` rows of `tx`.
 #[derive(Debug, Clone, Copy)]
@@ -305,15 +305,15 @@ fn spare_threads(par: Parallelism) -> bool {
 
 /// The 16 products `M[o][ξ][·] = U[ξ] (m x kdim) V[·][ξ][·] (kdim x nt)`; with threads to
 /// spare the 16 run on the threads, each on one.
+/// Every value of `mm` (`16 m nt`) is written (the products do not accumulate).
 fn products<T: Elem>(
     u: &[T],
     v: &[T],
-    m: usize,
-    kdim: usize,
-    nt: usize,
+    (m, kdim, nt): (usize, usize, usize),
+    mm: &mut [T],
     par: Parallelism,
-) -> Vec<T> {
-    let mut mm = vec![T::default(); 16 * m * nt];
+) {
+    debug_assert!(mm.len() >= 16 * m * nt);
     let out = OutPtr(mm.as_mut_ptr());
     let row = (16 * nt) as isize;
     let one = |xi: usize, par: Parallelism| {
@@ -338,7 +338,6 @@ fn products<T: Elem>(
     } else {
         (0..16).for_each(|xi| one(xi, par));
     }
-    mm
 }
 
 /// The convolution of a batch (channel groups `input`, `kdim` channels in all) with the
@@ -349,13 +348,19 @@ fn conv_batch<T: Elem>(input: &[(&[T], usize)], u: &[T], m: usize, g: &Geometry)
     let kdim: usize = input.iter().map(|p| p.1).sum();
     let mut out = vec![T::default(); g.batch * m * hw];
     let ptr = OutPtr(out.as_mut_ptr());
+    let (vs, ms) = (Scratch::new(g.batch), Scratch::new(g.batch));
     for_images(g.batch, |i, par| {
-        let mut v = vec![T::default(); 16 * kdim * nt];
-        input_transform(input, i, g, tl, &mut v, spare_threads(par));
-        let mm = products(u, &v, m, kdim, nt, par);
-        // SAFETY: image i owns out[i * m * hw .. (i + 1) * m * hw]
-        let dst = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(i * m * hw), m * hw) };
-        output_transform(&mm, g, tl, dst, spare_threads(par));
+        // both written in full: the transform fills every block, the products every value
+        vs.with(16 * kdim * nt, |v: &mut [T]| {
+            input_transform(input, i, g, tl, v, spare_threads(par));
+            ms.with(16 * m * nt, |mm: &mut [T]| {
+                products(u, v, (m, kdim, nt), mm, par);
+                // SAFETY: image i owns out[i * m * hw .. (i + 1) * m * hw]
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(ptr.get().add(i * m * hw), m * hw) };
+                output_transform(mm, g, tl, dst, spare_threads(par));
+            });
+        });
     });
     out
 }
@@ -398,35 +403,39 @@ pub fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry)
     let tl = Tiles::of(g);
     let (hw, nt, cout, cin) = (g.h * g.w, tl.count(), g.cout, g.cin);
     // dL/dU summed over the images: 16 x cout x cin
+    let (vs, ds) = (Scratch::new(g.batch), Scratch::new(g.batch));
     let du = sum_over_images(g.batch, 16 * cout * cin, |i, acc: &mut [T], par| {
         let parallel = spare_threads(par);
-        let mut v = vec![T::default(); 16 * cin * nt];
-        input_transform(x, i, g, tl, &mut v, parallel);
-        let mut d = vec![T::default(); 16 * cout * nt];
-        grad_transform(&grad[i * cout * hw..][..cout * hw], g, tl, &mut d, parallel);
-        let acc_ptr = OutPtr(acc.as_mut_ptr());
-        let row = (16 * nt) as isize;
-        let one = |xi: usize, par: Parallelism| {
-            // SAFETY: product ξ writes only acc's block ξ (cout cin values), reads D's (o, t)
-            // at o 16 nt + ξ nt + t and V's transposed (t, c) at c 16 nt + ξ nt + t.
-            unsafe {
-                matmul(
-                    (cout, cin, nt),
-                    (acc_ptr.get().add(xi * cout * cin), cin as isize, 1),
-                    true,
-                    (d.as_ptr().add(xi * nt), row, 1),
-                    (v.as_ptr().add(xi * nt), 1, row),
-                    par,
-                );
-            }
-        };
-        if parallel {
-            (0..16)
-                .into_par_iter()
-                .for_each(|xi| one(xi, Parallelism::None));
-        } else {
-            (0..16).for_each(|xi| one(xi, par));
-        }
+        // both written in full by their transforms
+        vs.with(16 * cin * nt, |v: &mut [T]| {
+            input_transform(x, i, g, tl, v, parallel);
+            ds.with(16 * cout * nt, |d: &mut [T]| {
+                grad_transform(&grad[i * cout * hw..][..cout * hw], g, tl, d, parallel);
+                let acc_ptr = OutPtr(acc.as_mut_ptr());
+                let row = (16 * nt) as isize;
+                let one = |xi: usize, par: Parallelism| {
+                    // SAFETY: product ξ writes only acc's block ξ (cout cin values), reads D's
+                    // (o, t) at o 16 nt + ξ nt + t and V's transposed (t, c) at c 16 nt + ξ nt + t.
+                    unsafe {
+                        matmul(
+                            (cout, cin, nt),
+                            (acc_ptr.get().add(xi * cout * cin), cin as isize, 1),
+                            true,
+                            (d.as_ptr().add(xi * nt), row, 1),
+                            (v.as_ptr().add(xi * nt), 1, row),
+                            par,
+                        );
+                    }
+                };
+                if parallel {
+                    (0..16)
+                        .into_par_iter()
+                        .for_each(|xi| one(xi, Parallelism::None));
+                } else {
+                    (0..16).for_each(|xi| one(xi, par));
+                }
+            });
+        });
     });
     // dL/dg = G^T dU G per (o, c)
     let mut gw = vec![T::default(); cout * cin * 9];
@@ -606,6 +615,42 @@ mod tests {
                 &conv_cpu::weight_grad(&x, &gy, &g),
                 1e-12,
             );
+        }
+    }
+
+    /// The per-image buffers are handed on without zeroing: with every fresh one full of NaN
+    /// (so whatever an image read before writing would show), all three passes of both paths
+    /// equal their zero-filled results, at batch 1 (the images in sequence, the transforms and
+    /// products over the threads) and batch 5 (the images over the threads, buffers reused).
+    #[test]
+    fn unzeroed_buffers_never_reach_a_result() {
+        let mut rng = ChaCha8Rng::seed_from_u64(31);
+        for g in [layer(1, 6, 5, 9), layer(5, 4, 7, 6)] {
+            let x = random(g.batch * g.cin * g.h * g.w, &mut rng);
+            let w = random(g.cout * g.cin * 9, &mut rng);
+            let gy = random(g.batch * g.cout * g.h * g.w, &mut rng);
+            let passes = || {
+                [
+                    forward(&x, &w, &g),
+                    input_grad(&gy, &w, &g),
+                    weight_grad(&x, &gy, &g),
+                    conv_cpu::forward(&x, &w, &g),
+                    conv_cpu::input_grad(&gy, &w, &g),
+                    conv_cpu::weight_grad(&x, &gy, &g),
+                ]
+            };
+            let clean = passes();
+            conv_cpu::POISON.with(|p| p.set(true));
+            let poisoned = passes();
+            conv_cpu::POISON.with(|p| p.set(false));
+            for (k, (a, b)) in poisoned.iter().zip(&clean).enumerate() {
+                assert!(
+                    a.iter().all(|v| v.is_finite()),
+                    "pass {k} {g:?}: NaN reached the result"
+                );
+                assert_near("poisoned", &g, a, b, 0.0);
+            }
+            assert_near("forward", &g, &clean[0], &clean[3], 1e-13);
         }
     }
 
