@@ -16,6 +16,11 @@ const MODELS: [(&str, &[i64], &[i64]); 2] = [
     ("paper", &[32, 64, 128, 256], &[128, 64, 256]),
     ("quickstart", &[8, 16, 32, 64], &[32, 16, 32]),
 ];
+/// The quickstart's stage-1 localiser (`experiments/quickstart.yaml`, `stage1`): `unet-light`
+/// with this encoder and decoder on 32 x 32 patches of 5 slices, batch 8, cross-entropy only
+/// (stage 1 has no metric module). `bench train --models quickstart-stage1`.
+const STAGE1: (&str, &[i64], &[i64], usize, usize, usize) =
+    ("quickstart-stage1", &[8, 16, 32], &[16, 8], 5, 32, 8);
 /// Metric-module variants: CE only (UNet), one sampler each, and MetricUNet-HCP.
 pub const VARIANTS: [&str; 5] = ["unet", "random", "hard-negative", "contour-aware", "hcp"];
 
@@ -89,8 +94,20 @@ pub fn train(args: &TrainBenchArgs) -> Result<String> {
     let device_name = metricunet_train::device::device_name(&device);
     let mut cases = Vec::new();
     for model in &args.models {
+        if model == STAGE1.0 {
+            let (name, enc, dec, slices, size, batch) = STAGE1;
+            cases.push(StepCase {
+                label: format!("{name} unet"),
+                backbone: backbone("unet-light", enc, dec),
+                in_channels: slices,
+                size,
+                batch,
+                metric: MetricConfig::default(),
+            });
+            continue;
+        }
         let Some((name, enc, dec)) = MODELS.iter().find(|(n, _, _)| n == model) else {
-            bail!("--models {model}: expected paper or quickstart");
+            bail!("--models {model}: expected paper, quickstart or quickstart-stage1");
         };
         let batches = if *name == "quickstart" {
             vec![8]
@@ -112,8 +129,8 @@ pub fn train(args: &TrainBenchArgs) -> Result<String> {
         }
     }
     let mut out = format!(
-        "bench train: {} x {} x 3 patches, f32, {device_name}; median of {} steps after {} warm-up\n\n",
-        args.size, args.size, args.steps, args.warmup
+        "bench train: {} x {} x 3 patches ({} x {} x {} for {}), f32, {device_name}; median of {} steps after {} warm-up\n\n",
+        args.size, args.size, STAGE1.4, STAGE1.4, STAGE1.3, STAGE1.0, args.steps, args.warmup
     );
     let _ = writeln!(
         out,
@@ -518,4 +535,22 @@ pub fn conv(
         )?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bench train --models quickstart-stage1` times the network the main job trains in stage 1.
+    #[test]
+    fn stage1_network_is_the_quickstarts() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/quickstart.yaml");
+        let plan = metricunet_core::ExperimentPlan::from_file(&path).expect("quickstart.yaml");
+        let s1 = &plan.base.stage1;
+        let (_, enc, dec, slices, size, batch) = STAGE1;
+        assert_eq!(s1.backbone, backbone("unet-light", enc, dec));
+        assert_eq!(s1.patches.slices, slices);
+        assert_eq!(s1.patches.size, [size, size]);
+        assert_eq!(s1.training.batch_size, batch);
+    }
 }

@@ -467,10 +467,11 @@ enum BenchCommand {
 
 #[derive(Args)]
 struct BenchTrainArgs {
-    /// Networks: paper (Table I) and/or quickstart (encoder 8/16/32/64).
+    /// Networks: paper (Table I), quickstart (the main job's stage 2, encoder 8/16/32/64)
+    /// and/or quickstart-stage1 (its unet-light localiser, 32 x 32 x 5 patches, batch 8).
     #[arg(long, value_delimiter = ',', default_value = "paper,quickstart")]
     models: Vec<String>,
-    /// Batch sizes of the paper network (the quickstart network uses 8).
+    /// Batch sizes of the paper network (the quickstart networks use 8).
     #[arg(long, value_delimiter = ',', default_value = "1,8,30")]
     batches: Vec<usize>,
     /// unet (cross-entropy only), random, hard-negative, contour-aware, hcp.

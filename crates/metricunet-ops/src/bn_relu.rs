@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 use crate::conv_cpu::Elem;
 use crate::cpu_values::{dense, env_flag, with_values};
+use crate::simd::vectorised;
 
 /// Per-channel batch statistics, kept by the op for its backward.
 struct BnRelu {
@@ -54,24 +55,31 @@ fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]
 /// additions (one add latency per value) so the compiler can vectorise the sums.
 const LANES: usize = 8;
 
-/// `(sum a, sum b)` over `pairs(j)` for `j` in `0..len`, accumulated in [`LANES`] lanes.
+/// `sum f(the planes' values at j)` over the positions `j` of `K` planes of equal length,
+/// accumulated in [`LANES`] lanes (value `j` in lane `j % LANES`, the last `len % LANES` in
+/// lane 0). Whole chunks of `LANES` values are read as arrays (one length check per chunk),
+/// so the lanes are one vector. One sum per pass: with two sums in one loop the compiler
+/// packed each lane's pair into a vector instead (two values per instruction, not eight).
 #[inline(always)]
-fn lane_sums(len: usize, mut pairs: impl FnMut(usize) -> (f64, f64)) -> (f64, f64) {
-    let (mut a, mut b) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let full = len / LANES * LANES;
-    for base in (0..full).step_by(LANES) {
-        for l in 0..LANES {
-            let (p, q) = pairs(base + l);
-            a[l] += p;
-            b[l] += q;
+fn lane_sum<T: Copy, const K: usize>(planes: [&[T]; K], f: impl Fn([T; K]) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let len = planes.first().map_or(0, |p| p.len());
+    let chunks = len / LANES;
+    let planes = planes.map(|p| &p[..len]);
+    for c in 0..chunks {
+        // one chunk of each plane as an array (one length check per chunk, none per value)
+        let values: [[T; LANES]; K] = std::array::from_fn(|k| {
+            let chunk = &planes[k][c * LANES..][..LANES];
+            std::array::from_fn(|l| chunk[l])
+        });
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(std::array::from_fn(|k| values[k][l]));
         }
     }
-    for j in full..len {
-        let (p, q) = pairs(j);
-        a[0] += p;
-        b[0] += q;
+    for j in chunks * LANES..len {
+        acc[0] += f(planes.map(|p| p[j]));
     }
-    (a.iter().sum(), b.iter().sum())
+    acc.iter().sum()
 }
 
 /// Per-channel mean and biased variance of `x` (N, C, H*W), in f64.
@@ -81,24 +89,45 @@ fn statistics<T: Elem + Into<f64>>(x: &[T], c: usize, hw: usize) -> (Vec<f64>, V
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let (mut s, mut s2) = (0.0f64, 0.0f64);
-            for i in 0..n {
-                let xb = &x[(i * c + ch) * hw..][..hw];
-                let (a, b) = lane_sums(hw, |j| {
-                    let v: f64 = xb[j].into();
-                    (v, v * v)
-                });
-                s += a;
-                s2 += b;
-            }
+            let (s, s2) = vectorised(
+                #[inline(always)]
+                || channel_sums(x, (c, hw, ch)),
+            );
             let mean = s / m;
             (mean, (s2 / m - mean * mean).max(0.0))
         })
         .unzip()
 }
 
+/// `(sum x, sum x^2)` over channel `ch` of `x` (N, C, H*W); inlined into each instruction
+/// set's copy ([`vectorised`]).
+#[inline(always)]
+fn channel_sums<T: Elem + Into<f64>>(x: &[T], (c, hw, ch): (usize, usize, usize)) -> (f64, f64) {
+    let n = x.len() / (c * hw).max(1);
+    let (mut s, mut s2) = (0.0f64, 0.0f64);
+    for i in 0..n {
+        let xb = &x[(i * c + ch) * hw..][..hw];
+        s += lane_sum([xb], |[v]| v.into());
+        s2 += lane_sum([xb], |[v]| {
+            let v: f64 = v.into();
+            v * v
+        });
+    }
+    (s, s2)
+}
+
+/// `y = max(0, x a + b)` over one plane; inlined into each instruction set's copy
+/// ([`vectorised`]).
+#[inline(always)]
+fn affine_relu_plane<T: Float>(y: &mut [T], x: &[T], a: f64, b: f64) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = T::from_f64((v.into() * a + b).max(0.0));
+    }
+}
+
 /// Over the values of channel `ch` of `(N, C, H*W)` tensors, with `g = dy` where the ReLU's
 /// output `y > 0` and 0 elsewhere: `(sum g, sum g * (x - centre))`.
+#[inline(always)]
 fn masked_sums<T: Float>(
     x: &[T],
     y: &[T],
@@ -111,18 +140,42 @@ fn masked_sums<T: Float>(
     for i in 0..n {
         let at = (i * c + ch) * hw;
         let (xb, yb, dyb) = (&x[at..][..hw], &y[at..][..hw], &dy[at..][..hw]);
-        let (a, b) = lane_sums(hw, |j| {
-            let g: f64 = if yb[j].into() > 0.0 {
-                dyb[j].into()
+        let g = |y: T, dy: T| -> f64 {
+            if y.into() > 0.0 {
+                dy.into()
             } else {
                 0.0
-            };
-            (g, g * (xb[j].into() - centre))
-        });
-        sg += a;
-        sgx += b;
+            }
+        };
+        sg += lane_sum([yb, dyb], |[y, dy]| g(y, dy));
+        sgx += lane_sum([xb, yb, dyb], |[x, y, dy]| g(y, dy) * (x.into() - centre));
     }
     (sg, sgx)
+}
+
+/// The input gradient of ReLU(BatchNorm(x)) over one plane: `dx = k (g - mb - xhat mg)` with
+/// `g = dy` where `y > 0`, `xhat = (x - mu) is`; inlined into each instruction set's copy
+/// ([`vectorised`]).
+#[inline(always)]
+fn bn_relu_grad_plane<T: Float>(
+    dx: &mut [T],
+    [x, y, dy]: [&[T]; 3],
+    [mu, is, k, mb, mg]: [f64; 5],
+) {
+    for (((o, &xv), &yv), &gv) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+        let g = if yv.into() > 0.0 { gv.into() } else { 0.0 };
+        let xhat = (xv.into() - mu) * is;
+        *o = T::from_f64(k * (g - mb - xhat * mg));
+    }
+}
+
+/// The input gradient of `max(0, x k + b)` over one plane: `dy k` where `y > 0`, else 0;
+/// inlined into each instruction set's copy ([`vectorised`]).
+#[inline(always)]
+fn relu_grad_plane<T: Float>(dx: &mut [T], y: &[T], dy: &[T], k: f64) {
+    for ((o, &yv), &gv) in dx.iter_mut().zip(y).zip(dy) {
+        *o = T::from_f64(if yv.into() > 0.0 { gv.into() * k } else { 0.0 });
+    }
 }
 
 /// f32 or f64 (`WithDType::from_f64` converts back).
@@ -221,9 +274,10 @@ impl ChannelOp for BnRelu {
                 let ch = block % c;
                 let scale = gamma[ch].into() * self.invstd[ch];
                 let shift = beta[ch].into() - self.mean[ch] * scale;
-                for (o, &v) in yb.iter_mut().zip(xb) {
-                    *o = T::from_f64((v.into() * scale + shift).max(0.0));
-                }
+                vectorised(
+                    #[inline(always)]
+                    || affine_relu_plane(yb, xb, scale, shift),
+                )
             });
         y
     }
@@ -238,7 +292,10 @@ impl ChannelOp for BnRelu {
         let (dbeta, dgamma): (Vec<f64>, Vec<f64>) = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (sg, sgx) = masked_sums(x, y, dy, (c, hw, ch), self.mean[ch]);
+                let (sg, sgx) = vectorised(
+                    #[inline(always)]
+                    || masked_sums(x, y, dy, (c, hw, ch), self.mean[ch]),
+                );
                 (sg, sgx * self.invstd[ch])
             })
             .unzip();
@@ -250,11 +307,10 @@ impl ChannelOp for BnRelu {
             let k = gamma[ch].into() * is;
             let (mb, mg) = (dbeta[ch] / m, dgamma[ch] / m);
             let (xb, yb, dyb) = (&x[at..][..hw], &y[at..][..hw], &dy[at..][..hw]);
-            for (((o, &xv), &yv), &gv) in out.iter_mut().zip(xb).zip(yb).zip(dyb) {
-                let g = if yv.into() > 0.0 { gv.into() } else { 0.0 };
-                let xhat = (xv.into() - mu) * is;
-                *o = T::from_f64(k * (g - mb - xhat * mg));
-            }
+            vectorised(
+                #[inline(always)]
+                || bn_relu_grad_plane(out, [xb, yb, dyb], [mu, is, k, mb, mg]),
+            )
         });
         let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect::<Vec<T>>();
         let mut dgb = cast(dgamma);
@@ -284,9 +340,10 @@ impl ChannelOp for AffineRelu {
             .enumerate()
             .for_each(|(block, (yb, xb))| {
                 let (a, b) = (scale[block % c].into(), shift[block % c].into());
-                for (o, &v) in yb.iter_mut().zip(xb) {
-                    *o = T::from_f64((v.into() * a + b).max(0.0));
-                }
+                vectorised(
+                    #[inline(always)]
+                    || affine_relu_plane(yb, xb, a, b),
+                )
             });
         y
     }
@@ -296,15 +353,21 @@ impl ChannelOp for AffineRelu {
         let (c, hw) = (scale.len(), self.hw);
         let (dshift, dscale): (Vec<f64>, Vec<f64>) = (0..c)
             .into_par_iter()
-            .map(|ch| masked_sums(x, y, dy, (c, hw, ch), 0.0))
+            .map(|ch| {
+                vectorised(
+                    #[inline(always)]
+                    || masked_sums(x, y, dy, (c, hw, ch), 0.0),
+                )
+            })
             .unzip();
         let mut dx = vec![T::default(); x.len()];
         dx.par_chunks_mut(hw).enumerate().for_each(|(block, out)| {
             let k = scale[block % c].into();
             let at = block * hw;
-            for ((o, &yv), &gv) in out.iter_mut().zip(&y[at..][..hw]).zip(&dy[at..][..hw]) {
-                *o = T::from_f64(if yv.into() > 0.0 { gv.into() * k } else { 0.0 });
-            }
+            vectorised(
+                #[inline(always)]
+                || relu_grad_plane(out, &y[at..][..hw], &dy[at..][..hw], k),
+            )
         });
         let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect::<Vec<T>>();
         [dx, cast(dscale), cast(dshift)]
@@ -555,5 +618,59 @@ mod tests {
         assert!(results[0][0].contains(&0.0) && results[0][0].iter().any(|v| *v > 0.0));
         // inference leaves the running statistics alone
         assert_eq!(results[0][5], rm);
+    }
+
+    /// The passes and sums compiled for each instruction set give the same bits (f32 and f64,
+    /// a plane whose size is not a multiple of the sums' lanes).
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        use crate::simd::testing::{assert_same_bits, at_every_level};
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (n, c, hw) = (2, 3, 37);
+        let mut draw = |lo: f64, hi: f64, k: usize| -> Vec<f64> {
+            (0..k).map(|_| rng.random_range(lo..hi)).collect()
+        };
+        let x = draw(-2.0, 3.0, n * c * hw);
+        let dy = draw(-1.0, 1.0, n * c * hw);
+        let gb = draw(0.5, 1.5, 2 * c);
+        let beta = draw(-0.5, 0.5, c);
+        fn run<T: Float>(
+            x: &[T],
+            dy: &[T],
+            gb: &[T],
+            beta: &[T],
+            c: usize,
+            hw: usize,
+        ) -> Vec<Vec<f64>> {
+            let wide = |v: &[T]| v.iter().map(|&a| a.into()).collect::<Vec<f64>>();
+            let (mean, var) = statistics(x, c, hw);
+            let op = BnRelu {
+                invstd: var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect(),
+                mean: mean.clone(),
+                hw,
+            };
+            let y = op.forward(x, gb, beta);
+            let [dx, dgb, dbeta] = op.backward(x, gb, &y, dy);
+            let affine = AffineRelu { hw };
+            let ya = affine.forward(x, &gb[..c], beta);
+            let [dxa, dscale, dshift] = affine.backward(x, &gb[..c], &ya, dy);
+            let mut out = vec![mean, var];
+            out.extend(
+                [y, dx, dgb, dbeta, ya, dxa, dscale, dshift]
+                    .iter()
+                    .map(|v| wide(v)),
+            );
+            out
+        }
+        assert_same_bits(
+            "batch-norm-relu f64",
+            &at_every_level(|| run(&x, &dy, &gb, &beta, c, hw)),
+        );
+        let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (x, dy, gb, beta) = (f(&x), f(&dy), f(&gb), f(&beta));
+        assert_same_bits(
+            "batch-norm-relu f32",
+            &at_every_level(|| run(&x, &dy, &gb, &beta, c, hw)),
+        );
     }
 }

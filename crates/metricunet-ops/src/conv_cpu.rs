@@ -78,11 +78,7 @@ pub(crate) struct Scratch<T: Elem> {
 fn keep_bytes() -> usize {
     static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *BYTES.get_or_init(|| {
-        std::env::var("METRICUNET_SCRATCH_KEEP_MB")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(64)
-            << 20
+        crate::cpu_values::env_count("METRICUNET_SCRATCH_KEEP_MB", 64).saturating_mul(1 << 20)
     })
 }
 
@@ -267,7 +263,7 @@ fn unwide<T: Elem>(wide: &[T], c: usize, g: &Geometry, dst: &mut [T]) {
 /// part of a step, keep gemm's own choice). Read once.
 pub fn avx512_allowed() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("METRICUNET_AVX512").map_or(true, |v| v != "0"))
+    *FLAG.get_or_init(|| crate::cpu_values::env_switch("METRICUNET_AVX512", true))
 }
 
 /// The arguments of a gemm call, in the gemm crate's order: `m, n, k, dst, dst_cs, dst_rs,

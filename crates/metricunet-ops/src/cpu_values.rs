@@ -3,9 +3,65 @@
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, WithDType};
 
-/// Whether the environment variable `name` is `1` (read once per `cell`).
+/// Whether the environment variable `name` is `1` (read once per `cell`; unset: off).
 pub(crate) fn env_flag(cell: &'static std::sync::OnceLock<bool>, name: &str) -> bool {
-    *cell.get_or_init(|| std::env::var(name).is_ok_and(|v| v == "1"))
+    *cell.get_or_init(|| env_switch(name, false))
+}
+
+/// The switch `name` of the environment: `1` on, `0` off, unset `default`; any other value is
+/// warned about (naming the variable and what it takes) and read as `default`.
+pub(crate) fn env_switch(name: &str, default: bool) -> bool {
+    switch_value(name, std::env::var(name), default)
+}
+
+fn switch_value(
+    name: &str,
+    value: std::result::Result<String, std::env::VarError>,
+    default: bool,
+) -> bool {
+    match value.as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        Err(std::env::VarError::NotPresent) => default,
+        Ok(other) => {
+            tracing::warn!(
+                "{name}={other}: expected 0 or 1; using {}",
+                u8::from(default)
+            );
+            default
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            tracing::warn!(
+                "{name} is not UTF-8: expected 0 or 1; using {}",
+                u8::from(default)
+            );
+            default
+        }
+    }
+}
+
+/// The whole number `name` of the environment, `default` where unset; a value that is not a
+/// whole number is warned about and read as `default`.
+pub(crate) fn env_count(name: &str, default: usize) -> usize {
+    count_value(name, std::env::var(name), default)
+}
+
+fn count_value(
+    name: &str,
+    value: std::result::Result<String, std::env::VarError>,
+    default: usize,
+) -> usize {
+    match value {
+        Err(std::env::VarError::NotPresent) => default,
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!("{name}={v}: expected a whole number; using {default}");
+            default
+        }),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            tracing::warn!("{name} is not UTF-8: expected a whole number; using {default}");
+            default
+        }
+    }
 }
 
 /// `t` itself where it is contiguous from offset 0, else a contiguous copy.
@@ -68,5 +124,27 @@ pub(crate) mod testing {
                 assert!((p - q).abs() < tol * (1.0 + q.abs()), "{name}: {p} vs {q}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::env::VarError;
+
+    #[test]
+    fn environment_values_are_read_or_fall_back_to_the_default() {
+        let set = |v: &str| Ok(v.to_string());
+        assert!(switch_value("X", set("1"), false));
+        assert!(!switch_value("X", set("0"), true));
+        assert!(switch_value("X", Err(VarError::NotPresent), true));
+        // a typo is not read as either setting: the default, with a warning
+        assert!(switch_value("X", set("yes"), true));
+        assert!(!switch_value("X", set("true"), false));
+        assert_eq!(count_value("N", set("128"), 64), 128);
+        assert_eq!(count_value("N", set(" 0 "), 64), 0);
+        assert_eq!(count_value("N", Err(VarError::NotPresent), 64), 64);
+        assert_eq!(count_value("N", set("64MB"), 64), 64);
+        assert_eq!(count_value("N", set("-1"), 64), 64);
     }
 }

@@ -21,5 +21,6 @@ pub mod conv;
 pub mod conv_cpu;
 pub mod conv_transpose;
 mod cpu_values;
+pub mod simd;
 pub mod testing;
 pub mod winograd;

@@ -27,6 +27,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::conv_cpu::{for_images, matmul, sum_over_images, Elem, Geometry, OutPtr, Scratch};
+use crate::simd::vectorised;
 
 /// 2x2 output tiles of one image, `ty` rows of `tx`.
 #[derive(Debug, Clone, Copy)]
@@ -140,15 +141,19 @@ fn blocks<T>(v: &mut [T], nt: usize) -> Vec<&mut [T]> {
 
 /// The row pass of a transform for one row of tiles: `rt[r][x] = f(the K input rows at x)[r]`
 /// for every column x (4 rows of `len` values, contiguous vectors).
+#[inline(always)]
 fn row_pass<T: Elem, const K: usize>(
     rows: [&[T]; K],
     len: usize,
     rt: &mut [T],
     f: impl Fn([T; K]) -> [T; 4],
 ) {
+    // every slice exactly `len` long, so that the loop needs no bounds checks
+    let rows = rows.map(|r| &r[..len]);
     let (r0, rest) = rt.split_at_mut(len);
     let (r1, rest) = rest.split_at_mut(len);
     let (r2, r3) = rest.split_at_mut(len);
+    let r3 = &mut r3[..len];
     for x in 0..len {
         let [a0, a1, a2, a3] = f(std::array::from_fn(|k| rows[k][x]));
         r0[x] = a0;
@@ -162,6 +167,7 @@ fn row_pass<T: Elem, const K: usize>(
 /// values each) and each tile (a window of `width` values moving by 2), `f` of the window gives
 /// the tile's 4 values in that row, written to blocks `4 r .. 4 r + 4` of `out` at the tile's
 /// position within `span`.
+#[inline(always)]
 fn column_pass<T: Elem>(
     rt: &[T],
     len: usize,
@@ -181,12 +187,12 @@ fn column_pass<T: Elem>(
             &mut o2[span.clone()],
             &mut o3[span.clone()],
         );
-        for (tx, e) in src.windows(width).step_by(2).enumerate() {
-            let [a0, a1, a2, a3] = f(e);
-            o0[tx] = a0;
-            o1[tx] = a1;
-            o2[tx] = a2;
-            o3[tx] = a3;
+        let tiles = o0
+            .iter_mut()
+            .zip(o1.iter_mut())
+            .zip(o2.iter_mut().zip(o3.iter_mut()));
+        for (e, ((o0, o1), (o2, o3))) in src.windows(width).step_by(2).zip(tiles) {
+            [*o0, *o1, *o2, *o3] = f(e);
         }
     }
 }
@@ -205,7 +211,7 @@ fn input_transform<T: Elem>(
     v: &mut [T],
     parallel: bool,
 ) {
-    let (hw, nt, pw) = (g.h * g.w, tl.count(), tl.pw());
+    let (hw, nt) = (g.h * g.w, tl.count());
     // channel c of the concatenation: its image
     let channels: Vec<&[T]> = parts
         .iter()
@@ -213,22 +219,32 @@ fn input_transform<T: Elem>(
         .collect();
     debug_assert!(v.len() >= channels.len() * 16 * nt);
     per_chunk(v, 16 * nt, parallel, |c, v| {
-        let img = channels[c];
-        // the border (and, for odd sizes, the last row and column) stays zero
-        let mut plane = vec![T::default(); tl.plane()];
-        for y in 0..g.h {
-            plane[(y + 1) * pw + 1..][..g.w].copy_from_slice(&img[y * g.w..][..g.w]);
-        }
-        let mut out = blocks(v, nt);
-        let mut rt = vec![T::default(); 4 * pw];
-        for ty in 0..tl.ty {
-            let rows: [&[T]; 4] = std::array::from_fn(|r| &plane[(2 * ty + r) * pw..][..pw]);
-            // B^T over the tile's 4 rows, then B over each tile's 4 columns
-            row_pass(rows, pw, &mut rt, bt);
-            let span = ty * tl.tx..(ty + 1) * tl.tx;
-            column_pass(&rt, pw, 4, &mut out, span, |e| bt([e[0], e[1], e[2], e[3]]));
-        }
+        vectorised(
+            #[inline(always)]
+            || input_channel(channels[c], g, tl, v),
+        )
     });
+}
+
+/// One channel's image transformed into its 16 blocks of `nt` values (see
+/// [`input_transform`]); inlined into each instruction set's copy ([`vectorised`]).
+#[inline(always)]
+fn input_channel<T: Elem>(img: &[T], g: &Geometry, tl: Tiles, v: &mut [T]) {
+    let (nt, pw) = (tl.count(), tl.pw());
+    // the border (and, for odd sizes, the last row and column) stays zero
+    let mut plane = vec![T::default(); tl.plane()];
+    for y in 0..g.h {
+        plane[(y + 1) * pw + 1..][..g.w].copy_from_slice(&img[y * g.w..][..g.w]);
+    }
+    let mut out = blocks(v, nt);
+    let mut rt = vec![T::default(); 4 * pw];
+    for ty in 0..tl.ty {
+        let rows: [&[T]; 4] = std::array::from_fn(|r| &plane[(2 * ty + r) * pw..][..pw]);
+        // B^T over the tile's 4 rows, then B over each tile's 4 columns
+        row_pass(rows, pw, &mut rt, bt);
+        let span = ty * tl.tx..(ty + 1) * tl.tx;
+        column_pass(&rt, pw, 4, &mut out, span, |e| bt([e[0], e[1], e[2], e[3]]));
+    }
 }
 
 /// `M[o][ξ][t]` back to one image's `(m, h, w)` output: `A^T M A` per tile, a row of tiles at
@@ -236,65 +252,88 @@ fn input_transform<T: Elem>(
 fn output_transform<T: Elem>(mm: &[T], g: &Geometry, tl: Tiles, dst: &mut [T], parallel: bool) {
     let nt = tl.count();
     per_chunk(dst, g.h * g.w, parallel, |o, out| {
-        let mo = &mm[o * 16 * nt..][..16 * nt];
-        // cols[s][r']: row r' of A^T M for column s of every tile of the row
-        let mut cols = vec![T::default(); 8 * tl.tx];
-        let mut row = vec![T::default(); 2 * tl.tx];
-        for ty in 0..tl.ty {
-            let span = ty * tl.tx..(ty + 1) * tl.tx;
-            for s in 0..4 {
-                let m: [&[T]; 4] = std::array::from_fn(|r| &mo[(r * 4 + s) * nt..][span.clone()]);
-                let (c0, c1) = cols[2 * s * tl.tx..][..2 * tl.tx].split_at_mut(tl.tx);
-                for t in 0..tl.tx {
-                    let [a0, a1] = at([m[0][t], m[1][t], m[2][t], m[3][t]]);
-                    c0[t] = a0;
-                    c1[t] = a1;
-                }
-            }
-            for r in 0..2 {
-                let y = 2 * ty + r;
-                if y >= g.h {
-                    break;
-                }
-                let c: [&[T]; 4] = std::array::from_fn(|s| &cols[(2 * s + r) * tl.tx..][..tl.tx]);
-                for (t, pair) in row.chunks_exact_mut(2).enumerate() {
-                    let [a0, a1] = at([c[0][t], c[1][t], c[2][t], c[3][t]]);
-                    pair[0] = a0;
-                    pair[1] = a1;
-                }
-                out[y * g.w..][..g.w].copy_from_slice(&row[..g.w]);
+        vectorised(
+            #[inline(always)]
+            || output_channel(&mm[o * 16 * nt..][..16 * nt], g, tl, out),
+        )
+    });
+}
+
+/// One output channel `(h, w)` from its products `mo` (`[ξ][t]`, see [`output_transform`]);
+/// inlined into each instruction set's copy ([`vectorised`]).
+#[inline(always)]
+fn output_channel<T: Elem>(mo: &[T], g: &Geometry, tl: Tiles, out: &mut [T]) {
+    let nt = tl.count();
+    // cols[s][r']: row r' of A^T M for column s of every tile of the row
+    let mut cols = vec![T::default(); 8 * tl.tx];
+    let mut row = vec![T::default(); 2 * tl.tx];
+    for ty in 0..tl.ty {
+        let span = ty * tl.tx..(ty + 1) * tl.tx;
+        for s in 0..4 {
+            // every slice exactly `tx` long: no bounds checks in the loop
+            let m: [&[T]; 4] = std::array::from_fn(|r| &mo[(r * 4 + s) * nt..][span.clone()]);
+            let m = m.map(|r| &r[..tl.tx]);
+            let (c0, c1) = cols[2 * s * tl.tx..][..2 * tl.tx].split_at_mut(tl.tx);
+            let c1 = &mut c1[..tl.tx];
+            for t in 0..tl.tx {
+                let [a0, a1] = at([m[0][t], m[1][t], m[2][t], m[3][t]]);
+                c0[t] = a0;
+                c1[t] = a1;
             }
         }
-    });
+        for r in 0..2 {
+            let y = 2 * ty + r;
+            if y >= g.h {
+                break;
+            }
+            let c: [&[T]; 4] = std::array::from_fn(|s| &cols[(2 * s + r) * tl.tx..][..tl.tx]);
+            for (t, pair) in row[..2 * tl.tx].chunks_exact_mut(2).enumerate() {
+                let [a0, a1] = at([c[0][t], c[1][t], c[2][t], c[3][t]]);
+                pair[0] = a0;
+                pair[1] = a1;
+            }
+            out[y * g.w..][..g.w].copy_from_slice(&row[..g.w]);
+        }
+    }
 }
 
 /// One image's output gradient `(m, h, w)` transformed: `A dY A^T` per tile, `D[o][ξ][t]`, a
 /// row of tiles at a time (as [`input_transform`]).
 fn grad_transform<T: Elem>(gy: &[T], g: &Geometry, tl: Tiles, d: &mut [T], parallel: bool) {
-    let (nt, wide) = (tl.count(), 2 * tl.tx);
+    let nt = tl.count();
     per_chunk(d, 16 * nt, parallel, |o, d| {
-        let img = &gy[o * g.h * g.w..][..g.h * g.w];
-        let mut out = blocks(d, nt);
-        // the two rows of a tile row, zero past the image
-        let mut rows = vec![T::default(); 2 * wide];
-        let mut rt = vec![T::default(); 4 * wide];
-        for ty in 0..tl.ty {
-            for r in 0..2 {
-                let y = 2 * ty + r;
-                let dst = &mut rows[r * wide..][..wide];
-                if y < g.h {
-                    dst[..g.w].copy_from_slice(&img[y * g.w..][..g.w]);
-                } else {
-                    dst[..g.w].fill(T::default());
-                }
-            }
-            let (y0, y1) = rows.split_at(wide);
-            // A over the tile's 2 rows, then A^T over each tile's 2 columns
-            row_pass([y0, y1], wide, &mut rt, a);
-            let span = ty * tl.tx..(ty + 1) * tl.tx;
-            column_pass(&rt, wide, 2, &mut out, span, |e| a([e[0], e[1]]));
-        }
+        vectorised(
+            #[inline(always)]
+            || grad_channel(&gy[o * g.h * g.w..][..g.h * g.w], g, tl, d),
+        )
     });
+}
+
+/// One channel of the output gradient transformed into its 16 blocks (see
+/// [`grad_transform`]); inlined into each instruction set's copy ([`vectorised`]).
+#[inline(always)]
+fn grad_channel<T: Elem>(img: &[T], g: &Geometry, tl: Tiles, d: &mut [T]) {
+    let (nt, wide) = (tl.count(), 2 * tl.tx);
+    let mut out = blocks(d, nt);
+    // the two rows of a tile row, zero past the image
+    let mut rows = vec![T::default(); 2 * wide];
+    let mut rt = vec![T::default(); 4 * wide];
+    for ty in 0..tl.ty {
+        for r in 0..2 {
+            let y = 2 * ty + r;
+            let dst = &mut rows[r * wide..][..wide];
+            if y < g.h {
+                dst[..g.w].copy_from_slice(&img[y * g.w..][..g.w]);
+            } else {
+                dst[..g.w].fill(T::default());
+            }
+        }
+        let (y0, y1) = rows.split_at(wide);
+        // A over the tile's 2 rows, then A^T over each tile's 2 columns
+        row_pass([y0, y1], wide, &mut rt, a);
+        let span = ty * tl.tx..(ty + 1) * tl.tx;
+        column_pass(&rt, wide, 2, &mut out, span, |e| a([e[0], e[1]]));
+    }
 }
 
 /// Whether the images run one after the other (`par` hands the threads out): then the
@@ -331,7 +370,13 @@ fn products<T: Elem>(
             );
         }
     };
-    if spare_threads(par) {
+    sixteen(spare_threads(par), par, one);
+}
+
+/// `one(ξ, parallelism)` for the 16 positions ξ of the transform: on the threads, each product
+/// single-threaded, when `parallel`; else one after the other, each with `par`.
+fn sixteen(parallel: bool, par: Parallelism, one: impl Fn(usize, Parallelism) + Sync) {
+    if parallel {
         (0..16)
             .into_par_iter()
             .for_each(|xi| one(xi, Parallelism::None));
@@ -427,13 +472,7 @@ pub fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry)
                         );
                     }
                 };
-                if parallel {
-                    (0..16)
-                        .into_par_iter()
-                        .for_each(|xi| one(xi, Parallelism::None));
-                } else {
-                    (0..16).for_each(|xi| one(xi, par));
-                }
+                sixteen(parallel, par, one);
             });
         });
     });
@@ -751,6 +790,46 @@ mod tests {
                 worst < 2e-5 * scale,
                 "{name}: {worst} against scale {scale}"
             );
+        }
+    }
+
+    /// The tile transforms compiled for each instruction set give the same bits (f32 and f64,
+    /// odd and even sizes, a batch with spare threads and one without).
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        use crate::simd::testing::{assert_same_bits, at_every_level};
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for (batch, side) in [(1, 9), (3, 12)] {
+            let g = Geometry {
+                batch,
+                cin: 5,
+                cout: 7,
+                h: side,
+                w: side + 1,
+                k: 3,
+            };
+            let x = random(g.batch * g.cin * g.h * g.w, &mut rng);
+            let w = random(g.cout * g.cin * 9, &mut rng);
+            let dy = random(g.batch * g.cout * g.h * g.w, &mut rng);
+            let run64 = || {
+                vec![
+                    forward(&x, &w, &g),
+                    input_grad(&dy, &w, &g),
+                    weight_grad(&x, &dy, &g),
+                ]
+            };
+            assert_same_bits("winograd f64", &at_every_level(run64));
+            let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let (x, w, dy) = (f(&x), f(&w), f(&dy));
+            let wide = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+            let run32 = || {
+                vec![
+                    wide(forward(&x, &w, &g)),
+                    wide(input_grad(&dy, &w, &g)),
+                    wide(weight_grad(&x, &dy, &g)),
+                ]
+            };
+            assert_same_bits("winograd f32", &at_every_level(run32));
         }
     }
 }
