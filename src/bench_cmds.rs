@@ -429,7 +429,7 @@ pub fn conv(
         bail!("--model {model}: expected paper or quickstart");
     };
     let m = 1usize << (enc.len() - 1);
-    if size == 0 || size % m != 0 {
+    if size == 0 || !size.is_multiple_of(m) {
         bail!("--size {size}: expected a positive multiple of {m}");
     }
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);

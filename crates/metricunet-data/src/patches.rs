@@ -133,7 +133,7 @@ pub fn extract_patches<R: Rng + ?Sized>(
             image.geometry.dims, label.geometry.dims
         )));
     }
-    if spec.slices % 2 == 0 || spec.size.contains(&0) {
+    if spec.slices.is_multiple_of(2) || spec.size.contains(&0) {
         return Err(DataError::Invalid(format!(
             "patch {:?} x {} slices: need an odd slice count and a positive size",
             spec.size, spec.slices

@@ -95,7 +95,7 @@ impl Checkpointer {
 
     /// Whether a checkpoint is written after `iteration`.
     pub fn due(&self, iteration: usize) -> bool {
-        (self.every > 0 && iteration % self.every == 0) || iteration == self.iterations
+        (self.every > 0 && iteration.is_multiple_of(self.every)) || iteration == self.iterations
     }
 
     /// Write the checkpoint of `iteration` with the best validation point so far

@@ -212,7 +212,7 @@ pub fn train_stage(
         let scores = match validator.as_deref_mut() {
             Some(v)
                 if cfg.validate_every > 0
-                    && (it % cfg.validate_every == 0 || it == cfg.iterations) =>
+                    && (it.is_multiple_of(cfg.validate_every) || it == cfg.iterations) =>
             {
                 v.validate(net.as_ref(), device)?
             }
