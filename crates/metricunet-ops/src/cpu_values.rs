@@ -14,54 +14,49 @@ pub(crate) fn env_switch(name: &str, default: bool) -> bool {
     switch_value(name, std::env::var(name), default)
 }
 
-fn switch_value(
-    name: &str,
-    value: std::result::Result<String, std::env::VarError>,
-    default: bool,
-) -> bool {
-    match value.as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        Err(std::env::VarError::NotPresent) => default,
-        Ok(other) => {
-            tracing::warn!(
-                "{name}={other}: expected 0 or 1; using {}",
-                u8::from(default)
-            );
-            default
-        }
-        Err(std::env::VarError::NotUnicode(_)) => {
-            tracing::warn!(
-                "{name} is not UTF-8: expected 0 or 1; using {}",
-                u8::from(default)
-            );
-            default
-        }
-    }
-}
-
 /// The whole number `name` of the environment, `default` where unset; a value that is not a
 /// whole number is warned about and read as `default`.
 pub(crate) fn env_count(name: &str, default: usize) -> usize {
     count_value(name, std::env::var(name), default)
 }
 
-fn count_value(
+type EnvValue = std::result::Result<String, std::env::VarError>;
+
+fn switch_value(name: &str, value: EnvValue, default: bool) -> bool {
+    let parse = |v: &str| match v {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    };
+    env_value(name, value, default, "0 or 1", u8::from(default), parse)
+}
+
+fn count_value(name: &str, value: EnvValue, default: usize) -> usize {
+    env_value(name, value, default, "a whole number", default, |v| {
+        v.trim().parse().ok()
+    })
+}
+
+/// `parse` of the variable's value; unset: `default`; not parsed (or not UTF-8): a warning that
+/// names the variable, the value, what it takes (`expected`) and what is used (`shown`), and
+/// `default`.
+fn env_value<T>(
     name: &str,
-    value: std::result::Result<String, std::env::VarError>,
-    default: usize,
-) -> usize {
-    match value {
-        Err(std::env::VarError::NotPresent) => default,
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            tracing::warn!("{name}={v}: expected a whole number; using {default}");
-            default
-        }),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            tracing::warn!("{name} is not UTF-8: expected a whole number; using {default}");
-            default
-        }
-    }
+    value: EnvValue,
+    default: T,
+    expected: &str,
+    shown: impl std::fmt::Display,
+    parse: impl Fn(&str) -> Option<T>,
+) -> T {
+    let text = match value {
+        Err(std::env::VarError::NotPresent) => return default,
+        Ok(v) => v,
+        Err(std::env::VarError::NotUnicode(v)) => v.to_string_lossy().into_owned(),
+    };
+    parse(&text).unwrap_or_else(|| {
+        tracing::warn!("{name}={text}: expected {expected}; using {shown}");
+        default
+    })
 }
 
 /// `t` itself where it is contiguous from offset 0, else a contiguous copy.
