@@ -127,9 +127,14 @@ unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
 pub(crate) mod testing {
     use super::*;
 
+    /// Held while a test switches the level, so that two such tests running at once do not
+    /// switch it under each other (the other tests may run at any level: the bits are equal).
+    static SWITCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// `run()` at every level this CPU has, Baseline first, then the level of the environment
     /// again; the results with their level.
     pub(crate) fn at_every_level<R>(run: impl Fn() -> R) -> Vec<(Level, R)> {
+        let _one_at_a_time = SWITCHING.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for l in Level::ALL.into_iter().filter(|&l| l <= supported()) {
             set_level(l);
