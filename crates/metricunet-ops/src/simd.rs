@@ -86,12 +86,10 @@ pub fn level() -> Level {
 }
 
 /// Makes the loops run at `level` (at most what the CPU has) from now on: for the tests, which
-/// compare the levels' results. Returns the level set.
+/// compare the levels' results.
 #[cfg(test)]
-pub(crate) fn set_level(level: Level) -> Level {
-    let l = level.min(supported());
-    CHOSEN.store(l.code(), Ordering::Relaxed);
-    l
+pub(crate) fn set_level(level: Level) {
+    CHOSEN.store(level.min(supported()).code(), Ordering::Relaxed);
 }
 
 /// `f()`, compiled for the chosen [`level`]. `f` and what it calls with `#[inline(always)]`

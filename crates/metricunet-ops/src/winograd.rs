@@ -271,8 +271,8 @@ fn output_channel<T: Elem>(mo: &[T], g: &Geometry, tl: Tiles, out: &mut [T]) {
         let span = ty * tl.tx..(ty + 1) * tl.tx;
         for s in 0..4 {
             // every slice exactly `tx` long: no bounds checks in the loop
-            let m: [&[T]; 4] = std::array::from_fn(|r| &mo[(r * 4 + s) * nt..][span.clone()]);
-            let m = m.map(|r| &r[..tl.tx]);
+            let m: [&[T]; 4] =
+                std::array::from_fn(|r| &mo[(r * 4 + s) * nt + span.start..][..tl.tx]);
             let (c0, c1) = cols[2 * s * tl.tx..][..2 * tl.tx].split_at_mut(tl.tx);
             let c1 = &mut c1[..tl.tx];
             for t in 0..tl.tx {
