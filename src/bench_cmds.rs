@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use metricunet_core::config::{DeviceChoice, MetricConfig, PluginSpec};
-use metricunet_train::bench::{peak_rss_mb, reset_peak_rss, time_steps, StepCase, StepTiming};
+use metricunet_train::bench::{
+    peak_rss_mb, profile_steps, reset_peak_rss, time_steps, ProfileRow, StepCase, StepTiming,
+};
 use metricunet_train::select_device;
 use serde_norway::{Mapping, Value};
 
@@ -73,14 +75,47 @@ pub struct TrainBenchArgs {
     pub warmup: usize,
     pub device: DeviceChoice,
     pub json: Option<std::path::PathBuf>,
+    /// Profile each case after timing it ([`metricunet_train::bench::profile_steps`]).
+    pub profile: bool,
 }
 
-fn timing_json(t: &StepTiming) -> serde_json::Value {
+fn timing_json(t: &StepTiming, profile: Option<&[ProfileRow]>) -> serde_json::Value {
     serde_json::json!({
         "label": t.label, "batch": t.batch, "size": t.size, "steps": t.steps,
         "forward_s": t.forward_s, "backward_s": t.backward_s, "optimizer_s": t.optimizer_s,
         "step_s": t.step_s, "peak_rss_mb": t.peak_rss_mb,
+        "peak_gpu_used_mb": t.peak_gpu.map(|p| p.used_mb),
+        "peak_gpu_reserved_mb": t.peak_gpu.map(|p| p.reserved_mb),
+        "profile": profile.map(|rows| rows.iter().map(|r| serde_json::json!({
+            "op": r.op, "pass": r.pass, "calls_per_step": r.calls_per_step,
+            "seconds_per_step": r.seconds_per_step, "share": r.share,
+        })).collect::<Vec<_>>()),
     })
+}
+
+/// A step profile as a Markdown table.
+fn profile_table(label: &str, batch: usize, rows: &[ProfileRow]) -> String {
+    let total: f64 = rows.iter().map(|r| r.seconds_per_step).sum();
+    let mut out = format!(
+        "\nprofile: {label}, batch {batch} ({:.4} s per synchronised step; ops timed between device waits)\n\n| op | pass | calls / step | ms / step | share |\n|---|---|---|---|---|\n",
+        total
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.3} | {:.1} % |",
+            r.op,
+            r.pass,
+            if r.calls_per_step > 0.0 {
+                format!("{:.0}", r.calls_per_step)
+            } else {
+                "-".into()
+            },
+            r.seconds_per_step * 1e3,
+            r.share * 100.0
+        );
+    }
+    out
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
@@ -132,16 +167,20 @@ pub fn train(args: &TrainBenchArgs) -> Result<String> {
         "bench train: {} x {} x 3 patches ({} x {} x {} for {}), f32, {device_name}; median of {} steps after {} warm-up\n\n",
         args.size, args.size, STAGE1.4, STAGE1.4, STAGE1.3, STAGE1.0, args.steps, args.warmup
     );
+    let gpu = device.is_cuda();
     let _ = writeln!(
         out,
-        "| model | variant | batch | forward (s) | backward (s) | optimizer (s) | step (s) | samples/s | peak RSS (MB) |\n|---|---|---|---|---|---|---|---|---|"
+        "| model | variant | batch | forward (s) | backward (s) | optimizer (s) | step (s) | samples/s | peak RSS (MB) |{}\n|---|---|---|---|---|---|---|---|---|{}",
+        if gpu { " GPU used / held (MB) |" } else { "" },
+        if gpu { "---|" } else { "" }
     );
     let mut results = Vec::new();
+    let mut profiles = Vec::new();
     for case in &cases {
         eprintln!("timing {} at batch {} ...", case.label, case.batch);
         let t = time_steps(case, &device, args.warmup, args.steps)?;
         let (model, variant) = t.label.split_once(' ').unwrap_or((&t.label, ""));
-        let _ = writeln!(
+        let _ = write!(
             out,
             "| {model} | {variant} | {} | {:.3} | {:.3} | {:.4} | {:.3} | {:.2} | {} |",
             t.batch,
@@ -154,7 +193,24 @@ pub fn train(args: &TrainBenchArgs) -> Result<String> {
                 .map(|m| format!("{m:.0}"))
                 .unwrap_or_else(|| "-".into())
         );
+        if gpu {
+            let _ = write!(
+                out,
+                " {} |",
+                t.peak_gpu
+                    .map(|p| format!("{:.0} / {:.0}", p.used_mb, p.reserved_mb))
+                    .unwrap_or_else(|| "-".into())
+            );
+        }
+        out.push('\n');
+        if args.profile {
+            eprintln!("profiling {} at batch {} ...", case.label, case.batch);
+            profiles.push(profile_steps(case, &device, 1, args.steps)?);
+        }
         results.push(t);
+    }
+    for (t, rows) in results.iter().zip(&profiles) {
+        out.push_str(&profile_table(&t.label, t.batch, rows));
     }
     // metric-module overhead: each variant's step over the UNet step of the same model/batch
     let mut overhead = String::new();
@@ -187,7 +243,11 @@ pub fn train(args: &TrainBenchArgs) -> Result<String> {
             &serde_json::json!({
                 "benchmark": "train", "device": device_name,
                 "threads": rayon::current_num_threads(),
-                "results": results.iter().map(timing_json).collect::<Vec<_>>(),
+                "results": results
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| timing_json(t, profiles.get(i).map(|p| p.as_slice())))
+                    .collect::<Vec<_>>(),
             }),
         )?;
         let _ = writeln!(out, "\nwritten: {}", path.display());

@@ -493,6 +493,10 @@ struct BenchTrainArgs {
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// After the timing, profile as many steps again: each op's share of a step, timed
+    /// between device waits (on a GPU without Nsight, the device profile).
+    #[arg(long)]
+    profile: bool,
 }
 
 impl BenchTrainArgs {
@@ -506,6 +510,7 @@ impl BenchTrainArgs {
             warmup: self.warmup,
             device: self.device,
             json: self.json,
+            profile: self.profile,
         })
     }
 }

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 use crate::conv_cpu::Elem;
 use crate::cpu_values::{dense, env_flag, with_values};
+use crate::profile::{self, Pass};
 use crate::simd::vectorised;
 
 /// Per-channel batch statistics, kept by the op for its backward.
@@ -234,6 +235,21 @@ impl<O: ChannelOp> CustomOp3 for Fused<O> {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        profile::timed(O::NAME, Pass::Backward, x.device(), || {
+            self.backward(x, a, b, res, grad)
+        })
+    }
+}
+
+impl<O: ChannelOp> Fused<O> {
+    fn backward(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // `grad` may be strided: `with_values` makes it contiguous
         let t = [x, a, res, grad];
         let [dx, da, db] = match x.dtype() {
@@ -417,8 +433,15 @@ pub fn bias_batch_norm_relu(
     bn: &BatchNorm,
     train: bool,
 ) -> Result<Tensor> {
+    profile::timed(BnRelu::NAME, Pass::Forward, x.device(), || {
+        forward_op(x, bias, bn, train)
+    })
+}
+
+fn forward_op(x: &Tensor, bias: Option<&Tensor>, bn: &BatchNorm, train: bool) -> Result<Tensor> {
+    let on_device = x.device().is_cpu() || (train && cfg!(feature = "cuda") && cuda_switch());
     let fused = !candle_bn()
-        && x.device().is_cpu()
+        && on_device
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && x.rank() == 4
         && bn.weight_and_bias().is_some();
@@ -444,38 +467,73 @@ pub fn bias_batch_norm_relu(
         )
     }
     let x = dense(x)?;
+    let m = (n * h * w) as f64;
+    // the weight and the bias as one (2, C) operand (candle's custom ops take three)
+    let gb = match bias {
+        Some(b) => Tensor::stack(&[gamma, b], 0)?.contiguous()?,
+        None => Tensor::stack(&[gamma, &gamma.zeros_like()?], 0)?.contiguous()?,
+    };
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        let stats = crate::cuda::bn_relu::statistics(&x)?;
+        update_running(bn, &stats.get(0)?, &stats.get(1)?, bias, m)?;
+        let op = crate::cuda::bn_relu::BnReluCuda {
+            stats,
+            eps: bn.eps(),
+        };
+        return x.apply_op3(&gb, &dense(beta)?, op);
+    }
     let (mean, var) = match x.dtype() {
         DType::F32 => with_values::<f32, _, 1>(OP, [&x], |[v]| statistics(v, c, h * w))?,
         _ => with_values::<f64, _, 1>(OP, [&x], |[v]| statistics(v, c, h * w))?,
     };
-    // running statistics as candle updates them (the bias moves the mean; unbiased variance
-    // with M = N H W)
-    let m = (n * h * w) as f64;
-    let momentum = bn.momentum();
     let dev = x.device();
-    let rm = Var::from_tensor(bn.running_mean())?;
-    let rv = Var::from_tensor(bn.running_var())?;
-    let mut batch_mean = Tensor::from_vec(mean.clone(), c, dev)?.to_dtype(rm.dtype())?;
-    if let Some(b) = bias {
-        batch_mean = (batch_mean + b.detach().to_dtype(rm.dtype())?)?;
-    }
-    let var_t = Tensor::from_vec(var.clone(), c, dev)?.to_dtype(rv.dtype())?;
-    rm.set(&((rm.as_tensor().detach() * (1.0 - momentum))? + (batch_mean * momentum)?)?)?;
-    let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
-    rv.set(&((rv.as_tensor().detach() * (1.0 - momentum))? + (var_t * (momentum * unbiased))?)?)?;
+    update_running(
+        bn,
+        &Tensor::from_vec(mean.clone(), c, dev)?,
+        &Tensor::from_vec(var.clone(), c, dev)?,
+        bias,
+        m,
+    )?;
     let eps = bn.eps();
     let op = BnRelu {
         invstd: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
         mean,
         hw: h * w,
     };
-    // the weight and the bias as one (2, C) operand (candle's custom ops take three)
-    let bias = match bias {
-        Some(b) => b.clone(),
-        None => gamma.zeros_like()?,
-    };
-    let gb = Tensor::stack(&[gamma, &bias], 0)?.contiguous()?;
     x.apply_op3(&gb, &dense(beta)?, Fused(op))
+}
+
+/// Whether `METRICUNET_CUDA_BN=1` asks for the CUDA kernels (always `false` without `cuda`).
+fn cuda_switch() -> bool {
+    #[cfg(feature = "cuda")]
+    return crate::cuda::bn_relu::enabled();
+    #[cfg(not(feature = "cuda"))]
+    false
+}
+
+/// The running statistics updated as candle updates them, from the batch's per-channel `mean`
+/// and biased `var` over `m = N H W` values: the bias moves the mean; the variance enters
+/// unbiased.
+fn update_running(
+    bn: &BatchNorm,
+    mean: &Tensor,
+    var: &Tensor,
+    bias: Option<&Tensor>,
+    m: f64,
+) -> Result<()> {
+    let momentum = bn.momentum();
+    let rm = Var::from_tensor(bn.running_mean())?;
+    let rv = Var::from_tensor(bn.running_var())?;
+    let mut batch_mean = mean.to_dtype(rm.dtype())?;
+    if let Some(b) = bias {
+        batch_mean = (batch_mean + b.detach().to_dtype(rm.dtype())?)?;
+    }
+    let var_t = var.to_dtype(rv.dtype())?;
+    rm.set(&((rm.as_tensor().detach() * (1.0 - momentum))? + (batch_mean * momentum)?)?)?;
+    let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+    rv.set(&((rv.as_tensor().detach() * (1.0 - momentum))? + (var_t * (momentum * unbiased))?)?)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,12 +15,14 @@
 //! transposed kernel (for stride 1 and padding p = k / 2 a transposed convolution is a
 //! convolution with the flipped kernel and padding k - 1 - p = p), the weight gradient a matrix
 //! product per kernel tap; candle's CUDA `conv_transpose2d` kernel (a direct loop per output
-//! element) is not used.
+//! element) is not used. With the `cudnn` feature and `METRICUNET_CUDNN_CONV=1` all three
+//! passes go through cuDNN instead ([`crate::cuda::cudnn_conv`]).
 
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, WithDType};
 
 use crate::conv_cpu::{self, Elem, Geometry};
 use crate::cpu_values::{dense, env_flag, with_values};
+use crate::profile::{self, Pass};
 use crate::winograd;
 
 /// The CPU forward through the path [`winograd::chosen`] picks for this layer.
@@ -132,6 +134,10 @@ impl CustomOp2 for SameConv {
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
+        #[cfg(feature = "cudnn")]
+        if crate::cuda::cudnn_conv::enabled() {
+            return crate::cuda::cudnn_conv::forward(s1, l1, s2, l2);
+        }
         // a tensor over a copy of the storage (device-to-device; `conv2d_same` hands in
         // contiguous operands that start at offset 0), without a backward graph
         let wrap = |s: &candle_core::CudaStorage, l: &Layout| -> Result<Tensor> {
@@ -165,12 +171,28 @@ impl CustomOp2 for SameConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        profile::timed(OP, Pass::Backward, x.device(), || self.backward(x, w, grad))
+    }
+}
+
+impl SameConv {
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         if x.device().is_cpu() {
             let (gx, gw) = match x.dtype() {
                 DType::F32 => cpu_backward::<f32>(x, w, grad)?,
                 DType::F64 => cpu_backward::<f64>(x, w, grad)?,
                 other => candle_core::bail!("conv2d-same: f32 or f64 only, got {other:?}"),
             };
+            return Ok((Some(gx), Some(gw)));
+        }
+        #[cfg(feature = "cudnn")]
+        if crate::cuda::cudnn_conv::enabled() {
+            let (gx, gw) = crate::cuda::cudnn_conv::backward(x, w, grad)?;
             return Ok((Some(gx), Some(gw)));
         }
         let (n, cin, h, wd) = x.dims4()?;
@@ -220,6 +242,10 @@ fn candle_backward() -> bool {
 
 /// `x` (N, C, H, W) convolved with `w` (Cout, C, k, k), stride 1, padding k / 2, no bias.
 pub fn conv2d_same(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    profile::timed(OP, Pass::Forward, x.device(), || same_forward(x, w))
+}
+
+fn same_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let k = w.dim(2)?;
     if k % 2 == 0 || w.dim(3)? != k {
         candle_core::bail!(
@@ -333,12 +359,14 @@ impl candle_core::CustomOp3 for SameConvCat {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (ga, gb, gw) = match a.dtype() {
-            DType::F32 => cat_backward::<f32>(a, b, w, grad)?,
-            DType::F64 => cat_backward::<f64>(a, b, w, grad)?,
-            other => candle_core::bail!("conv2d-same-cat: f32 or f64 only, got {other:?}"),
-        };
-        Ok((Some(ga), Some(gb), Some(gw)))
+        profile::timed("conv2d-same-cat", Pass::Backward, a.device(), || {
+            let (ga, gb, gw) = match a.dtype() {
+                DType::F32 => cat_backward::<f32>(a, b, w, grad)?,
+                DType::F64 => cat_backward::<f64>(a, b, w, grad)?,
+                other => candle_core::bail!("conv2d-same-cat: f32 or f64 only, got {other:?}"),
+            };
+            Ok((Some(ga), Some(gb), Some(gw)))
+        })
     }
 }
 
@@ -346,6 +374,12 @@ impl candle_core::CustomOp3 for SameConvCat {
 /// CPU without forming the concatenation, elsewhere (and with `METRICUNET_CANDLE_CONV=1`)
 /// `cat` then [`conv2d_same`].
 pub fn conv2d_same_cat(a: &Tensor, b: &Tensor, w: &Tensor) -> Result<Tensor> {
+    profile::timed("conv2d-same-cat", Pass::Forward, a.device(), || {
+        same_cat_forward(a, b, w)
+    })
+}
+
+fn same_cat_forward(a: &Tensor, b: &Tensor, w: &Tensor) -> Result<Tensor> {
     let cpu_op = !candle_backward()
         && a.device().is_cpu()
         && b.device().is_cpu()

@@ -26,6 +26,7 @@ use gemm::Parallelism;
 
 use crate::conv_cpu::{for_images, matmul, sum_over_images, Elem, OutPtr};
 use crate::cpu_values::{dense, env_flag, with_values};
+use crate::profile::{self, Pass};
 
 const OP: &str = "conv-transpose-2x2";
 
@@ -245,12 +246,14 @@ impl CustomOp3 for ConvTranspose2x2 {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [dx, dw, db] = match x.dtype() {
-            DType::F32 => cpu_backward::<f32>(x, w, b, grad)?,
-            DType::F64 => cpu_backward::<f64>(x, w, b, grad)?,
-            other => candle_core::bail!("{OP}: f32 or f64 only, got {other:?}"),
-        };
-        Ok((Some(dx), Some(dw), Some(db)))
+        profile::timed(OP, Pass::Backward, x.device(), || {
+            let [dx, dw, db] = match x.dtype() {
+                DType::F32 => cpu_backward::<f32>(x, w, b, grad)?,
+                DType::F64 => cpu_backward::<f64>(x, w, b, grad)?,
+                other => candle_core::bail!("{OP}: f32 or f64 only, got {other:?}"),
+            };
+            Ok((Some(dx), Some(dw), Some(db)))
+        })
     }
 }
 
@@ -264,8 +267,15 @@ fn candle_conv() -> bool {
 /// 2, 2)` and `bias (Cout)`: `(N, Cout, 2H, 2W)`, as candle's `ConvTranspose2d` with
 /// `stride: 2` (no padding, output padding or dilation) computes it.
 pub fn conv_transpose_2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    profile::timed(OP, Pass::Forward, x.device(), || forward_op(x, w, bias))
+}
+
+fn forward_op(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     if w.rank() != 4 || w.dim(2)? != 2 || w.dim(3)? != 2 {
         candle_core::bail!("{OP}: needs a (Cin, Cout, 2, 2) kernel, got {:?}", w.dims())
+    }
+    if x.device().is_cuda() && !candle_conv() && gemm_on_device() {
+        return conv_transpose_2x2_gemm(x, w, bias);
     }
     let cpu_op = !candle_conv()
         && x.device().is_cpu()
@@ -286,6 +296,45 @@ pub fn conv_transpose_2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resu
     dense(x)?.apply_op3(&dense(w)?, &bias, ConvTranspose2x2)
 }
 
+/// Whether `METRICUNET_CUDA_CONVT_GEMM=1` asks for [`conv_transpose_2x2_gemm`] on CUDA (off
+/// by default until measured on a GPU).
+fn gemm_on_device() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    env_flag(&FLAG, "METRICUNET_CUDA_CONVT_GEMM")
+}
+
+/// The same transposed convolution as one matrix product for the whole batch, built from
+/// candle's tensor ops (so any device, any float dtype, candle's autograd): the input as
+/// `(N H W, Cin)` rows times `w` as `(Cin, Cout 2 2)`, the product's `(N, H, W, Cout, 2, 2)`
+/// blocks permuted into the `(N, Cout, 2H, 2W)` grid. On CUDA this replaces candle's direct
+/// transposed-convolution kernel (one thread per output value looping over the input
+/// channels) by one cuBLAS product and two copies, backward included.
+pub fn conv_transpose_2x2_gemm(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (n, cin, h, wd) = x.dims4()?;
+    let (wcin, cout, k1, k2) = w.dims4()?;
+    if wcin != cin || k1 != 2 || k2 != 2 {
+        candle_core::bail!(
+            "{OP}: input {:?} and kernel {:?} do not fit",
+            x.dims(),
+            w.dims()
+        )
+    }
+    let rows = x
+        .permute((0, 2, 3, 1))?
+        .contiguous()?
+        .reshape((n * h * wd, cin))?;
+    let z = rows.matmul(&w.reshape((cin, cout * 4))?)?;
+    let y = z
+        .reshape((n, h, wd, cout, 2, 2))?
+        .permute((0, 3, 1, 4, 2, 5))?
+        .contiguous()?
+        .reshape((n, cout, 2 * h, 2 * wd))?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, cout, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,7 +343,8 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// Values and the three gradients equal to candle's `ConvTranspose2d` (stride 2), f64, for
+    /// Values and the three gradients of the CPU op and of the batch-wide product
+    /// ([`conv_transpose_2x2_gemm`]) equal to candle's `ConvTranspose2d` (stride 2), f64, for
     /// a batch smaller and one larger than the thread count and odd spatial sizes.
     #[test]
     fn same_as_candle_conv_transpose() {
@@ -307,9 +357,11 @@ mod tests {
             };
             let (x, k, b) = (t(&[n, cin, h, w]), t(&[cin, cout, 2, 2]), t(&[cout]));
             let up = t(&[n, cout, 2 * h, 2 * w]).as_tensor().detach();
-            let run = |ours: bool| {
-                let y = if ours {
+            let run = |way: usize| {
+                let y = if way == 0 {
                     conv_transpose_2x2(x.as_tensor(), k.as_tensor(), Some(b.as_tensor()))
+                } else if way == 1 {
+                    conv_transpose_2x2_gemm(x.as_tensor(), k.as_tensor(), Some(b.as_tensor()))
                 } else {
                     let cfg = candle_nn::ConvTranspose2dConfig {
                         stride: 2,
@@ -334,8 +386,11 @@ mod tests {
                     flat(grads.get(b.as_tensor()).expect("db")),
                 ]
             };
-            let (ours, theirs) = (run(true), run(false));
-            assert_close(&["output", "d x", "d w", "d bias"], &ours, &theirs, 1e-12);
+            let (ours, gemm, theirs) = (run(0), run(1), run(2));
+            let names = ["output", "d x", "d w", "d bias"];
+            assert_close(&names, &ours, &theirs, 1e-12);
+            // the batch-wide product of the CUDA path, here on the CPU
+            assert_close(&names, &gemm, &theirs, 1e-12);
         }
     }
 

@@ -12,15 +12,47 @@
 //!   were measured to win).
 //! - [`conv_transpose`]: the decoder's 2x2 stride-2 transposed convolution with its bias.
 //! - [`bn_relu`]: bias + BatchNorm + ReLU in one pass (training and inference modes).
+//! - [`profile`]: per-op wall time with device waits, for `bench train --profile`.
 //! - [`testing`]: the finite-difference gradient check the ops' and networks' tests share.
 //!
-//! CUDA kernels belong here too, beside their CPU twins.
+//! - [`device_memory`]: the CUDA memory pool's high-water marks and the switch that keeps it.
+//! - `cuda` (feature `cuda`): the CUDA twins, each behind its own switch, off by default.
 
 pub mod bn_relu;
 pub mod conv;
 pub mod conv_cpu;
 pub mod conv_transpose;
 mod cpu_values;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device_memory;
+pub mod profile;
 pub mod simd;
 pub mod testing;
 pub mod winograd;
+
+/// The CUDA paths of this crate switched on in this process (empty without the `cuda`
+/// feature), for run records and benchmark tables: `cudnn-conv` (`METRICUNET_CUDNN_CONV=1`,
+/// with `strict-f32` where `METRICUNET_CUDNN_TF32=0`), `cuda-bn` (`METRICUNET_CUDA_BN=1`),
+/// `pool-keep` (`METRICUNET_CUDA_POOL_KEEP=1`).
+pub fn cuda_paths() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut paths = Vec::new();
+    #[cfg(feature = "cudnn")]
+    if cuda::cudnn_conv::enabled() {
+        paths.push("cudnn-conv");
+        if !cuda::cudnn_conv::tf32() {
+            paths.push("strict-f32");
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        if cuda::bn_relu::enabled() {
+            paths.push("cuda-bn");
+        }
+        if device_memory::pool_keep_asked() {
+            paths.push("pool-keep");
+        }
+    }
+    paths
+}

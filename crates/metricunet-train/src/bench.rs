@@ -95,6 +95,9 @@ pub struct StepTiming {
     pub steps: usize,
     /// Peak resident memory of the process during this case (MB), where the OS tells.
     pub peak_rss_mb: Option<f64>,
+    /// High-water marks of the CUDA memory pool over the timed steps (MB): memory handed to
+    /// tensors and memory held (PyTorch's `max_memory_allocated` / `max_memory_reserved`).
+    pub peak_gpu: Option<metricunet_ops::device_memory::PoolPeaks>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -165,6 +168,9 @@ pub fn time_steps(
     let mut s = Setup::new(case, "bench", device, DType::F32)?;
     let (mut fw, mut bw, mut op) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..warmup + steps {
+        if i == warmup {
+            metricunet_ops::device_memory::reset_peaks(device)?;
+        }
         let t = Instant::now();
         let out = s.net.forward_t(&s.x, true)?;
         let step = s
@@ -201,7 +207,117 @@ pub fn time_steps(
         step_s: median(step),
         steps,
         peak_rss_mb: peak_rss_mb(),
+        peak_gpu: metricunet_ops::device_memory::peaks(device)?,
     })
+}
+
+/// One row of a step profile: an op's pass (or a phase of the step), its time per step and
+/// its share of the profiled step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileRow {
+    pub op: String,
+    pub pass: String,
+    pub calls_per_step: f64,
+    pub seconds_per_step: f64,
+    pub share: f64,
+}
+
+/// A profile of `steps` training steps of `case` (after `warmup`): each op of
+/// `metricunet-ops` timed between device waits ([`metricunet_ops::profile`]), the loss with
+/// the metric module and the optimizer as phases, and the rest of the forward and backward
+/// (candle's own ops: pooling, concatenations, casts, ...) as the difference to their
+/// synchronised totals. Rows largest first; the shares add up to 1.
+pub fn profile_steps(
+    case: &StepCase,
+    device: &Device,
+    warmup: usize,
+    steps: usize,
+) -> Result<Vec<ProfileRow>> {
+    use metricunet_ops::profile::{self, Pass};
+    let mut s = Setup::new(case, "bench", device, DType::F32)?;
+    let (mut forward, mut backward, mut total) = (0.0, 0.0, 0.0);
+    let wait = |d: &Device| d.synchronize();
+    for i in 0..warmup + steps {
+        if i == warmup {
+            profile::set_enabled(true);
+            (forward, backward, total) = (0.0, 0.0, 0.0);
+        }
+        wait(device)?;
+        let t = Instant::now();
+        let out = s.net.forward_t(&s.x, true)?;
+        wait(device)?;
+        let t_net = t.elapsed().as_secs_f64();
+        let step = s
+            .module
+            .step_loss(&out.logits, &out.embedding, &s.labels, &mut s.rng)?;
+        let _ = step.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        wait(device)?;
+        let t_loss = t.elapsed().as_secs_f64();
+        let grads = step.total.backward()?;
+        wait(device)?;
+        let t_back = t.elapsed().as_secs_f64();
+        s.opt.step(&s.named, &grads, 0.01)?;
+        wait(device)?;
+        let t_all = t.elapsed().as_secs_f64();
+        if profile::enabled() {
+            profile::record("loss + metric module", Pass::Forward, t_loss - t_net);
+            profile::record("optimizer (SGD)", Pass::Forward, t_all - t_back);
+            forward += t_net;
+            backward += t_back - t_loss;
+            total += t_all;
+        }
+    }
+    profile::set_enabled(false);
+    let ops = profile::take();
+    let n = steps.max(1) as f64;
+    let mut rows: Vec<ProfileRow> = ops
+        .iter()
+        .map(|o| ProfileRow {
+            op: o.op.to_string(),
+            pass: if o.op.starts_with("loss") || o.op.starts_with("optimizer") {
+                "-".into()
+            } else {
+                o.pass.to_string()
+            },
+            calls_per_step: o.calls as f64 / n,
+            seconds_per_step: o.seconds / n,
+            share: 0.0,
+        })
+        .collect();
+    // the forward includes the ops' forward; the backward the ops' backward (and the loss's)
+    let (mut f_ops, mut b_ops) = (0.0, 0.0);
+    for o in &ops {
+        if o.op.starts_with("loss") || o.op.starts_with("optimizer") {
+            continue;
+        }
+        match o.pass {
+            Pass::Forward => f_ops += o.seconds,
+            Pass::Backward => b_ops += o.seconds,
+        }
+    }
+    for (op, pass, rest) in [
+        ("other (candle ops)", "forward", forward - f_ops),
+        ("other (candle ops)", "backward", backward - b_ops),
+    ] {
+        rows.push(ProfileRow {
+            op: op.into(),
+            pass: pass.into(),
+            calls_per_step: 0.0,
+            seconds_per_step: rest.max(0.0) / n,
+            share: 0.0,
+        });
+    }
+    let sum: f64 = rows.iter().map(|r| r.seconds_per_step).sum();
+    for r in &mut rows {
+        r.share = if sum > 0.0 {
+            r.seconds_per_step / sum
+        } else {
+            0.0
+        };
+    }
+    rows.sort_by(|a, b| b.seconds_per_step.total_cmp(&a.seconds_per_step));
+    tracing::debug!("profiled step: {:.4} s synchronised", total / n);
+    Ok(rows)
 }
 
 /// The numbers of one training step from a seeded start, for comparing devices.

@@ -23,6 +23,15 @@ fn try_cuda() -> std::result::Result<Device, String> {
     match attempt {
         Ok(Ok(d)) => {
             set_tf32(tf32_requested());
+            match metricunet_ops::device_memory::keep_pool_if_asked(&d) {
+                Ok(true) => tracing::info!(
+                    "CUDA memory pool keeps freed memory (METRICUNET_CUDA_POOL_KEEP=1)"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("METRICUNET_CUDA_POOL_KEEP=1: the pool could not be set: {e}")
+                }
+            }
             Ok(d)
         }
         Ok(Err(e)) => Err(format!("no usable CUDA device: {e}")),
@@ -76,8 +85,17 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device> {
 pub fn device_name(d: &Device) -> String {
     match d {
         Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
-        Device::Cuda(_) if tf32_requested() => "cuda:0 (TF32)".into(),
-        Device::Cuda(_) => "cuda:0".into(),
+        Device::Cuda(_) => {
+            let mut paths = metricunet_ops::cuda_paths();
+            if tf32_requested() {
+                paths.insert(0, "TF32");
+            }
+            if paths.is_empty() {
+                "cuda:0".into()
+            } else {
+                format!("cuda:0 ({})", paths.join(", "))
+            }
+        }
         _ => format!("{d:?}"),
     }
 }
