@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use metricunet_core::config::{DeviceChoice, MetricConfig, PluginSpec};
+use metricunet_core::config::{DeviceChoice, MetricConfig, PluginSpec, Precision};
 use metricunet_train::bench::{
     peak_rss_mb, profile_steps, reset_peak_rss, time_steps, ProfileRow, StepCase, StepTiming,
 };
@@ -77,6 +77,8 @@ pub struct TrainBenchArgs {
     pub json: Option<std::path::PathBuf>,
     /// Profile each case after timing it ([`metricunet_train::bench::profile_steps`]).
     pub profile: bool,
+    /// Arithmetic of the CUDA convolutions.
+    pub precision: Precision,
 }
 
 fn timing_json(t: &StepTiming, profile: Option<&[ProfileRow]>) -> serde_json::Value {
@@ -126,6 +128,7 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 /// `metricunet bench train`.
 pub fn train(args: &TrainBenchArgs) -> Result<String> {
     let device = select_device(args.device)?;
+    let _precision = metricunet_train::device::training_precision(args.precision, &device);
     let device_name = metricunet_train::device::device_name(&device);
     let mut cases = Vec::new();
     for model in &args.models {
@@ -332,10 +335,12 @@ pub fn parity(
     variants: &[String],
     device: DeviceChoice,
     tolerance: f64,
+    precision: Precision,
 ) -> Result<String> {
     use candle_core::{DType, Device};
     use metricunet_train::bench::{compare_steps, one_step, within_rounding, StepDifference};
     let device = select_device(device)?;
+    let _precision = metricunet_train::device::training_precision(precision, &device);
     let device_name = metricunet_train::device::device_name(&device);
     let Some((name, enc, dec)) = MODELS.iter().find(|(n, _, _)| *n == model) else {
         bail!("--model {model}: expected paper or quickstart");

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use metricunet_core::config::DeviceChoice;
+use metricunet_core::config::{DeviceChoice, Precision};
 use metricunet_core::ExperimentPlan;
 use metricunet_data::phantom::PhantomSize;
 use metricunet_runner::Shard;
@@ -70,6 +70,15 @@ fn parse_device(s: &str) -> Result<DeviceChoice, String> {
         "cuda" => Ok(DeviceChoice::Cuda),
         "auto" => Ok(DeviceChoice::Auto),
         other => Err(format!("{other}: expected cpu, cuda or auto")),
+    }
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    match s {
+        "f32" => Ok(Precision::F32),
+        "tf32" => Ok(Precision::Tf32),
+        "bf16" => Ok(Precision::Bf16),
+        other => Err(format!("{other}: expected f32, tf32 or bf16")),
     }
 }
 
@@ -497,6 +506,9 @@ struct BenchTrainArgs {
     /// between device waits (on a GPU without Nsight, the device profile).
     #[arg(long)]
     profile: bool,
+    /// Arithmetic of the convolutions on CUDA (as `training.precision`).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    precision: Precision,
 }
 
 impl BenchTrainArgs {
@@ -511,6 +523,7 @@ impl BenchTrainArgs {
             device: self.device,
             json: self.json,
             profile: self.profile,
+            precision: self.precision,
         })
     }
 }
@@ -591,6 +604,10 @@ struct BenchParityArgs {
     device: DeviceChoice,
     #[arg(long, default_value_t = 1e-3)]
     tolerance: f64,
+    /// Arithmetic of the device's convolutions (as `training.precision`; the CPU references
+    /// are f32 and f64 regardless). tf32 and bf16 need a larger --tolerance.
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    precision: Precision,
 }
 
 impl BenchParityArgs {
@@ -602,6 +619,7 @@ impl BenchParityArgs {
             &self.variants,
             self.device,
             self.tolerance,
+            self.precision,
         )
     }
 }

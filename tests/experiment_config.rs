@@ -563,3 +563,30 @@ fn segmentation_losses_are_plugins_with_weights() {
         ["hard-negative", "contour-aware", "random"]
     );
 }
+
+#[test]
+fn precision_is_read_checked_and_left_out_of_the_hash_when_f32() {
+    use metricunet_core::config::Precision;
+    assert_eq!(only("").training.precision, Precision::F32);
+    let e = only("training:\n  precision: bf16\nstage1:\n  training:\n    precision: tf32\n");
+    assert_eq!(e.training.precision, Precision::Bf16);
+    assert_eq!(e.stage1.training.precision, Precision::Tf32);
+    let err = plan_err("training:\n  precision: fp16\n");
+    assert!(
+        err.contains("training.precision") && err.contains("f32") && err.contains("bf16"),
+        "{err}"
+    );
+    // the default is not written, so runs made before the setting keep their hashes
+    let text = serde_norway::to_string(&only("")).expect("yaml");
+    assert!(!text.contains("precision"), "{text}");
+    let p = plan("training:\n  precision: f32\n").expect("plan");
+    assert_eq!(
+        p.cells[0].hash().expect("hash"),
+        plan("").expect("plan").cells[0].hash().expect("hash")
+    );
+    let p16 = plan("training:\n  precision: bf16\n").expect("plan");
+    assert_ne!(
+        p16.cells[0].hash().expect("hash"),
+        p.cells[0].hash().expect("hash")
+    );
+}

@@ -321,6 +321,39 @@ pub struct TrainingConfig {
     /// centroid error; full ties: the later point) or the last iteration. Without validation
     /// the last are kept.
     pub keep: Keep,
+    /// Arithmetic of the convolutions on CUDA: `f32` (strict, the default), `tf32` (cuDNN
+    /// convolutions on TF32 tensor cores: PyTorch's default) or `bf16` (convolutions in bf16
+    /// with f32 weights, gradients, BatchNorm and loss, as `torch.autocast`). The CPU always
+    /// computes in f32 (a warning says so). Inference runs in f32.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+/// `training.precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Tf32,
+    Bf16,
+}
+
+impl Precision {
+    /// Whether this is the default, strict f32 (left out of written configurations, so the
+    /// hashes of runs made before the setting existed do not change).
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// `f32`, `tf32` or `bf16`, as in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// Which weights a stage keeps (`training.keep`).
@@ -368,6 +401,7 @@ impl Default for TrainingConfig {
             checkpoint_every: 1000,
             plateau: None,
             keep: Keep::Best,
+            precision: Precision::F32,
         }
     }
 }

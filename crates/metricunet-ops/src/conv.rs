@@ -242,7 +242,9 @@ fn candle_backward() -> bool {
 
 /// `x` (N, C, H, W) convolved with `w` (Cout, C, k, k), stride 1, padding k / 2, no bias.
 pub fn conv2d_same(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    profile::timed(OP, Pass::Forward, x.device(), || same_forward(x, w))
+    profile::timed(OP, Pass::Forward, x.device(), || {
+        crate::precision::in_conv_precision(x, w, same_forward)
+    })
 }
 
 fn same_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {

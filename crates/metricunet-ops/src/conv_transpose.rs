@@ -267,7 +267,17 @@ fn candle_conv() -> bool {
 /// 2, 2)` and `bias (Cout)`: `(N, Cout, 2H, 2W)`, as candle's `ConvTranspose2d` with
 /// `stride: 2` (no padding, output padding or dilation) computes it.
 pub fn conv_transpose_2x2(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    profile::timed(OP, Pass::Forward, x.device(), || forward_op(x, w, bias))
+    profile::timed(OP, Pass::Forward, x.device(), || {
+        if !crate::precision::bf16_for(x) {
+            return forward_op(x, w, bias);
+        }
+        // bf16 product, f32 bias
+        let y = crate::precision::in_conv_precision(x, w, |x, w| forward_op(x, w, None))?;
+        match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    })
 }
 
 fn forward_op(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -298,7 +308,7 @@ fn forward_op(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 
 /// Whether `METRICUNET_CUDA_CONVT_GEMM=1` asks for [`conv_transpose_2x2_gemm`] on CUDA (off
 /// by default until measured on a GPU).
-fn gemm_on_device() -> bool {
+pub(crate) fn gemm_on_device() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     env_flag(&FLAG, "METRICUNET_CUDA_CONVT_GEMM")
 }

@@ -15,6 +15,7 @@
 //! - [`profile`]: per-op wall time with device waits, for `bench train --profile`.
 //! - [`testing`]: the finite-difference gradient check the ops' and networks' tests share.
 //!
+//! - [`precision`]: strict f32, TF32 or bf16 for the CUDA convolutions (`training.precision`).
 //! - [`device_memory`]: the CUDA memory pool's high-water marks and the switch that keeps it.
 //! - `cuda` (feature `cuda`): the CUDA twins, each behind its own switch, off by default.
 
@@ -26,32 +27,40 @@ mod cpu_values;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device_memory;
+pub mod precision;
 pub mod profile;
 pub mod simd;
 pub mod testing;
 pub mod winograd;
 
 /// The CUDA paths of this crate switched on in this process (empty without the `cuda`
-/// feature), for run records and benchmark tables: `cudnn-conv` (`METRICUNET_CUDNN_CONV=1`,
-/// with `strict-f32` where `METRICUNET_CUDNN_TF32=0`), `cuda-bn` (`METRICUNET_CUDA_BN=1`),
-/// `pool-keep` (`METRICUNET_CUDA_POOL_KEEP=1`).
+/// feature), for run records and benchmark tables: `cudnn-conv` (`METRICUNET_CUDNN_CONV=1`),
+/// `cuda-bn` (`METRICUNET_CUDA_BN=1`), `convt-gemm` (`METRICUNET_CUDA_CONVT_GEMM=1`),
+/// `pool-keep` (`METRICUNET_CUDA_POOL_KEEP=1`), then the precision (`tf32`, `bf16`) where not
+/// strict f32.
 pub fn cuda_paths() -> Vec<&'static str> {
     #[allow(unused_mut)]
     let mut paths = Vec::new();
     #[cfg(feature = "cudnn")]
     if cuda::cudnn_conv::enabled() {
         paths.push("cudnn-conv");
-        if !cuda::cudnn_conv::tf32() {
-            paths.push("strict-f32");
-        }
     }
     #[cfg(feature = "cuda")]
     {
         if cuda::bn_relu::enabled() {
             paths.push("cuda-bn");
         }
+        if conv_transpose::gemm_on_device() {
+            paths.push("convt-gemm");
+        }
         if device_memory::pool_keep_asked() {
             paths.push("pool-keep");
+        }
+        if precision::tf32() {
+            paths.push("tf32");
+        }
+        if precision::bf16() {
+            paths.push("bf16");
         }
     }
     paths

@@ -4,7 +4,7 @@
 //! a logged fall-back to the CPU (`auto`).
 
 use candle_core::Device;
-use metricunet_core::config::DeviceChoice;
+use metricunet_core::config::{DeviceChoice, Precision};
 
 use crate::error::{Result, TrainError};
 
@@ -81,6 +81,33 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
+/// Strict f32 again when dropped: training's precision does not leak into the inference that
+/// follows it in the same process.
+#[must_use = "the precision returns to f32 when this is dropped"]
+pub struct PrecisionGuard;
+
+impl Drop for PrecisionGuard {
+    fn drop(&mut self) {
+        metricunet_ops::precision::set_tf32(false);
+        metricunet_ops::precision::set_bf16(false);
+    }
+}
+
+/// Set the CUDA convolutions' arithmetic to `training.precision` until the guard is dropped.
+/// On the CPU every precision computes in f32; anything else is said once per call.
+pub fn training_precision(p: Precision, device: &Device) -> PrecisionGuard {
+    if !device.is_cuda() && !p.is_f32() {
+        tracing::warn!(
+            "training.precision: {} applies on CUDA only; the CPU computes in f32",
+            p.as_str()
+        );
+    }
+    let on_gpu = device.is_cuda();
+    metricunet_ops::precision::set_tf32(on_gpu && matches!(p, Precision::Tf32 | Precision::Bf16));
+    metricunet_ops::precision::set_bf16(on_gpu && p == Precision::Bf16);
+    PrecisionGuard
+}
+
 /// A short name for logs and run records.
 pub fn device_name(d: &Device) -> String {
     match d {
@@ -103,6 +130,16 @@ pub fn device_name(d: &Device) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precision_is_f32_on_the_cpu_and_again_after_training() {
+        for p in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+            let guard = training_precision(p, &Device::Cpu);
+            assert!(!metricunet_ops::precision::tf32() && !metricunet_ops::precision::bf16());
+            drop(guard);
+        }
+        assert!(!metricunet_ops::precision::tf32() && !metricunet_ops::precision::bf16());
+    }
 
     #[test]
     fn cpu_and_auto_work_without_a_gpu() {

@@ -134,6 +134,7 @@ pub fn train_stage(
 ) -> Result<TrainOutcome> {
     let t0 = Instant::now();
     let cfg = &spec.training;
+    let _precision = crate::device::training_precision(cfg.precision, device);
     if train.is_empty() {
         return Err(TrainError::Invalid(format!(
             "{}: no training patch",

@@ -9,9 +9,10 @@
 //! heuristics as PyTorch does without `cudnn.benchmark`), kept per thread, and one workspace
 //! is grown as needed and reused (stream-ordered, so reuse between launches is safe).
 //!
-//! TF32: cuDNN's default math mode lets f32 convolutions use TF32 tensor cores on Ampere and
-//! newer, which is PyTorch's default for convolutions; `METRICUNET_CUDNN_TF32=0` asks for FMA
-//! math only (strict f32, PyTorch's `torch.backends.cudnn.allow_tf32 = False`).
+//! Precision ([`crate::precision`]): f32 convolutions use FMA math only (strict f32) unless
+//! TF32 is on, then cuDNN's default math mode, which lets them use TF32 tensor cores on Ampere
+//! and newer (PyTorch's default for convolutions). bf16 tensors are convolved with f32
+//! accumulation (cuDNN's "pseudo-bf16" configuration).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,11 +28,12 @@ use candle_core::cuda_backend::cudarc::cudnn::{
     ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
     FilterDescriptor, TensorDescriptor,
 };
-use candle_core::cuda_backend::cudarc::driver::CudaSlice;
-use candle_core::cuda_backend::{CudaDevice, DeviceId};
-use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor, WithDType};
+use half::bf16;
 
-use super::{cuda, device, storage, tensor, view, Kernel};
+use super::{cuda, device, storage, tensor, view};
 
 const OP: &str = "conv2d-same (cudnn)";
 
@@ -39,12 +41,6 @@ const OP: &str = "conv2d-same (cudnn)";
 pub fn enabled() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     crate::cpu_values::env_flag(&FLAG, "METRICUNET_CUDNN_CONV")
-}
-
-/// Whether f32 convolutions may use TF32 (`METRICUNET_CUDNN_TF32`, default 1 as in PyTorch).
-pub fn tf32() -> bool {
-    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| crate::cpu_values::env_switch("METRICUNET_CUDNN_TF32", true))
 }
 
 fn err(e: impl std::fmt::Display) -> candle_core::Error {
@@ -55,8 +51,8 @@ fn err(e: impl std::fmt::Display) -> candle_core::Error {
 type Key = (DeviceId, [usize; 6], bool);
 
 /// Descriptors and algorithms of one layer shape.
-struct Plan<T: CudnnDataType> {
-    conv: ConvDescriptor<T>,
+struct Plan<T: Planned> {
+    conv: ConvDescriptor<T::Compute>,
     x: TensorDescriptor<T>,
     w: FilterDescriptor<T>,
     y: TensorDescriptor<T>,
@@ -67,8 +63,10 @@ struct Plan<T: CudnnDataType> {
     workspace: [usize; 3],
 }
 
-/// The element types with a plan cache of their own (thread-local: descriptors are not `Send`).
-trait Planned: Kernel + CudnnDataType {
+/// The element types with a plan cache of their own (thread-local: descriptors are not `Send`)
+/// and the type cuDNN accumulates them in.
+trait Planned: CudnnDataType + CudaDType + DeviceRepr + WithDType {
+    type Compute: CudnnDataType;
     fn with_plans<R>(f: impl FnOnce(&mut HashMap<Key, Rc<Plan<Self>>>) -> R) -> R;
 }
 
@@ -77,17 +75,27 @@ thread_local! {
     static WORKSPACE: RefCell<HashMap<DeviceId, CudaSlice<u8>>> = RefCell::new(HashMap::new());
     static PLANS_F32: RefCell<HashMap<Key, Rc<Plan<f32>>>> = RefCell::new(HashMap::new());
     static PLANS_F64: RefCell<HashMap<Key, Rc<Plan<f64>>>> = RefCell::new(HashMap::new());
+    static PLANS_BF16: RefCell<HashMap<Key, Rc<Plan<bf16>>>> = RefCell::new(HashMap::new());
 }
 
 impl Planned for f32 {
+    type Compute = f32;
     fn with_plans<R>(f: impl FnOnce(&mut HashMap<Key, Rc<Plan<Self>>>) -> R) -> R {
         PLANS_F32.with(|p| f(&mut p.borrow_mut()))
     }
 }
 
 impl Planned for f64 {
+    type Compute = f64;
     fn with_plans<R>(f: impl FnOnce(&mut HashMap<Key, Rc<Plan<Self>>>) -> R) -> R {
         PLANS_F64.with(|p| f(&mut p.borrow_mut()))
+    }
+}
+
+impl Planned for bf16 {
+    type Compute = f32;
+    fn with_plans<R>(f: impl FnOnce(&mut HashMap<Key, Rc<Plan<Self>>>) -> R) -> R {
+        PLANS_BF16.with(|p| f(&mut p.borrow_mut()))
     }
 }
 
@@ -108,7 +116,7 @@ fn int(v: usize) -> Result<i32> {
 
 /// The plan of this shape, made on first use.
 fn plan<T: Planned>(dev: &CudaDevice, dims: [usize; 6]) -> Result<Rc<Plan<T>>> {
-    let tf32 = tf32();
+    let tf32 = crate::precision::tf32();
     let key = (dev.id(), dims, tf32);
     if let Some(p) = T::with_plans(|m| m.get(&key).cloned()) {
         return Ok(p);
@@ -117,7 +125,7 @@ fn plan<T: Planned>(dev: &CudaDevice, dims: [usize; 6]) -> Result<Rc<Plan<T>>> {
     let cudnn = handle(dev)?;
     let pad = int(k / 2)?;
     let mut conv = cudnn
-        .create_conv2d::<T>(
+        .create_conv2d::<T::Compute>(
             [pad, pad],
             [1, 1],
             [1, 1],
@@ -125,6 +133,7 @@ fn plan<T: Planned>(dev: &CudaDevice, dims: [usize; 6]) -> Result<Rc<Plan<T>>> {
         )
         .map_err(err)?;
     let math = if tf32 || T::DTYPE != DType::F32 {
+        // f64 never uses tensor cores; bf16 is meant to
         cudnnMathType_t::CUDNN_DEFAULT_MATH
     } else {
         cudnnMathType_t::CUDNN_FMA_MATH
@@ -269,7 +278,8 @@ pub fn forward(
     match s1.dtype() {
         DType::F32 => forward_t::<f32>(s1, l1, s2, l2),
         DType::F64 => forward_t::<f64>(s1, l1, s2, l2),
-        other => candle_core::bail!("{OP}: f32 or f64 only, got {other:?}"),
+        DType::BF16 => forward_t::<bf16>(s1, l1, s2, l2),
+        other => candle_core::bail!("{OP}: f32, f64 or bf16 only, got {other:?}"),
     }
 }
 
@@ -339,6 +349,7 @@ pub fn backward(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor
     match x.dtype() {
         DType::F32 => backward_t::<f32>(x, w, grad),
         DType::F64 => backward_t::<f64>(x, w, grad),
-        other => candle_core::bail!("{OP}: f32 or f64 only, got {other:?}"),
+        DType::BF16 => backward_t::<bf16>(x, w, grad),
+        other => candle_core::bail!("{OP}: f32, f64 or bf16 only, got {other:?}"),
     }
 }
