@@ -15,7 +15,9 @@ The anchors here are drawn uniformly among foreground / background voxels (torch
 over the masks, vectorised over the batch); metricunet's hard-negative and contour-aware
 samplers choose them by probability and contour distance. The sampling is a few hundred voxels
 either way; its cost is small next to the convolutions. On CUDA the peak GPU memory
-(torch.cuda.max_memory_allocated) is recorded too.
+(torch.cuda.max_memory_allocated and max_memory_reserved) is recorded too. `--amp bf16` runs
+the training steps under torch.autocast(bfloat16), the counterpart of metricunet's
+`training.precision: bf16` (`bench train --precision bf16`).
 """
 import argparse
 import json
@@ -122,12 +124,16 @@ def time_train(args, variant, n, out):
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
     fw, bw, op = [], [], []
+    # --amp bf16: the forward (network and loss) under autocast, as a mixed-precision user
+    # writes it: convolutions in bf16, BatchNorm, loss, weights and optimizer in f32
+    amp = args.amp == "bf16"
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        logits, emb = net(x)
-        loss = F.cross_entropy(logits, y)
-        if variant == "hcp":
-            loss = loss + 0.01 * metric_loss(emb, y, gen)
+        with torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=amp):
+            logits, emb = net(x)
+            loss = F.cross_entropy(logits.float(), y)
+            if variant == "hcp":
+                loss = loss + 0.01 * metric_loss(emb.float(), y, gen)
         loss.item()
         sync(dev)
         t1 = time.perf_counter()
@@ -149,6 +155,8 @@ def time_train(args, variant, n, out):
         "optimizer_s": statistics.median(op), "step_s": statistics.median(step),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None,
+        "peak_gpu_reserved_mb": torch.cuda.max_memory_reserved() / 2**20 if dev == "cuda" else None,
+        "amp": args.amp,
     })
 
 
@@ -195,6 +203,9 @@ def main():
     ap.add_argument("--infer", choices=["yes", "no", "only"], default="yes",
                     help="the inference forwards (1 and 16 slices of 128 x 128): with the training "
                          "steps, not at all, or alone")
+    ap.add_argument("--amp", choices=["off", "bf16"], default="off",
+                    help="bf16: training steps under torch.autocast(bfloat16), as metricunet's "
+                         "training.precision: bf16")
     ap.add_argument("--json")
     args = ap.parse_args()
     results = []
@@ -210,7 +221,7 @@ def main():
         results.append(r)
         print(f"| {r['label']} | forward {r['forward_s']:.3f} s | peak {r['peak_rss_mb']:.0f} MB |", flush=True)
     meta = {"benchmark": "pytorch_reference", "torch": torch.__version__, "device": args.device,
-            "tf32": args.tf32 if args.device == "cuda" else None,
+            "tf32": args.tf32 if args.device == "cuda" else None, "amp": args.amp,
             "threads": args.threads, "results": results}
     if args.json:
         with open(args.json, "w") as f:
