@@ -32,6 +32,20 @@ fn grid(planes: usize, hw: usize) -> Result<LaunchConfig> {
     })
 }
 
+/// Launch the kernel `$name` of `bn_relu.cu` on `$cfg` with the arguments `$arg`, in the
+/// kernel's order and of its types. Expands to an `unsafe` launch: the call site states why the
+/// arguments and buffers fit (`// SAFETY:`).
+macro_rules! launch {
+    ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),+ $(,)?) => {{
+        let f = $dev.get_or_load_custom_func($name, MODULE, PTX)?;
+        let cfg = $cfg;
+        let mut b = f.builder();
+        $( b.arg($arg); )+
+        // SAFETY: stated at the call site
+        unsafe { b.launch(cfg) }.w()?;
+    }};
+}
+
 /// One block per `THREADS` channels.
 fn per_channel(c: usize) -> LaunchConfig {
     LaunchConfig {
@@ -60,14 +74,8 @@ pub fn statistics(x: &Tensor) -> Result<Tensor> {
         other => candle_core::bail!("{OP}: f32 or f64 only, got {other:?}"),
     }
     let m = (n * h * w).max(1) as f64;
-    let f = dev.get_or_load_custom_func("bn_stats_finish", MODULE, PTX)?;
-    let mut b = f.builder();
-    b.arg(&sums);
-    b.arg(&stats);
-    b.arg(&cc);
-    b.arg(&m);
     // SAFETY: argument types as in the kernel's signature; the buffers hold 2 C values.
-    unsafe { b.launch(per_channel(c)) }.w()?;
+    launch!(dev, "bn_stats_finish", per_channel(c); &sums, &stats, &cc, &m);
     let dev = dev.clone();
     drop(guard);
     Ok(tensor(stats, &dev, (2, c)))
@@ -83,14 +91,9 @@ fn launch_sums<T: Kernel>(
     planes: usize,
 ) -> Result<()> {
     let x = view::<T>(OP, s, l)?;
-    let f = dev.get_or_load_custom_func(&format!("bn_stats_sums_{}", T::SUFFIX), MODULE, PTX)?;
-    let mut b = f.builder();
-    b.arg(&x);
-    b.arg(sums);
-    b.arg(&c);
-    b.arg(&hw);
     // SAFETY: argument types as in the kernel's signature; x holds planes * hw values.
-    unsafe { b.launch(grid(planes, hw as usize)?) }.w()?;
+    launch!(dev, &format!("bn_stats_sums_{}", T::SUFFIX), grid(planes, hw as usize)?;
+        &x, sums, &c, &hw);
     Ok(())
 }
 
@@ -122,19 +125,9 @@ impl BnReluCuda {
         // SAFETY: every value is written by the kernel before it is read.
         let y = unsafe { dev.alloc::<T>(n * c * h * w) }?;
         let (cc, hw) = (u32_of(c, "channels")?, u32_of(h * w, "H * W")?);
-        let f =
-            dev.get_or_load_custom_func(&format!("bn_relu_forward_{}", T::SUFFIX), MODULE, PTX)?;
-        let mut b = f.builder();
-        b.arg(&x);
-        b.arg(&stats);
-        b.arg(&gb);
-        b.arg(&beta);
-        b.arg(&y);
-        b.arg(&cc);
-        b.arg(&hw);
-        b.arg(&self.eps);
         // SAFETY: argument types as in the kernel's signature, sizes checked above.
-        unsafe { b.launch(grid(n * c, h * w)?) }.w()?;
+        launch!(dev, &format!("bn_relu_forward_{}", T::SUFFIX), grid(n * c, h * w)?;
+            &x, &stats, &gb, &beta, &y, &cc, &hw, &self.eps);
         Ok((
             CudaStorage::wrap_cuda_slice(y, dev.clone()),
             l1.shape().clone(),
@@ -168,58 +161,19 @@ impl BnReluCuda {
         let (cc, hw) = (u32_of(c, "channels")?, u32_of(h * w, "H * W")?);
         let m = (n * h * w).max(1) as f64;
         let sums = dev.alloc_zeros::<f64>(2 * c)?;
-        let f = dev.get_or_load_custom_func(
-            &format!("bn_relu_backward_sums_{}", T::SUFFIX),
-            MODULE,
-            PTX,
-        )?;
-        let mut b = f.builder();
-        b.arg(&xv);
-        b.arg(&yv);
-        b.arg(&dyv);
-        b.arg(&stats);
-        b.arg(&sums);
-        b.arg(&cc);
-        b.arg(&hw);
         // SAFETY: argument types as in the kernel's signature; all planes hold hw values.
-        unsafe { b.launch(grid(n * c, h * w)?) }.w()?;
+        launch!(dev, &format!("bn_relu_backward_sums_{}", T::SUFFIX), grid(n * c, h * w)?;
+            &xv, &yv, &dyv, &stats, &sums, &cc, &hw);
         // SAFETY: written in full by the kernels below before any read.
         let dx = unsafe { dev.alloc::<T>(n * c * h * w) }?;
         let dgb = unsafe { dev.alloc::<T>(2 * c) }?;
         let dbeta = unsafe { dev.alloc::<T>(c) }?;
-        let f = dev.get_or_load_custom_func(
-            &format!("bn_relu_backward_dx_{}", T::SUFFIX),
-            MODULE,
-            PTX,
-        )?;
-        let mut b = f.builder();
-        b.arg(&xv);
-        b.arg(&yv);
-        b.arg(&dyv);
-        b.arg(&stats);
-        b.arg(&sums);
-        b.arg(&gbv);
-        b.arg(&dx);
-        b.arg(&cc);
-        b.arg(&hw);
-        b.arg(&self.eps);
-        b.arg(&m);
         // SAFETY: as above.
-        unsafe { b.launch(grid(n * c, h * w)?) }.w()?;
-        let f = dev.get_or_load_custom_func(
-            &format!("bn_relu_backward_params_{}", T::SUFFIX),
-            MODULE,
-            PTX,
-        )?;
-        let mut b = f.builder();
-        b.arg(&stats);
-        b.arg(&sums);
-        b.arg(&dgb);
-        b.arg(&dbeta);
-        b.arg(&cc);
-        b.arg(&self.eps);
+        launch!(dev, &format!("bn_relu_backward_dx_{}", T::SUFFIX), grid(n * c, h * w)?;
+            &xv, &yv, &dyv, &stats, &sums, &gbv, &dx, &cc, &hw, &self.eps, &m);
         // SAFETY: as above; dgb holds 2 C values, dbeta C.
-        unsafe { b.launch(per_channel(c)) }.w()?;
+        launch!(dev, &format!("bn_relu_backward_params_{}", T::SUFFIX), per_channel(c);
+            &stats, &sums, &dgb, &dbeta, &cc, &self.eps);
         let dev = dev.clone();
         drop(guards);
         Ok((
