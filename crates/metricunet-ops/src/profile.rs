@@ -1,6 +1,8 @@
 //! Per-op wall time for a profile of a training step: with profiling on, each op of this crate
 //! waits for the device before and after it ([`candle_core::Device::synchronize`]) and adds
-//! its time to a table, by op and pass. The synchronisation serialises the device's queue, so
+//! its time to a table, by op and pass. Switch and table belong to the calling thread (the one
+//! that runs the steps: the ops' entry points and candle's backward run on it), so a profile
+//! sees neither another thread's steps nor a test running beside it. The synchronisation serialises the device's queue, so
 //! the sum of a profiled step is somewhat above an unprofiled one; the shares are what a
 //! profile is for. Off (the default) it costs one relaxed atomic load per op.
 //!
@@ -10,10 +12,8 @@
 //! without Nsight this is the device profile; with it, the same names show up in its kernel
 //! list.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{Device, Result};
@@ -43,33 +43,28 @@ pub struct OpTime {
     pub seconds: f64,
 }
 
-static ON: AtomicBool = AtomicBool::new(false);
 type Table = BTreeMap<(&'static str, Pass), (u64, f64)>;
-static TABLE: Mutex<Table> = Mutex::new(BTreeMap::new());
 
 thread_local! {
+    static ON: Cell<bool> = const { Cell::new(false) };
+    static TABLE: RefCell<Table> = const { RefCell::new(BTreeMap::new()) };
     /// Depth of profiled calls on this thread: an op that calls another (the skip
     /// concatenation's convolution on CUDA calls the same convolution) is counted once, as
     /// the outer op.
     static DEPTH: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Switch profiling on or off (process-wide); switching it on empties the table.
+/// Switch profiling on or off on this thread; switching it on empties the table.
 pub fn set_enabled(on: bool) {
     if on {
-        table().clear();
+        TABLE.with(|t| t.borrow_mut().clear());
     }
-    ON.store(on, Ordering::Relaxed);
+    ON.with(|o| o.set(on));
 }
 
-/// Whether ops are being profiled.
+/// Whether ops are being profiled on this thread.
 pub fn enabled() -> bool {
-    ON.load(Ordering::Relaxed)
-}
-
-fn table() -> std::sync::MutexGuard<'static, Table> {
-    // a panic while holding the lock leaves only counters behind: still usable
-    TABLE.lock().unwrap_or_else(|e| e.into_inner())
+    ON.with(|o| o.get())
 }
 
 /// Restores the depth when the timed call returns or unwinds.
@@ -115,15 +110,18 @@ pub fn timed<R>(
 
 /// Add one call of `seconds` to `op`'s `pass` (for phases the caller times itself).
 pub fn record(op: &'static str, pass: Pass, seconds: f64) {
-    let mut t = table();
-    let e = t.entry((op, pass)).or_insert((0, 0.0));
-    e.0 += 1;
-    e.1 += seconds;
+    TABLE.with(|t| {
+        let mut t = t.borrow_mut();
+        let e = t.entry((op, pass)).or_insert((0, 0.0));
+        e.0 += 1;
+        e.1 += seconds;
+    })
 }
 
 /// The table so far, largest time first; it is emptied.
 pub fn take() -> Vec<OpTime> {
-    let mut rows: Vec<OpTime> = std::mem::take(&mut *table())
+    let mut rows: Vec<OpTime> = TABLE
+        .with(|t| std::mem::take(&mut *t.borrow_mut()))
         .into_iter()
         .map(|((op, pass), (calls, seconds))| OpTime {
             op,
@@ -136,21 +134,12 @@ pub fn take() -> Vec<OpTime> {
     rows
 }
 
-/// Tests that switch the process-wide profile take this lock, so two of them never see each
-/// other's entries.
-#[doc(hidden)]
-pub fn test_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn counts_outer_calls_only_and_only_when_on() -> Result<()> {
-        let _lock = test_lock();
         set_enabled(false);
         timed("a", Pass::Forward, &Device::Cpu, || Ok(()))?;
         set_enabled(true);
@@ -178,12 +167,21 @@ mod tests {
             ("a", Pass::Forward, 3)
         );
         assert!(take().is_empty(), "take empties the table");
+        // another thread has its own switch and table
+        set_enabled(true);
+        std::thread::spawn(|| {
+            assert!(!enabled());
+            timed("e", Pass::Forward, &Device::Cpu, || Ok(()))
+        })
+        .join()
+        .expect("thread")?;
+        set_enabled(false);
+        assert!(take().is_empty(), "nothing recorded from the other thread");
         Ok(())
     }
 
     #[test]
     fn an_error_inside_leaves_the_depth_balanced() -> Result<()> {
-        let _lock = test_lock();
         set_enabled(true);
         let failed: Result<()> = timed("c", Pass::Forward, &Device::Cpu, || {
             candle_core::bail!("inside")

@@ -235,78 +235,80 @@ pub fn profile_steps(
 ) -> Result<Vec<ProfileRow>> {
     use metricunet_ops::profile::{self, Pass};
     let mut s = Setup::new(case, "bench", device, DType::F32)?;
-    let (mut forward, mut backward, mut total) = (0.0, 0.0, 0.0);
-    let wait = |d: &Device| d.synchronize();
+    // synchronised totals of the profiled steps: forward, loss, backward, optimizer
+    let mut phase = [0.0f64; 4];
     for i in 0..warmup + steps {
         if i == warmup {
             profile::set_enabled(true);
-            (forward, backward, total) = (0.0, 0.0, 0.0);
         }
-        wait(device)?;
+        device.synchronize()?;
         let t = Instant::now();
         let out = s.net.forward_t(&s.x, true)?;
-        wait(device)?;
+        device.synchronize()?;
         let t_net = t.elapsed().as_secs_f64();
         let step = s
             .module
             .step_loss(&out.logits, &out.embedding, &s.labels, &mut s.rng)?;
         let _ = step.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        wait(device)?;
+        device.synchronize()?;
         let t_loss = t.elapsed().as_secs_f64();
         let grads = step.total.backward()?;
-        wait(device)?;
+        device.synchronize()?;
         let t_back = t.elapsed().as_secs_f64();
         s.opt.step(&s.named, &grads, 0.01)?;
-        wait(device)?;
+        device.synchronize()?;
         let t_all = t.elapsed().as_secs_f64();
-        if profile::enabled() {
-            profile::record("loss + metric module", Pass::Forward, t_loss - t_net);
-            profile::record("optimizer (SGD)", Pass::Forward, t_all - t_back);
-            forward += t_net;
-            backward += t_back - t_loss;
-            total += t_all;
+        if i >= warmup {
+            for (acc, d) in
+                phase
+                    .iter_mut()
+                    .zip([t_net, t_loss - t_net, t_back - t_loss, t_all - t_back])
+            {
+                *acc += d;
+            }
         }
     }
     profile::set_enabled(false);
     let ops = profile::take();
     let n = steps.max(1) as f64;
+    let op_total = |pass: Pass| -> f64 {
+        ops.iter()
+            .filter(|o| o.pass == pass)
+            .map(|o| o.seconds)
+            .sum()
+    };
+    let row = |op: &str, pass: &str, calls: u64, seconds: f64| ProfileRow {
+        op: op.into(),
+        pass: pass.into(),
+        calls_per_step: calls as f64 / n,
+        seconds_per_step: seconds.max(0.0) / n,
+        share: 0.0,
+    };
     let mut rows: Vec<ProfileRow> = ops
         .iter()
-        .map(|o| ProfileRow {
-            op: o.op.to_string(),
-            pass: if o.op.starts_with("loss") || o.op.starts_with("optimizer") {
-                "-".into()
-            } else {
-                o.pass.to_string()
-            },
-            calls_per_step: o.calls as f64 / n,
-            seconds_per_step: o.seconds / n,
-            share: 0.0,
-        })
+        .map(|o| row(o.op, &o.pass.to_string(), o.calls, o.seconds))
         .collect();
-    // the forward includes the ops' forward; the backward the ops' backward (and the loss's)
-    let (mut f_ops, mut b_ops) = (0.0, 0.0);
-    for o in &ops {
-        if o.op.starts_with("loss") || o.op.starts_with("optimizer") {
-            continue;
-        }
-        match o.pass {
-            Pass::Forward => f_ops += o.seconds,
-            Pass::Backward => b_ops += o.seconds,
-        }
-    }
-    for (op, pass, rest) in [
-        ("other (candle ops)", "forward", forward - f_ops),
-        ("other (candle ops)", "backward", backward - b_ops),
-    ] {
-        rows.push(ProfileRow {
-            op: op.into(),
-            pass: pass.into(),
-            calls_per_step: 0.0,
-            seconds_per_step: rest.max(0.0) / n,
-            share: 0.0,
-        });
-    }
+    rows.push(row(
+        "loss + metric module",
+        "forward",
+        steps as u64,
+        phase[1],
+    ));
+    rows.push(row("optimizer (SGD)", "-", steps as u64, phase[3]));
+    // the rest: candle's own ops (pooling, casts, the loss's and the metric module's backward,
+    // the gradient store's sums)
+    rows.push(row(
+        "other (candle ops)",
+        "forward",
+        0,
+        phase[0] - op_total(Pass::Forward),
+    ));
+    rows.push(row(
+        "other (candle ops)",
+        "backward",
+        0,
+        phase[2] - op_total(Pass::Backward),
+    ));
     let sum: f64 = rows.iter().map(|r| r.seconds_per_step).sum();
     for r in &mut rows {
         r.share = if sum > 0.0 {
@@ -316,7 +318,6 @@ pub fn profile_steps(
         };
     }
     rows.sort_by(|a, b| b.seconds_per_step.total_cmp(&a.seconds_per_step));
-    tracing::debug!("profiled step: {:.4} s synchronised", total / n);
     Ok(rows)
 }
 

@@ -4,8 +4,8 @@
 use candle_core::{DType, Device};
 use metricunet_core::config::{MetricConfig, PluginSpec};
 use metricunet_train::bench::{
-    compare_steps, one_step, relative_difference, within_rounding, StepCase, StepDifference,
-    StepSnapshot,
+    compare_steps, one_step, profile_steps, relative_difference, within_rounding, StepCase,
+    StepDifference, StepSnapshot,
 };
 use serde_norway::{Mapping, Value};
 
@@ -160,4 +160,45 @@ fn verdict_of_a_device_check() {
     // below the tolerance passes whatever the CPU's error
     assert!(within_rounding(&diff(9e-4), &diff(0.0), 1e-3, 3.0));
     assert!(!within_rounding(&diff(f64::NAN), &diff(1e-4), 1e-3, 3.0));
+}
+
+/// `bench train --profile`: every op of the tiny network shows up with its calls per step
+/// (encoder 4/8, decoder 6: eight 3x3 convolutions and the 1x1 head, one of them reading the
+/// skip concatenation; nine BatchNorm + ReLU; one transposed convolution), the phases and the
+/// rest are there, and the shares add up to one.
+#[test]
+fn profile_names_every_op_once_per_call() {
+    let rows = profile_steps(&case(&["random"]), &Device::Cpu, 1, 2).unwrap();
+    let calls = |op: &str, pass: &str| {
+        rows.iter()
+            .find(|r| r.op == op && r.pass == pass)
+            .map(|r| r.calls_per_step)
+            .unwrap_or_else(|| panic!("no row {op} {pass}: {rows:?}"))
+    };
+    let convs = calls("conv2d-same", "forward");
+    assert_eq!(calls("conv2d-same", "backward"), convs, "{rows:?}");
+    assert_eq!(calls("conv2d-same-cat", "forward"), 1.0, "{rows:?}");
+    assert_eq!(calls("conv-transpose-2x2", "forward"), 1.0, "{rows:?}");
+    assert_eq!(calls("conv-transpose-2x2", "backward"), 1.0, "{rows:?}");
+    assert_eq!(
+        calls("batch-norm-relu", "forward"),
+        calls("batch-norm-relu", "backward"),
+        "{rows:?}"
+    );
+    assert_eq!(calls("loss + metric module", "forward"), 1.0, "{rows:?}");
+    assert_eq!(calls("optimizer (SGD)", "-"), 1.0, "{rows:?}");
+    for pass in ["forward", "backward"] {
+        assert!(rows
+            .iter()
+            .any(|r| r.op == "other (candle ops)" && r.pass == pass));
+    }
+    let total: f64 = rows.iter().map(|r| r.share).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{total}");
+    assert!(rows
+        .windows(2)
+        .all(|w| w[0].seconds_per_step >= w[1].seconds_per_step));
+    assert!(
+        !metricunet_ops::profile::enabled(),
+        "profiling is switched off again"
+    );
 }
