@@ -61,6 +61,33 @@ struct Setup {
 }
 
 impl Setup {
+    /// One training step (forward, loss with the metric module, backward, SGD), each phase
+    /// ended by a wait for the device: their durations in seconds. Without `wait_after_net`
+    /// the forward is not waited for on its own (its time then lands in the loss's, which
+    /// reads the loss value and so waits anyway).
+    fn timed_step(&mut self, device: &Device, wait_after_net: bool) -> Result<[f64; 4]> {
+        device.synchronize()?;
+        let t = Instant::now();
+        let out = self.net.forward_t(&self.x, true)?;
+        if wait_after_net {
+            device.synchronize()?;
+        }
+        let t_net = t.elapsed().as_secs_f64();
+        let step =
+            self.module
+                .step_loss(&out.logits, &out.embedding, &self.labels, &mut self.rng)?;
+        let _ = step.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        device.synchronize()?;
+        let t_loss = t.elapsed().as_secs_f64();
+        let grads = step.total.backward()?;
+        device.synchronize()?;
+        let t_back = t.elapsed().as_secs_f64();
+        self.opt.step(&self.named, &grads, 0.01)?;
+        device.synchronize()?;
+        let t_all = t.elapsed().as_secs_f64();
+        Ok([t_net, t_loss - t_net, t_back - t_loss, t_all - t_back])
+    }
+
     fn new(case: &StepCase, name: &str, device: &Device, dtype: DType) -> Result<Self> {
         let spec = case.stage_spec(name);
         let vars = VarMap::new();
@@ -171,24 +198,11 @@ pub fn time_steps(
         if i == warmup {
             metricunet_ops::device_memory::reset_peaks(device)?;
         }
-        let t = Instant::now();
-        let out = s.net.forward_t(&s.x, true)?;
-        let step = s
-            .module
-            .step_loss(&out.logits, &out.embedding, &s.labels, &mut s.rng)?;
-        let _ = step.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        device.synchronize()?;
-        let t1 = t.elapsed().as_secs_f64();
-        let grads = step.total.backward()?;
-        device.synchronize()?;
-        let t2 = t.elapsed().as_secs_f64();
-        s.opt.step(&s.named, &grads, 0.01)?;
-        device.synchronize()?;
-        let t3 = t.elapsed().as_secs_f64();
+        let [net, loss, back, opt] = s.timed_step(device, false)?;
         if i >= warmup {
-            fw.push(t1);
-            bw.push(t2 - t1);
-            op.push(t3 - t2);
+            fw.push(net + loss);
+            bw.push(back);
+            op.push(opt);
         }
     }
     let step: Vec<f64> = fw
@@ -241,29 +255,9 @@ pub fn profile_steps(
         if i == warmup {
             profile::set_enabled(true);
         }
-        device.synchronize()?;
-        let t = Instant::now();
-        let out = s.net.forward_t(&s.x, true)?;
-        device.synchronize()?;
-        let t_net = t.elapsed().as_secs_f64();
-        let step = s
-            .module
-            .step_loss(&out.logits, &out.embedding, &s.labels, &mut s.rng)?;
-        let _ = step.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        device.synchronize()?;
-        let t_loss = t.elapsed().as_secs_f64();
-        let grads = step.total.backward()?;
-        device.synchronize()?;
-        let t_back = t.elapsed().as_secs_f64();
-        s.opt.step(&s.named, &grads, 0.01)?;
-        device.synchronize()?;
-        let t_all = t.elapsed().as_secs_f64();
+        let times = s.timed_step(device, true)?;
         if i >= warmup {
-            for (acc, d) in
-                phase
-                    .iter_mut()
-                    .zip([t_net, t_loss - t_net, t_back - t_loss, t_all - t_back])
-            {
+            for (acc, d) in phase.iter_mut().zip(times) {
                 *acc += d;
             }
         }
