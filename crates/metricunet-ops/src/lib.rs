@@ -1,10 +1,12 @@
 //! The ops metricunet's networks are built from, beside candle's own: CPU kernels written
 //! for this project's shapes, as candle custom ops with their own backward. Networks (the
 //! backbone plugins) call these; each op has an environment switch back to candle's op for
-//! A/B comparisons (`METRICUNET_CANDLE_CONV`, `METRICUNET_CANDLE_CONVT`,
-//! `METRICUNET_CANDLE_BN`; `METRICUNET_WINOGRAD=0` keeps the direct 3x3 path;
+//! A/B comparisons (`METRICUNET_CANDLE_CONV` for the convolutions and the transposed
+//! convolution, `METRICUNET_CANDLE_BN`; `METRICUNET_WINOGRAD=0` keeps the direct 3x3 path;
 //! `METRICUNET_AVX512=0` makes their matrix products take the gemm crate's AVX2 + FMA kernels,
-//! as on a CPU without AVX-512), and on other devices each falls back to candle's op.
+//! as on a CPU without AVX-512). On CUDA the same convolution is candle's CUDA convolution with
+//! a tensor-level backward and the other ops are candle's, unless a CUDA twin is switched on
+//! (module `cuda`).
 //!
 //! - [`conv`]: the 3x3 / 1x1 "same" convolution and the decoder's convolution that reads the
 //!   skip concatenation from both inputs, without an im2col matrix ([`conv_cpu`] holds the
@@ -14,7 +16,6 @@
 //! - [`bn_relu`]: bias + BatchNorm + ReLU in one pass (training and inference modes).
 //! - [`profile`]: per-op wall time with device waits, for `bench train --profile`.
 //! - [`testing`]: the finite-difference gradient check the ops' and networks' tests share.
-//!
 //! - [`precision`]: strict f32, TF32 or bf16 for the CUDA convolutions (`training.precision`).
 //! - [`device_memory`]: the CUDA memory pool's high-water marks and the switch that keeps it.
 //! - `cuda` (feature `cuda`): the CUDA twins, each behind its own switch, off by default.
