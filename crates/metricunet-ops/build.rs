@@ -40,7 +40,7 @@ fn main() {
             Ok(s) => panic!("{} --ptx {src} failed ({s})", nvcc.display()),
             Err(e) => panic!(
                 "the `cuda` feature compiles {src} with nvcc, but `{}` could not be run: {e}; \
-                 set NVCC or CUDA_HOME (see ../shared/cuda/README.md for a toolkit from PyPI)",
+                 set NVCC or CUDA_HOME to a CUDA toolkit (README.md, Training: Device)",
                 nvcc.display()
             ),
         }
