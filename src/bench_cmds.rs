@@ -208,7 +208,7 @@ pub fn train(args: &TrainBenchArgs) -> Result<String> {
         out.push('\n');
         if args.profile {
             eprintln!("profiling {} at batch {} ...", case.label, case.batch);
-            profiles.push(profile_steps(case, &device, 1, args.steps)?);
+            profiles.push(profile_steps(case, &device, args.warmup, args.steps)?);
         }
         results.push(t);
     }

@@ -48,6 +48,9 @@ fn candle_bn() -> bool {
 
 const OP: &str = "bn-relu";
 
+/// The profile's name of training-mode BatchNorm + ReLU, forward and backward, CPU and CUDA.
+pub(crate) const PROFILE_NAME: &str = "batch-norm-relu";
+
 fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     crate::cpu_values::slice(OP, s, l)
 }
@@ -276,7 +279,7 @@ fn flat_tensor<T: WithDType>(v: Vec<T>) -> Result<Tensor> {
 }
 
 impl ChannelOp for BnRelu {
-    const NAME: &'static str = "batch-norm-relu";
+    const NAME: &'static str = PROFILE_NAME;
 
     /// `gb`: the BatchNorm weight, then the convolution bias (`2 x C`).
     fn forward<T: Float>(&self, x: &[T], gb: &[T], beta: &[T]) -> Vec<T> {
@@ -433,7 +436,7 @@ pub fn bias_batch_norm_relu(
     bn: &BatchNorm,
     train: bool,
 ) -> Result<Tensor> {
-    profile::timed(BnRelu::NAME, Pass::Forward, x.device(), || {
+    profile::timed(PROFILE_NAME, Pass::Forward, x.device(), || {
         forward_op(x, bias, bn, train)
     })
 }

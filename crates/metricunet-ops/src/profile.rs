@@ -108,8 +108,8 @@ pub fn timed<R>(
     Ok(out)
 }
 
-/// Add one call of `seconds` to `op`'s `pass` (for phases the caller times itself).
-pub fn record(op: &'static str, pass: Pass, seconds: f64) {
+/// Add one call of `seconds` to `op`'s `pass`.
+fn record(op: &'static str, pass: Pass, seconds: f64) {
     TABLE.with(|t| {
         let mut t = t.borrow_mut();
         let e = t.entry((op, pass)).or_insert((0, 0.0));

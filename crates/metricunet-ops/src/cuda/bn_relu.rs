@@ -8,7 +8,7 @@ use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::{cuda, device, storage, tensor, view, Kernel};
+use super::{cuda, storage, tensor, view, Kernel};
 use crate::profile::{self, Pass};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/bn_relu.ptx"));
@@ -64,7 +64,7 @@ pub fn statistics(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (guard, l) = storage(OP, x)?;
     let s = cuda(&guard)?;
-    let dev = device(s);
+    let dev = &s.device;
     let sums = dev.alloc_zeros::<f64>(2 * c)?;
     let stats = dev.alloc_zeros::<f64>(2 * c)?;
     let (cc, hw) = (u32_of(c, "channels")?, u32_of(h * w, "H * W")?);
@@ -109,7 +109,7 @@ impl BnReluCuda {
         [(s1, l1), (s2, l2), (s3, l3)]: [(&CudaStorage, &Layout); 3],
     ) -> Result<(CudaStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
-        let dev = device(s1);
+        let dev = &s1.device;
         let (sg, sl) = storage(OP, &self.stats)?;
         let stats = view::<f64>(OP, cuda(&sg)?, sl)?;
         let x = view::<T>(OP, s1, l1)?;
@@ -152,7 +152,7 @@ impl BnReluCuda {
             storage(OP, &self.stats)?,
         ];
         let s0 = cuda(&guards[0].0)?;
-        let dev = device(s0);
+        let dev = &s0.device;
         let xv = view::<T>(OP, s0, guards[0].1)?;
         let gbv = view::<T>(OP, cuda(&guards[1].0)?, guards[1].1)?;
         let yv = view::<T>(OP, cuda(&guards[2].0)?, guards[2].1)?;
@@ -226,14 +226,19 @@ impl CustomOp3 for BnReluCuda {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        profile::timed(OP, Pass::Backward, x.device(), || {
-            let (dx, dgb, dbeta) = match x.dtype() {
-                DType::F32 => self.backward::<f32>(x, gb, res, grad)?,
-                DType::F64 => self.backward::<f64>(x, gb, res, grad)?,
-                other => candle_core::bail!("{OP}: f32 or f64 only, got {other:?}"),
-            };
-            Ok((Some(dx), Some(dgb), Some(dbeta)))
-        })
+        profile::timed(
+            crate::bn_relu::PROFILE_NAME,
+            Pass::Backward,
+            x.device(),
+            || {
+                let (dx, dgb, dbeta) = match x.dtype() {
+                    DType::F32 => self.backward::<f32>(x, gb, res, grad)?,
+                    DType::F64 => self.backward::<f64>(x, gb, res, grad)?,
+                    other => candle_core::bail!("{OP}: f32 or f64 only, got {other:?}"),
+                };
+                Ok((Some(dx), Some(dgb), Some(dbeta)))
+            },
+        )
     }
 }
 

@@ -33,7 +33,7 @@ use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor, WithDType};
 use half::bf16;
 
-use super::{cuda, device, storage, tensor, view};
+use super::{cuda, storage, tensor, view};
 
 const OP: &str = "conv2d-same (cudnn)";
 
@@ -132,8 +132,9 @@ fn plan<T: Planned>(dev: &CudaDevice, dims: [usize; 6]) -> Result<Rc<Plan<T>>> {
             cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
         )
         .map_err(err)?;
+    // FMA math (strict) only matters for f32: f64 has no tensor-core path, and bf16 is asked
+    // for to use the tensor cores
     let math = if tf32 || T::DTYPE != DType::F32 {
-        // f64 never uses tensor cores; bf16 is meant to
         cudnnMathType_t::CUDNN_DEFAULT_MATH
     } else {
         cudnnMathType_t::CUDNN_FMA_MATH
@@ -236,7 +237,7 @@ fn forward_t<T: Planned>(
 ) -> Result<(CudaStorage, Shape)> {
     let d = dims(l1.dims(), l2.dims())?;
     let [n, _, cout, h, w, _] = d;
-    let dev = device(s1);
+    let dev = &s1.device;
     let p = plan::<T>(dev, d)?;
     let x = view::<T>(OP, s1, l1)?;
     let wv = view::<T>(OP, s2, l2)?;
@@ -288,7 +289,7 @@ fn backward_t<T: Planned>(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tens
     let grad = grad.contiguous()?;
     let guards = [storage(OP, x)?, storage(OP, w)?, storage(OP, &grad)?];
     let sx = cuda(&guards[0].0)?;
-    let dev = device(sx);
+    let dev = &sx.device;
     let p = plan::<T>(dev, d)?;
     let xv = view::<T>(OP, sx, guards[0].1)?;
     let wv = view::<T>(OP, cuda(&guards[1].0)?, guards[1].1)?;

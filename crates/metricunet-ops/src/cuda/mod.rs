@@ -1,11 +1,12 @@
 //! The CUDA twins of the CPU ops (feature `cuda`), each behind its own switch and off by
 //! default until measured on a GPU:
 //!
-//! - [`bn_relu`]: BatchNorm (training mode) + ReLU as four small kernels (statistics, forward,
-//!   two backward passes) instead of candle's ~10 kernels per layer (`METRICUNET_CUDA_BN=1`);
+//! - [`bn_relu`]: BatchNorm (training mode) + ReLU as six small kernels (statistics in two,
+//!   forward, backward in three) instead of candle's ~10 kernels per layer
+//!   (`METRICUNET_CUDA_BN=1`);
 //! - `cudnn_conv` (feature `cudnn`): the same convolution's forward, data gradient and filter
 //!   gradient through cuDNN with the algorithm cached per shape and one reused workspace
-//!   (`METRICUNET_CUDNN_CONV=1`; `METRICUNET_CUDNN_TF32=0` for strict f32).
+//!   (`METRICUNET_CUDNN_CONV=1`; strict f32 or TF32 by [`crate::precision`]).
 //!
 //! The helpers here turn candle tensors into cudarc views and device buffers back into tensors.
 
@@ -13,7 +14,6 @@ pub mod bn_relu;
 #[cfg(feature = "cudnn")]
 pub mod cudnn_conv;
 
-use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
 use candle_core::op::BackpropOp;
@@ -78,9 +78,4 @@ pub(crate) fn tensor<T: CudaDType>(
         BackpropOp::none(),
         false,
     )
-}
-
-/// The device of a CUDA storage.
-pub(crate) fn device(s: &CudaStorage) -> &CudaDevice {
-    s.device()
 }
