@@ -36,6 +36,14 @@ class ConvBnRelu(nn.Sequential):
         super().__init__(nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+# (input slices, encoder widths, decoder widths) of `metricunet bench train --models`
+NETWORKS = {
+    "paper": (3, (32, 64, 128, 256), (128, 64, 256)),
+    # the main job's stage-2 network (experiments/quickstart.yaml)
+    "quickstart": (3, (8, 16, 32, 64), (32, 16, 32)),
+}
+
+
 class UNet(nn.Module):
     def __init__(self, cin=3, enc=(32, 64, 128, 256), dec=(128, 64, 256)):
         super().__init__()
@@ -117,7 +125,7 @@ def time_train(args, variant, n, out):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = args.device
-    net = UNet().to(dev).train()
+    net = UNet(*NETWORKS[args.model]).to(dev).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     x, y = batch(n, args.size, dev)
     gen = torch.Generator(device=dev).manual_seed(1)
@@ -150,7 +158,7 @@ def time_train(args, variant, n, out):
             op.append(t3 - t2)
     step = [a + b + c for a, b, c in zip(fw, bw, op)]
     out.put({
-        "label": f"paper {variant}", "batch": n, "size": args.size, "steps": args.steps,
+        "label": f"{args.model} {variant}", "batch": n, "size": args.size, "steps": args.steps,
         "forward_s": statistics.median(fw), "backward_s": statistics.median(bw),
         "optimizer_s": statistics.median(op), "step_s": statistics.median(step),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -164,7 +172,7 @@ def time_infer(args, n, size, out):
     set_tf32(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net = UNet().to(args.device).eval()
+    net = UNet(*NETWORKS[args.model]).to(args.device).eval()
     x = torch.rand(n, 3, size, size).to(args.device)
     ts = []
     with torch.no_grad():
@@ -191,6 +199,9 @@ def in_fresh_process(target, *a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(NETWORKS), default="paper",
+                    help="paper (Table I) or quickstart (the main job's stage-2 network, "
+                         "as `bench train --models quickstart`)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", default="1,8,30")
     ap.add_argument("--variants", default="unet,hcp")
@@ -220,7 +231,7 @@ def main():
         r = in_fresh_process(time_infer, args, n, size)
         results.append(r)
         print(f"| {r['label']} | forward {r['forward_s']:.3f} s | peak {r['peak_rss_mb']:.0f} MB |", flush=True)
-    meta = {"benchmark": "pytorch_reference", "torch": torch.__version__, "device": args.device,
+    meta = {"benchmark": "pytorch_reference", "model": args.model, "torch": torch.__version__, "device": args.device,
             "tf32": args.tf32 if args.device == "cuda" else None, "amp": args.amp,
             "threads": args.threads, "results": results}
     if args.json:

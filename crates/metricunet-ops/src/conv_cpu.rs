@@ -28,11 +28,13 @@ pub trait Elem:
     + std::ops::Add<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
+    + PartialOrd
     + 'static
 {
     const ONE: Self;
     const HALF: Self;
     const NAN: Self;
+    fn is_nan(self) -> bool;
     /// The per-image buffers kept between op calls ([`Scratch`]).
     fn kept() -> &'static Mutex<Vec<Vec<Self>>>;
 }
@@ -41,6 +43,10 @@ impl Elem for f32 {
     const ONE: Self = 1.0;
     const HALF: Self = 0.5;
     const NAN: Self = f32::NAN;
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
     fn kept() -> &'static Mutex<Vec<Vec<Self>>> {
         &KEPT_F32
     }
@@ -49,6 +55,10 @@ impl Elem for f64 {
     const ONE: Self = 1.0;
     const HALF: Self = 0.5;
     const NAN: Self = f64::NAN;
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
     fn kept() -> &'static Mutex<Vec<Vec<Self>>> {
         &KEPT_F64
     }

@@ -2,7 +2,7 @@
 //! for this project's shapes, as candle custom ops with their own backward. Networks (the
 //! backbone plugins) call these; each op has an environment switch back to candle's op for
 //! A/B comparisons (`METRICUNET_CANDLE_CONV` for the convolutions and the transposed
-//! convolution, `METRICUNET_CANDLE_BN`; `METRICUNET_WINOGRAD=0` keeps the direct 3x3 path;
+//! convolution, `METRICUNET_CANDLE_BN`, `METRICUNET_CANDLE_POOL`; `METRICUNET_WINOGRAD=0` keeps the direct 3x3 path;
 //! `METRICUNET_AVX512=0` makes their matrix products take the gemm crate's AVX2 + FMA kernels,
 //! as on a CPU without AVX-512). On CUDA the same convolution is candle's CUDA convolution with
 //! a tensor-level backward and the other ops are candle's, unless a CUDA twin is switched on
@@ -14,6 +14,7 @@
 //!   were measured to win).
 //! - [`conv_transpose`]: the decoder's 2x2 stride-2 transposed convolution with its bias.
 //! - [`bn_relu`]: bias + BatchNorm + ReLU in one pass (training and inference modes).
+//! - [`max_pool`]: the encoder's 2x2 max-pool with its own backward.
 //! - [`profile`]: per-op wall time with device waits, for `bench train --profile`.
 //! - [`testing`]: the finite-difference gradient check the ops' and networks' tests share.
 //! - [`precision`]: strict f32, TF32 or bf16 for the CUDA convolutions (`training.precision`).
@@ -28,6 +29,7 @@ mod cpu_values;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device_memory;
+pub mod max_pool;
 pub mod precision;
 pub mod profile;
 pub mod simd;

@@ -135,11 +135,11 @@ fn conv_same(conv: &Conv2d, x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-/// 2x2 max-pool with stride 2 as reshape + max: candle 0.11's `max_pool2d` backward scales
-/// gradients wrongly (see `shared/notes/stack-facts.md`); this form has the exact gradient.
+/// 2x2 max-pool with stride 2 ([`metricunet_ops::max_pool::max_pool_2x2`]: its own op on the
+/// CPU, reshape + max elsewhere; candle 0.11's `max_pool2d` backward scales gradients wrongly,
+/// see `shared/notes/stack-facts.md`).
 pub fn max_pool_2x2(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    x.reshape((n, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
+    metricunet_ops::max_pool::max_pool_2x2(x)
 }
 
 /// A UNet as in Table I, with any number of levels and widths.
