@@ -13,7 +13,9 @@
 # JSON); PYTHON (default python3) must have torch
 # installed. The release binary is built first. Set ROUNDS (3) / STEPS (3) / STEPS_B1 (10: the
 # steps timed at batch 1, where 3 steps move by 30 %) / WARMUP (1) /
-# BATCHES (1,8,30) / VARIANTS (unet,hcp) / THREADS (2) to change the cases.
+# BATCHES (1,8,30) / VARIANTS (unet,hcp) / THREADS (2) to change the cases, MODEL (paper) to
+# quickstart for the main job's stage-2 network (batch 8 only), INFER=no to leave out the
+# inference pairs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/results}
@@ -24,6 +26,13 @@ warmup=${WARMUP:-1}
 batches=${BATCHES:-1,8,30}
 variants=${VARIANTS:-unet,hcp}
 threads=${THREADS:-2}
+model=${MODEL:-paper}
+infer=${INFER:-yes}
+case "$model" in
+  paper) ;;
+  quickstart) batches=8 ;;
+  *) echo "MODEL=$model: expected paper or quickstart" >&2; exit 2 ;;
+esac
 mkdir -p "$out"
 "$py" -c 'import torch' || { echo "$py has no torch: pip install torch (CPU build)" >&2; exit 1; }
 cargo build --release -p metricunet
@@ -41,13 +50,15 @@ for r in $(seq 1 "$rounds"); do
     for b in ${batches//,/ }; do
       n=$steps
       [ "$b" = 1 ] && n=${STEPS_B1:-10}
-      echo "round $r: paper $v, batch $b ($n steps): candle, then PyTorch"
-      RAYON_NUM_THREADS=$threads "$bin" bench train --models paper --batches "$b" --variants "$v" \
-        --steps "$n" --warmup "$warmup" --json "$tmp/candle_${r}_${v}_$b.json" | grep '^| paper' || true
-      "$py" bench/pytorch_reference.py --threads "$threads" --batches "$b" --variants "$v" \
-        --steps "$n" --warmup "$warmup" --infer no --json "$tmp/torch_${r}_${v}_$b.json" | grep '^| paper' || true
+      echo "round $r: $model $v, batch $b ($n steps): candle, then PyTorch"
+      RAYON_NUM_THREADS=$threads "$bin" bench train --models "$model" --batches "$b" --variants "$v" \
+        --steps "$n" --warmup "$warmup" --json "$tmp/candle_${r}_${v}_$b.json" | grep "^| $model" || true
+      "$py" bench/pytorch_reference.py --model "$model" --threads "$threads" --batches "$b" \
+        --variants "$v" --steps "$n" --warmup "$warmup" --infer no \
+        --json "$tmp/torch_${r}_${v}_$b.json" | grep "^| $model" || true
     done
   done
+  [ "$infer" = no ] && continue
   echo "round $r: inference: candle's whole case, then PyTorch's 1 and 16 slices of 128 x 128"
   RAYON_NUM_THREADS=$threads "$bin" bench infer --json "$tmp/infer_candle_$r.json" \
     | grep -E 'whole case|alone|peak' || true

@@ -79,20 +79,29 @@ fn geometry(x: &[usize], w: &[usize]) -> Result<Geometry> {
 }
 
 /// Input and weight gradient on the CPU.
+/// The gradients of the input and of the kernel, each only where candle's graph tracks that
+/// operand (the first layer's input is data; a detached input or a frozen kernel needs none).
 fn cpu_backward<T: WithDType + Elem>(
     x: &Tensor,
     w: &Tensor,
     grad: &Tensor,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let g = geometry(x.dims(), w.dims())?;
-    let gx = with_values::<T, _, 2>(OP, [grad, w], |[gy, wv]| input_grad(gy, wv, &g))?;
-    let gw = with_values::<T, _, 2>(OP, [x, grad], |[xv, gy]| {
-        weight_grad_parts(&[(xv, g.cin)], gy, &g)
-    })?;
-    Ok((
-        Tensor::from_vec(gx, x.shape(), &Device::Cpu)?,
-        Tensor::from_vec(gw, w.shape(), &Device::Cpu)?,
-    ))
+    let gx = if x.track_op() {
+        let gx = with_values::<T, _, 2>(OP, [grad, w], |[gy, wv]| input_grad(gy, wv, &g))?;
+        Some(Tensor::from_vec(gx, x.shape(), &Device::Cpu)?)
+    } else {
+        None
+    };
+    let gw = if w.track_op() {
+        let gw = with_values::<T, _, 2>(OP, [x, grad], |[xv, gy]| {
+            weight_grad_parts(&[(xv, g.cin)], gy, &g)
+        })?;
+        Some(Tensor::from_vec(gw, w.shape(), &Device::Cpu)?)
+    } else {
+        None
+    };
+    Ok((gx, gw))
 }
 
 impl CustomOp2 for SameConv {
@@ -183,12 +192,11 @@ impl SameConv {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         if x.device().is_cpu() {
-            let (gx, gw) = match x.dtype() {
-                DType::F32 => cpu_backward::<f32>(x, w, grad)?,
-                DType::F64 => cpu_backward::<f64>(x, w, grad)?,
+            return match x.dtype() {
+                DType::F32 => cpu_backward::<f32>(x, w, grad),
+                DType::F64 => cpu_backward::<f64>(x, w, grad),
                 other => candle_core::bail!("conv2d-same: f32 or f64 only, got {other:?}"),
             };
-            return Ok((Some(gx), Some(gw)));
         }
         #[cfg(feature = "cudnn")]
         if crate::cuda::cudnn_conv::enabled() {
@@ -438,5 +446,47 @@ mod tests {
         };
         let (x, y) = (run(true), run(false));
         assert_close(&["output", "d a", "d b", "d w"], &x, &y, 1e-12);
+    }
+
+    /// An input the graph does not track (data, or detached) gets no gradient, and the
+    /// kernel's gradient is the same as with a tracked input; a constant kernel likewise.
+    #[test]
+    fn untracked_operands_get_no_gradient() {
+        let x = crate::testing::random(2 * 3 * 5 * 6, 12);
+        let w = crate::testing::random(4 * 3 * 3 * 3, 13);
+        let up = Tensor::from_vec(
+            crate::testing::random(2 * 4 * 5 * 6, 14),
+            (2, 4, 5, 6),
+            &Device::Cpu,
+        )
+        .expect("up");
+        let grads = |x_var: bool, w_var: bool| {
+            let xt = candle_core::Var::from_vec(x.clone(), (2, 3, 5, 6), &Device::Cpu).expect("x");
+            let wt = candle_core::Var::from_vec(w.clone(), (4, 3, 3, 3), &Device::Cpu).expect("w");
+            let xa = if x_var {
+                xt.as_tensor().clone()
+            } else {
+                xt.as_tensor().detach()
+            };
+            let wa = if w_var {
+                wt.as_tensor().clone()
+            } else {
+                wt.as_tensor().detach()
+            };
+            let g = conv2d_same(&xa, &wa)
+                .and_then(|y| y * &up)
+                .and_then(|p| p.sum_all())
+                .and_then(|l| l.backward())
+                .expect("backward");
+            (g.get(&xa).map(flat), g.get(&wa).map(flat))
+        };
+        let (gx, gw) = grads(true, true);
+        let (no_x, gw_alone) = grads(false, true);
+        assert!(no_x.is_none(), "an untracked input got a gradient");
+        assert_eq!(gw_alone, gw);
+        let (gx_alone, no_w) = grads(true, false);
+        assert!(no_w.is_none(), "a constant kernel got a gradient");
+        assert_eq!(gx_alone, gx);
+        assert!(gx.is_some_and(|g| g.iter().any(|v| *v != 0.0)));
     }
 }
