@@ -28,9 +28,10 @@ use candle_nn::{BatchNorm, ModuleT};
 use rayon::prelude::*;
 
 use crate::conv_cpu::Elem;
-use crate::cpu_values::{dense, env_flag, with_values};
+use crate::cpu_values::{dense, env_flag, with_values, written_in_full};
 use crate::profile::{self, Pass};
 use crate::simd::vectorised;
+use std::mem::MaybeUninit;
 
 /// Per-channel batch statistics, kept by the op for its backward.
 struct BnRelu {
@@ -123,9 +124,9 @@ fn channel_sums<T: Elem + Into<f64>>(x: &[T], (c, hw, ch): (usize, usize, usize)
 /// `y = max(0, x a + b)` over one plane; inlined into each instruction set's copy
 /// ([`vectorised`]).
 #[inline(always)]
-fn affine_relu_plane<T: Float>(y: &mut [T], x: &[T], a: f64, b: f64) {
+fn affine_relu_plane<T: Float>(y: &mut [MaybeUninit<T>], x: &[T], a: f64, b: f64) {
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = T::from_f64((v.into() * a + b).max(0.0));
+        o.write(T::from_f64((v.into() * a + b).max(0.0)));
     }
 }
 
@@ -162,23 +163,27 @@ fn masked_sums<T: Float>(
 /// ([`vectorised`]).
 #[inline(always)]
 fn bn_relu_grad_plane<T: Float>(
-    dx: &mut [T],
+    dx: &mut [MaybeUninit<T>],
     [x, y, dy]: [&[T]; 3],
     [mu, is, k, mb, mg]: [f64; 5],
 ) {
     for (((o, &xv), &yv), &gv) in dx.iter_mut().zip(x).zip(y).zip(dy) {
         let g = if yv.into() > 0.0 { gv.into() } else { 0.0 };
         let xhat = (xv.into() - mu) * is;
-        *o = T::from_f64(k * (g - mb - xhat * mg));
+        o.write(T::from_f64(k * (g - mb - xhat * mg)));
     }
 }
 
 /// The input gradient of `max(0, x k + b)` over one plane: `dy k` where `y > 0`, else 0;
 /// inlined into each instruction set's copy ([`vectorised`]).
 #[inline(always)]
-fn relu_grad_plane<T: Float>(dx: &mut [T], y: &[T], dy: &[T], k: f64) {
+fn relu_grad_plane<T: Float>(dx: &mut [MaybeUninit<T>], y: &[T], dy: &[T], k: f64) {
     for ((o, &yv), &gv) in dx.iter_mut().zip(y).zip(dy) {
-        *o = T::from_f64(if yv.into() > 0.0 { gv.into() * k } else { 0.0 });
+        o.write(T::from_f64(if yv.into() > 0.0 {
+            gv.into() * k
+        } else {
+            0.0
+        }));
     }
 }
 
@@ -285,20 +290,22 @@ impl ChannelOp for BnRelu {
     fn forward<T: Float>(&self, x: &[T], gb: &[T], beta: &[T]) -> Vec<T> {
         let c = self.mean.len();
         let gamma = &gb[..c];
-        let mut y = vec![T::default(); x.len()];
-        y.par_chunks_mut(self.hw)
-            .zip(x.par_chunks(self.hw))
-            .enumerate()
-            .for_each(|(block, (yb, xb))| {
-                let ch = block % c;
-                let scale = gamma[ch].into() * self.invstd[ch];
-                let shift = beta[ch].into() - self.mean[ch] * scale;
-                vectorised(
-                    #[inline(always)]
-                    || affine_relu_plane(yb, xb, scale, shift),
-                )
-            });
-        y
+        let fill = |y: &mut [MaybeUninit<T>]| {
+            y.par_chunks_mut(self.hw)
+                .zip(x.par_chunks(self.hw))
+                .enumerate()
+                .for_each(|(block, (yb, xb))| {
+                    let ch = block % c;
+                    let scale = gamma[ch].into() * self.invstd[ch];
+                    let shift = beta[ch].into() - self.mean[ch] * scale;
+                    vectorised(
+                        #[inline(always)]
+                        || affine_relu_plane(yb, xb, scale, shift),
+                    )
+                })
+        };
+        // SAFETY: the planes cover the output, each written in full
+        unsafe { written_in_full(x.len(), fill) }
     }
 
     /// (dx, [dgamma, dbias = 0], dbeta).
@@ -318,19 +325,22 @@ impl ChannelOp for BnRelu {
                 (sg, sgx * self.invstd[ch])
             })
             .unzip();
-        let mut dx = vec![T::default(); x.len()];
-        dx.par_chunks_mut(hw).enumerate().for_each(|(block, out)| {
-            let ch = block % c;
-            let at = block * hw;
-            let (mu, is) = (self.mean[ch], self.invstd[ch]);
-            let k = gamma[ch].into() * is;
-            let (mb, mg) = (dbeta[ch] / m, dgamma[ch] / m);
-            let (xb, yb, dyb) = (&x[at..][..hw], &y[at..][..hw], &dy[at..][..hw]);
-            vectorised(
-                #[inline(always)]
-                || bn_relu_grad_plane(out, [xb, yb, dyb], [mu, is, k, mb, mg]),
-            )
-        });
+        let fill = |dx: &mut [MaybeUninit<T>]| {
+            dx.par_chunks_mut(hw).enumerate().for_each(|(block, out)| {
+                let ch = block % c;
+                let at = block * hw;
+                let (mu, is) = (self.mean[ch], self.invstd[ch]);
+                let k = gamma[ch].into() * is;
+                let (mb, mg) = (dbeta[ch] / m, dgamma[ch] / m);
+                let (xb, yb, dyb) = (&x[at..][..hw], &y[at..][..hw], &dy[at..][..hw]);
+                vectorised(
+                    #[inline(always)]
+                    || bn_relu_grad_plane(out, [xb, yb, dyb], [mu, is, k, mb, mg]),
+                )
+            })
+        };
+        // SAFETY: the planes cover the input gradient, each written in full
+        let dx = unsafe { written_in_full(x.len(), fill) };
         let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect::<Vec<T>>();
         let mut dgb = cast(dgamma);
         dgb.resize(2 * c, T::default());
@@ -353,18 +363,20 @@ impl ChannelOp for AffineRelu {
 
     fn forward<T: Float>(&self, x: &[T], scale: &[T], shift: &[T]) -> Vec<T> {
         let c = scale.len();
-        let mut y = vec![T::default(); x.len()];
-        y.par_chunks_mut(self.hw)
-            .zip(x.par_chunks(self.hw))
-            .enumerate()
-            .for_each(|(block, (yb, xb))| {
-                let (a, b) = (scale[block % c].into(), shift[block % c].into());
-                vectorised(
-                    #[inline(always)]
-                    || affine_relu_plane(yb, xb, a, b),
-                )
-            });
-        y
+        let fill = |y: &mut [MaybeUninit<T>]| {
+            y.par_chunks_mut(self.hw)
+                .zip(x.par_chunks(self.hw))
+                .enumerate()
+                .for_each(|(block, (yb, xb))| {
+                    let (a, b) = (scale[block % c].into(), shift[block % c].into());
+                    vectorised(
+                        #[inline(always)]
+                        || affine_relu_plane(yb, xb, a, b),
+                    )
+                })
+        };
+        // SAFETY: the planes cover the output, each written in full
+        unsafe { written_in_full(x.len(), fill) }
     }
 
     /// (dx, dscale, dshift).
@@ -379,15 +391,18 @@ impl ChannelOp for AffineRelu {
                 )
             })
             .unzip();
-        let mut dx = vec![T::default(); x.len()];
-        dx.par_chunks_mut(hw).enumerate().for_each(|(block, out)| {
-            let k = scale[block % c].into();
-            let at = block * hw;
-            vectorised(
-                #[inline(always)]
-                || relu_grad_plane(out, &y[at..][..hw], &dy[at..][..hw], k),
-            )
-        });
+        let fill = |dx: &mut [MaybeUninit<T>]| {
+            dx.par_chunks_mut(hw).enumerate().for_each(|(block, out)| {
+                let k = scale[block % c].into();
+                let at = block * hw;
+                vectorised(
+                    #[inline(always)]
+                    || relu_grad_plane(out, &y[at..][..hw], &dy[at..][..hw], k),
+                )
+            })
+        };
+        // SAFETY: the planes cover the input gradient, each written in full
+        let dx = unsafe { written_in_full(x.len(), fill) };
         let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect::<Vec<T>>();
         [dx, cast(dscale), cast(dshift)]
     }

@@ -15,7 +15,10 @@
 
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
+
+use crate::cpu_values::written_in_full;
 
 /// f32 or f64.
 pub trait Elem:
@@ -227,23 +230,30 @@ impl Geometry {
 }
 
 /// Zero-padded copy of `c` channels of one `h x w` image into `dst` (`c * stride` values,
-/// already zero).
+/// every one written: the border and the tail zeros, the image copied inside).
 fn pad<T: Elem>(src: &[T], c: usize, g: &Geometry, dst: &mut [T]) {
-    let (p, wp, s) = (g.p(), g.wp(), g.stride());
+    let (p, w, wp, s) = (g.p(), g.w, g.wp(), g.stride());
+    let zero = T::default();
     for ch in 0..c {
+        let plane = &mut dst[ch * s..][..s];
+        // the top rows and the left border of the first image row
+        plane[..p * wp + p].fill(zero);
         for y in 0..g.h {
-            let from = &src[(ch * g.h + y) * g.w..][..g.w];
-            dst[ch * s + (y + p) * wp + p..][..g.w].copy_from_slice(from);
+            let at = (y + p) * wp + p;
+            plane[at..][..w].copy_from_slice(&src[(ch * g.h + y) * w..][..w]);
+            // this row's right border and the next row's left border
+            plane[at + w..][..2 * p].fill(zero);
         }
+        // the bottom rows (after the last row's right border) and the tail
+        plane[(g.h + p) * wp + p..].fill(zero);
     }
 }
 
 /// Image `i` of a batch given as channel groups `(values, channels)` (the channels of a
-/// concatenation, in order), zero-padded (`channels * stride` values).
-fn padded_image<T: Elem>(parts: &[(&[T], usize)], i: usize, g: &Geometry) -> Vec<T> {
+/// concatenation, in order), zero-padded into `padded` (`channels * stride` values, all
+/// written).
+fn padded_image<T: Elem>(parts: &[(&[T], usize)], i: usize, g: &Geometry, padded: &mut [T]) {
     let hw = g.h * g.w;
-    let total: usize = parts.iter().map(|p| p.1).sum();
-    let mut padded = vec![T::default(); total * g.stride()];
     let mut at = 0;
     for &(batch, c) in parts {
         pad(
@@ -254,15 +264,14 @@ fn padded_image<T: Elem>(parts: &[(&[T], usize)], i: usize, g: &Geometry) -> Vec
         );
         at += c;
     }
-    padded
 }
 
 /// The valid columns of a wide `c x h x wp` result into `c x h x w`.
-fn unwide<T: Elem>(wide: &[T], c: usize, g: &Geometry, dst: &mut [T]) {
+fn unwide<T: Elem>(wide: &[T], c: usize, g: &Geometry, dst: &mut [MaybeUninit<T>]) {
     let (wp, n) = (g.wp(), g.wide());
     for ch in 0..c {
         for y in 0..g.h {
-            dst[(ch * g.h + y) * g.w..][..g.w].copy_from_slice(&wide[ch * n + y * wp..][..g.w]);
+            dst[(ch * g.h + y) * g.w..][..g.w].write_copy_of_slice(&wide[ch * n + y * wp..][..g.w]);
         }
     }
 }
@@ -652,21 +661,27 @@ fn conv_batch<T: Elem>(
 ) -> Vec<T> {
     let (hw, n) = (g.h * g.w, g.wide());
     let c_from: usize = input.iter().map(|p| p.1).sum();
-    let mut out = vec![T::default(); g.batch * c_to * hw];
-    let ptr = OutPtr(out.as_mut_ptr());
-    let wides = Scratch::new(g.batch);
-    for_images(g.batch, |i, par| {
-        let padded = padded_image(input, i, g);
-        // the first tap's product overwrites every value of `wide`
-        wides.with(c_to * n, |wide: &mut [T]| {
-            conv_wide(weights, view, &padded, c_to, c_from, g, wide, par);
-            // SAFETY: image i owns out[i * c_to * hw .. (i + 1) * c_to * hw]
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(ptr.get().add(i * c_to * hw), c_to * hw) };
-            unwide(wide, c_to, g, dst);
-        });
-    });
-    out
+    let (wides, pads) = (Scratch::new(g.batch), Scratch::new(g.batch));
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        let ptr = OutPtr(out.as_mut_ptr());
+        for_images(g.batch, |i, par| {
+            // `padded_image` writes every value of `padded`, the first tap's product every
+            // value of `wide`
+            pads.with(c_from * g.stride(), |padded: &mut [T]| {
+                padded_image(input, i, g, padded);
+                wides.with(c_to * n, |wide: &mut [T]| {
+                    conv_wide(weights, view, padded, c_to, c_from, g, wide, par);
+                    // SAFETY: image i owns out[i * c_to * hw .. (i + 1) * c_to * hw]
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(ptr.get().add(i * c_to * hw), c_to * hw)
+                    };
+                    unwide(wide, c_to, g, dst);
+                })
+            })
+        })
+    };
+    // SAFETY: each image's `unwide` writes its c_to x h x w values, the images cover `out`
+    unsafe { written_in_full(g.batch * c_to * hw, fill) }
 }
 
 /// Forward: `x (N, cin, H, W)`, `w (cout, cin, k, k)` -> `(N, cout, H, W)`.
@@ -706,45 +721,69 @@ pub fn weight_grad<T: Elem>(x: &[T], grad: &[T], g: &Geometry) -> Vec<T> {
 
 /// [`weight_grad`] with the input given as channel groups (see [`forward_parts`]).
 pub fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry) -> Vec<T> {
-    let (hw, s, n, kk) = (g.h * g.w, g.stride(), g.wide(), g.taps());
+    let (s, n, kk) = (g.stride(), g.wide(), g.taps());
     let len = g.cout * g.cin * kk;
+    let (pads, wides) = (Scratch::new(g.batch), Scratch::new(g.batch));
     // one image's contribution, accumulated into `acc`
     let add_image = |i: usize, acc: &mut [T], par: Parallelism| {
-        let padded = padded_image(x, i, g);
-        // the output gradient on the wide grid, zero in the discarded columns
-        let mut wide = vec![T::default(); g.cout * n];
-        let gi = &grad[i * g.cout * hw..][..g.cout * hw];
-        for o in 0..g.cout {
-            for y in 0..g.h {
-                wide[o * n + y * g.wp()..][..g.w]
-                    .copy_from_slice(&gi[(o * g.h + y) * g.w..][..g.w]);
-            }
-        }
-        let acc_ptr = OutPtr(acc.as_mut_ptr());
-        let tap = |t: usize, par: Parallelism| {
-            // SAFETY: acc's (o, c) at t + o * cin * kk + c * kk < len; wide's (o, j) < cout * n;
-            // padded's (j, c) at c * s + j + tap_offset(t) < cin * s (as in `conv_wide`).
-            // Different taps write disjoint elements of acc (offset t, stride kk).
-            unsafe {
-                matmul(
-                    (g.cout, g.cin, n),
-                    (acc_ptr.get().add(t), (g.cin * kk) as isize, kk as isize),
-                    true,
-                    (wide.as_ptr(), n as isize, 1),
-                    (padded.as_ptr().add(g.tap_offset(t)), 1, s as isize),
-                    par,
-                );
-            }
-        };
-        match par {
-            // fewer images than threads: the taps over the threads
-            Parallelism::Rayon(_) if kk > 1 => (0..kk)
-                .into_par_iter()
-                .for_each(|t| tap(t, Parallelism::None)),
-            _ => (0..kk).for_each(|t| tap(t, par)),
-        }
+        // both written in full below
+        pads.with(g.cin * s, |padded: &mut [T]| {
+            wides.with(g.cout * n, |wide: &mut [T]| {
+                add_padded((x, grad, g), i, padded, wide, acc, par)
+            })
+        })
     };
     sum_over_images(g.batch, len, add_image)
+}
+
+/// The operands of [`weight_grad_parts`]: the input's channel groups, the output gradient,
+/// the geometry.
+type WeightGradOperands<'a, T> = (&'a [(&'a [T], usize)], &'a [T], &'a Geometry);
+
+/// Image `i`'s part of [`weight_grad_parts`], added into `acc`, with `padded` (`cin * stride`)
+/// and `wide` (`cout * h * wp`) to write into.
+fn add_padded<T: Elem>(
+    (x, grad, g): WeightGradOperands<'_, T>,
+    i: usize,
+    padded: &mut [T],
+    wide: &mut [T],
+    acc: &mut [T],
+    par: Parallelism,
+) {
+    let (hw, s, n, kk) = (g.h * g.w, g.stride(), g.wide(), g.taps());
+    padded_image(x, i, g, padded);
+    // the output gradient on the wide grid, zero in the discarded columns
+    let gi = &grad[i * g.cout * hw..][..g.cout * hw];
+    for o in 0..g.cout {
+        for y in 0..g.h {
+            let row = &mut wide[o * n + y * g.wp()..][..g.wp()];
+            row[..g.w].copy_from_slice(&gi[(o * g.h + y) * g.w..][..g.w]);
+            row[g.w..].fill(T::default());
+        }
+    }
+    let acc_ptr = OutPtr(acc.as_mut_ptr());
+    let tap = |t: usize, par: Parallelism| {
+        // SAFETY: acc's (o, c) at t + o * cin * kk + c * kk < len; wide's (o, j) < cout * n;
+        // padded's (j, c) at c * s + j + tap_offset(t) < cin * s (as in `conv_wide`).
+        // Different taps write disjoint elements of acc (offset t, stride kk).
+        unsafe {
+            matmul(
+                (g.cout, g.cin, n),
+                (acc_ptr.get().add(t), (g.cin * kk) as isize, kk as isize),
+                true,
+                (wide.as_ptr(), n as isize, 1),
+                (padded.as_ptr().add(g.tap_offset(t)), 1, s as isize),
+                par,
+            );
+        }
+    };
+    match par {
+        // fewer images than threads: the taps over the threads
+        Parallelism::Rayon(_) if kk > 1 => (0..kk)
+            .into_par_iter()
+            .for_each(|t| tap(t, Parallelism::None)),
+        _ => (0..kk).for_each(|t| tap(t, par)),
+    }
 }
 
 #[cfg(test)]

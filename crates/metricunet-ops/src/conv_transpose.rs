@@ -24,9 +24,10 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
-use crate::conv_cpu::{for_images, matmul, sum_over_images, Elem, OutPtr};
-use crate::cpu_values::{dense, env_flag, with_values};
+use crate::conv_cpu::{for_images, matmul, sum_over_images, Elem, OutPtr, Scratch};
+use crate::cpu_values::{dense, env_flag, with_values, written_in_full};
 use crate::profile::{self, Pass};
+use std::mem::MaybeUninit;
 
 const OP: &str = "conv-transpose-2x2";
 
@@ -68,7 +69,7 @@ impl Shapes {
 }
 
 /// Scatter `z (4 Cout x HW)` plus the bias into one output image `(Cout, 2H, 2W)`.
-fn scatter<T: Elem>(z: &[T], bias: &[T], s: &Shapes, out: &mut [T]) {
+fn scatter<T: Elem>(z: &[T], bias: &[T], s: &Shapes, out: &mut [MaybeUninit<T>]) {
     let (hw, w2) = (s.hw(), 2 * s.w);
     for o in 0..s.cout {
         let plane = &mut out[o * 4 * hw..][..4 * hw];
@@ -80,7 +81,7 @@ fn scatter<T: Elem>(z: &[T], bias: &[T], s: &Shapes, out: &mut [T]) {
                 for (j, &v) in row[i * s.w..][..s.w].iter().enumerate() {
                     let mut y = bias[o];
                     y += v;
-                    dst[2 * j] = y;
+                    dst[2 * j].write(y);
                 }
             }
         }
@@ -108,72 +109,87 @@ fn gather<T: Elem>(grad: &[T], s: &Shapes, g: &mut [T]) {
 /// Forward: `x (N, Cin, H, W)`, `w (Cin, Cout, 2, 2)`, `bias (Cout)` -> `(N, Cout, 2H, 2W)`.
 fn forward<T: Elem>(x: &[T], w: &[T], bias: &[T], s: &Shapes) -> Vec<T> {
     let (hw, rows) = (s.hw(), s.rows());
-    let mut out = vec![T::default(); s.batch * rows * hw];
-    let ptr = OutPtr(out.as_mut_ptr());
-    for_images(s.batch, |i, par| {
-        let mut z = vec![T::default(); rows * hw];
-        let xi = &x[i * s.cin * hw..][..s.cin * hw];
-        // SAFETY: W^T's (r, c) at c * rows + r < cin * rows = w.len(); x_i's (c, j) at
-        // c * hw + j < cin * hw; z is rows x hw.
-        unsafe {
-            matmul(
-                (rows, hw, s.cin),
-                (z.as_mut_ptr(), hw as isize, 1),
-                false,
-                (w.as_ptr(), 1, rows as isize),
-                (xi.as_ptr(), hw as isize, 1),
-                par,
-            );
-        }
-        // SAFETY: image i owns out[i * rows * hw .. (i + 1) * rows * hw]
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(ptr.get().add(i * rows * hw), rows * hw) };
-        scatter(&z, bias, s, dst);
-    });
-    out
+    let zs = Scratch::new(s.batch);
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        let ptr = OutPtr(out.as_mut_ptr());
+        for_images(s.batch, |i, par| {
+            // written in full by the product (no accumulation)
+            zs.with(rows * hw, |z: &mut [T]| {
+                let xi = &x[i * s.cin * hw..][..s.cin * hw];
+                // SAFETY: W^T's (r, c) at c * rows + r < cin * rows = w.len(); x_i's (c, j)
+                // at c * hw + j < cin * hw; z is rows x hw.
+                unsafe {
+                    matmul(
+                        (rows, hw, s.cin),
+                        (z.as_mut_ptr(), hw as isize, 1),
+                        false,
+                        (w.as_ptr(), 1, rows as isize),
+                        (xi.as_ptr(), hw as isize, 1),
+                        par,
+                    );
+                }
+                // SAFETY: image i owns out[i * rows * hw .. (i + 1) * rows * hw]
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(ptr.get().add(i * rows * hw), rows * hw)
+                };
+                scatter(z, bias, s, dst);
+            })
+        })
+    };
+    // SAFETY: each image's scatter writes its (Cout, 2H, 2W) block in full (the 2 x 2 blocks
+    // of the four taps tile it)
+    unsafe { written_in_full(s.batch * rows * hw, fill) }
 }
 
 /// Backward: (dx, dw, dbias) from the output gradient.
 fn backward<T: Elem>(x: &[T], w: &[T], grad: &[T], s: &Shapes) -> [Vec<T>; 3] {
     let (hw, rows) = (s.hw(), s.rows());
-    let mut dx = vec![T::default(); s.batch * s.cin * hw];
-    let ptr = OutPtr(dx.as_mut_ptr());
     let (wlen, blen) = (s.cin * rows, s.cout);
-    // image i: its dx, and its dW and dbias added to the accumulator `[dW, dbias]`
-    let image = |i: usize, acc: &mut [T], par: Parallelism| {
-        let (dw, db) = acc.split_at_mut(wlen);
-        let mut g = vec![T::default(); rows * hw];
-        gather(&grad[i * rows * hw..][..rows * hw], s, &mut g);
-        let xi = &x[i * s.cin * hw..][..s.cin * hw];
-        // SAFETY: image i owns dx[i * cin * hw .. (i + 1) * cin * hw]; W's (c, r) at
-        // c * rows + r < w.len(); G's (r, j) at r * hw + j < rows * hw; x_i's (c, j) likewise;
-        // G^T's (j, r) at r * hw + j; dW is cin x rows, laid out as w.
-        unsafe {
-            let dxi = ptr.get().add(i * s.cin * hw);
-            matmul(
-                (s.cin, hw, rows),
-                (dxi, hw as isize, 1),
-                false,
-                (w.as_ptr(), rows as isize, 1),
-                (g.as_ptr(), hw as isize, 1),
-                par,
-            );
-            matmul(
-                (s.cin, rows, hw),
-                (dw.as_mut_ptr(), rows as isize, 1),
-                true,
-                (xi.as_ptr(), hw as isize, 1),
-                (g.as_ptr(), 1, hw as isize),
-                par,
-            );
-        }
-        for (o, sum) in db.iter_mut().enumerate() {
-            for v in &g[4 * o * hw..][..4 * hw] {
-                *sum += *v;
-            }
-        }
+    let gs = Scratch::new(s.batch);
+    let mut dw = Vec::new();
+    let fill = |dx: &mut [MaybeUninit<T>]| {
+        let ptr = OutPtr(dx.as_mut_ptr().cast::<T>());
+        // image i: its dx, and its dW and dbias added to the accumulator `[dW, dbias]`
+        let image = |i: usize, acc: &mut [T], par: Parallelism| {
+            let (dw, db) = acc.split_at_mut(wlen);
+            // written in full by the gather
+            gs.with(rows * hw, |g: &mut [T]| {
+                gather(&grad[i * rows * hw..][..rows * hw], s, g);
+                let xi = &x[i * s.cin * hw..][..s.cin * hw];
+                // SAFETY: image i owns dx[i * cin * hw .. (i + 1) * cin * hw], written (not
+                // read: no accumulation) by the first product; W's (c, r) at c * rows + r <
+                // w.len(); G's (r, j) at r * hw + j < rows * hw; x_i's (c, j) likewise; G^T's
+                // (j, r) at r * hw + j; dW is cin x rows, laid out as w.
+                unsafe {
+                    let dxi = ptr.get().add(i * s.cin * hw);
+                    matmul(
+                        (s.cin, hw, rows),
+                        (dxi, hw as isize, 1),
+                        false,
+                        (w.as_ptr(), rows as isize, 1),
+                        (g.as_ptr(), hw as isize, 1),
+                        par,
+                    );
+                    matmul(
+                        (s.cin, rows, hw),
+                        (dw.as_mut_ptr(), rows as isize, 1),
+                        true,
+                        (xi.as_ptr(), hw as isize, 1),
+                        (g.as_ptr(), 1, hw as isize),
+                        par,
+                    );
+                }
+                for (o, sum) in db.iter_mut().enumerate() {
+                    for v in &g[4 * o * hw..][..4 * hw] {
+                        *sum += *v;
+                    }
+                }
+            })
+        };
+        dw = sum_over_images(s.batch, wlen + blen, image);
     };
-    let mut dw = sum_over_images(s.batch, wlen + blen, image);
+    // SAFETY: each image's first product writes its cin x hw block of dx; the images cover it
+    let dx = unsafe { written_in_full(s.batch * s.cin * hw, fill) };
     let db = dw.split_off(wlen);
     [dx, dw, db]
 }

@@ -21,8 +21,9 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, T
 use rayon::prelude::*;
 
 use crate::conv_cpu::Elem;
-use crate::cpu_values::{dense, env_flag, with_values};
+use crate::cpu_values::{dense, env_flag, with_values, written_in_full};
 use crate::profile::{self, Pass};
+use std::mem::MaybeUninit;
 
 const OP: &str = "max-pool-2x2";
 
@@ -42,7 +43,7 @@ fn max2<T: Elem>(a: T, b: T) -> T {
 }
 
 /// Pooled output of one `(h, w)` plane into `out` (`h/2 x w/2`); `rows` holds `w` values.
-fn pool_plane<T: Elem>(x: &[T], w: usize, out: &mut [T], rows: &mut [T]) {
+fn pool_plane<T: Elem>(x: &[T], w: usize, out: &mut [MaybeUninit<T>], rows: &mut [T]) {
     let w2 = w / 2;
     for (i, o) in out.chunks_exact_mut(w2).enumerate() {
         let (top, bottom) = (&x[2 * i * w..][..w], &x[(2 * i + 1) * w..][..w]);
@@ -51,14 +52,21 @@ fn pool_plane<T: Elem>(x: &[T], w: usize, out: &mut [T], rows: &mut [T]) {
             *r = max2(t, b);
         }
         for (y, pair) in o.iter_mut().zip(rows.chunks_exact(2)) {
-            *y = max2(pair[0], pair[1]);
+            y.write(max2(pair[0], pair[1]));
         }
     }
 }
 
 /// Input gradient of one plane: `dx = dy * (x == y)` per window; `spread` holds `2 w` values
 /// (the output row and its gradient, each value twice).
-fn backward_plane<T: Elem>(x: &[T], y: &[T], dy: &[T], w: usize, dx: &mut [T], spread: &mut [T]) {
+fn backward_plane<T: Elem>(
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    w: usize,
+    dx: &mut [MaybeUninit<T>],
+    spread: &mut [T],
+) {
     let w2 = w / 2;
     let zero = T::default();
     let (ys, gs) = spread.split_at_mut(w);
@@ -74,7 +82,7 @@ fn backward_plane<T: Elem>(x: &[T], y: &[T], dy: &[T], w: usize, dx: &mut [T], s
         for r in 2 * i..2 * i + 2 {
             let (xr, dr) = (&x[r * w..][..w], &mut dx[r * w..][..w]);
             for ((d, &xv), (&yv, &g)) in dr.iter_mut().zip(xr).zip(ys.iter().zip(gs.iter())) {
-                *d = if xv == yv { g } else { zero };
+                d.write(if xv == yv { g } else { zero });
             }
         }
     }
@@ -87,40 +95,44 @@ fn planes_per_task(len: usize) -> usize {
 
 fn forward<T: Elem>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
     let (len, out_len) = (h * w, (h / 2) * (w / 2));
-    let mut out = vec![T::default(); planes * out_len];
     let per = planes_per_task(len);
-    out.par_chunks_mut(per * out_len)
-        .zip(x.par_chunks(per * len))
-        .for_each(|(o, xs)| {
-            let mut rows = vec![T::default(); w];
-            for (op, xp) in o.chunks_exact_mut(out_len).zip(xs.chunks_exact(len)) {
-                pool_plane(xp, w, op, &mut rows);
-            }
-        });
-    out
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        out.par_chunks_mut(per * out_len)
+            .zip(x.par_chunks(per * len))
+            .for_each(|(o, xs)| {
+                let mut rows = vec![T::default(); w];
+                for (op, xp) in o.chunks_exact_mut(out_len).zip(xs.chunks_exact(len)) {
+                    pool_plane(xp, w, op, &mut rows);
+                }
+            })
+    };
+    // SAFETY: every plane's every output row is written
+    unsafe { written_in_full(planes * out_len, fill) }
 }
 
 fn backward<T: Elem>(x: &[T], y: &[T], dy: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
     let (len, out_len) = (h * w, (h / 2) * (w / 2));
-    let mut dx = vec![T::default(); planes * len];
     let per = planes_per_task(len);
-    dx.par_chunks_mut(per * len)
-        .zip(x.par_chunks(per * len))
-        .zip(
-            y.par_chunks(per * out_len)
-                .zip(dy.par_chunks(per * out_len)),
-        )
-        .for_each(|((d, xs), (ys, gs))| {
-            let mut spread = vec![T::default(); 2 * w];
-            let parts = d
-                .chunks_exact_mut(len)
-                .zip(xs.chunks_exact(len))
-                .zip(ys.chunks_exact(out_len).zip(gs.chunks_exact(out_len)));
-            for ((dp, xp), (yp, gp)) in parts {
-                backward_plane(xp, yp, gp, w, dp, &mut spread);
-            }
-        });
-    dx
+    let fill = |dx: &mut [MaybeUninit<T>]| {
+        dx.par_chunks_mut(per * len)
+            .zip(x.par_chunks(per * len))
+            .zip(
+                y.par_chunks(per * out_len)
+                    .zip(dy.par_chunks(per * out_len)),
+            )
+            .for_each(|((d, xs), (ys, gs))| {
+                let mut spread = vec![T::default(); 2 * w];
+                let parts = d
+                    .chunks_exact_mut(len)
+                    .zip(xs.chunks_exact(len))
+                    .zip(ys.chunks_exact(out_len).zip(gs.chunks_exact(out_len)));
+                for ((dp, xp), (yp, gp)) in parts {
+                    backward_plane(xp, yp, gp, w, dp, &mut spread);
+                }
+            })
+    };
+    // SAFETY: every plane's every row pair is written
+    unsafe { written_in_full(planes * len, fill) }
 }
 
 /// `(planes, h, w)` of an `(N, C, H, W)` input with even, non-zero H and W.
