@@ -34,15 +34,15 @@ use crate::simd::vectorised;
 use std::mem::MaybeUninit;
 
 /// Per-channel batch statistics, kept by the op for its backward.
-struct BnRelu {
-    mean: Vec<f64>,
-    invstd: Vec<f64>,
+pub(crate) struct BnRelu {
+    pub(crate) mean: Vec<f64>,
+    pub(crate) invstd: Vec<f64>,
     /// Values per (image, channel) block.
-    hw: usize,
+    pub(crate) hw: usize,
 }
 
 /// Whether `METRICUNET_CANDLE_BN=1` asks for candle's BatchNorm (for side-by-side runs).
-fn candle_bn() -> bool {
+pub(crate) fn candle_bn() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     env_flag(&FLAG, "METRICUNET_CANDLE_BN")
 }
@@ -88,7 +88,11 @@ fn lane_sum<T: Copy, const K: usize>(planes: [&[T]; K], f: impl Fn([T; K]) -> f6
 }
 
 /// Per-channel mean and biased variance of `x` (N, C, H*W), in f64.
-fn statistics<T: Elem + Into<f64>>(x: &[T], c: usize, hw: usize) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn statistics<T: Elem + Into<f64>>(
+    x: &[T],
+    c: usize,
+    hw: usize,
+) -> (Vec<f64>, Vec<f64>) {
     let n = x.len() / (c * hw).max(1);
     let m = (n * hw).max(1) as f64;
     (0..c)
@@ -188,13 +192,13 @@ fn relu_grad_plane<T: Float>(dx: &mut [MaybeUninit<T>], y: &[T], dy: &[T], k: f6
 }
 
 /// f32 or f64 (`WithDType::from_f64` converts back).
-trait Float: Elem + Into<f64> + WithDType {}
+pub(crate) trait Float: Elem + Into<f64> + WithDType {}
 impl Float for f32 {}
 impl Float for f64 {}
 
 /// A per-channel op of an `(N, C, H, W)` input and two per-channel operands, with its own
 /// backward on the CPU; [`Fused`] makes it a candle op.
-trait ChannelOp: Send + Sync {
+pub(crate) trait ChannelOp: Send + Sync {
     const NAME: &'static str;
     /// The output for the input `x` and the operands `a`, `b`.
     fn forward<T: Float>(&self, x: &[T], a: &[T], b: &[T]) -> Vec<T>;
@@ -533,7 +537,7 @@ fn cuda_switch() -> bool {
 /// The running statistics updated as candle updates them, from the batch's per-channel `mean`
 /// and biased `var` over `m = N H W` values: the bias moves the mean; the variance enters
 /// unbiased.
-fn update_running(
+pub(crate) fn update_running(
     bn: &BatchNorm,
     mean: &Tensor,
     var: &Tensor,

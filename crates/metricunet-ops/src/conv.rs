@@ -26,7 +26,7 @@ use crate::profile::{self, Pass};
 use crate::winograd;
 
 /// The CPU forward through the path [`winograd::chosen`] picks for this layer.
-fn forward_parts<T: Elem>(parts: &[(&[T], usize)], w: &[T], g: &Geometry) -> Vec<T> {
+pub(crate) fn forward_parts<T: Elem>(parts: &[(&[T], usize)], w: &[T], g: &Geometry) -> Vec<T> {
     if winograd::chosen(g) {
         winograd::forward_parts(parts, w, g)
     } else {
@@ -35,7 +35,7 @@ fn forward_parts<T: Elem>(parts: &[(&[T], usize)], w: &[T], g: &Geometry) -> Vec
 }
 
 /// The CPU input gradient through the path [`winograd::chosen`] picks.
-fn input_grad<T: Elem>(grad: &[T], w: &[T], g: &Geometry) -> Vec<T> {
+pub(crate) fn input_grad<T: Elem>(grad: &[T], w: &[T], g: &Geometry) -> Vec<T> {
     if winograd::chosen(g) {
         winograd::input_grad(grad, w, g)
     } else {
@@ -44,7 +44,7 @@ fn input_grad<T: Elem>(grad: &[T], w: &[T], g: &Geometry) -> Vec<T> {
 }
 
 /// The CPU weight gradient through the path [`winograd::chosen`] picks.
-fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry) -> Vec<T> {
+pub(crate) fn weight_grad_parts<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geometry) -> Vec<T> {
     if winograd::chosen(g) {
         winograd::weight_grad_parts(x, grad, g)
     } else {
@@ -62,7 +62,7 @@ struct SameConv {
     padding: usize,
 }
 
-fn geometry(x: &[usize], w: &[usize]) -> Result<Geometry> {
+pub(crate) fn geometry(x: &[usize], w: &[usize]) -> Result<Geometry> {
     match (x, w) {
         (&[batch, cin, h, wd], &[cout, wcin, k, k2]) if wcin == cin && k == k2 && k % 2 == 1 => {
             Ok(Geometry {
@@ -243,7 +243,7 @@ impl SameConv {
 
 /// Whether `METRICUNET_CANDLE_CONV=1` asks for candle's own convolution backward (for
 /// side-by-side benchmarks).
-fn candle_backward() -> bool {
+pub(crate) fn candle_backward() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     env_flag(&FLAG, "METRICUNET_CANDLE_CONV")
 }
@@ -283,7 +283,7 @@ struct SameConvCat {
 }
 
 /// Geometry of the concatenation of `a` (N, c1, H, W) and `b` (N, c2, H, W) convolved with `w`.
-fn cat_geometry(a: &[usize], b: &[usize], w: &[usize]) -> Result<(Geometry, usize)> {
+pub(crate) fn cat_geometry(a: &[usize], b: &[usize], w: &[usize]) -> Result<(Geometry, usize)> {
     match (a, b) {
         (&[n, c1, h, wd], &[n2, c2, h2, wd2]) if n == n2 && h == h2 && wd == wd2 => {
             Ok((geometry(&[n, c1 + c2, h, wd], w)?, c1))

@@ -14,6 +14,8 @@
 //!   were measured to win).
 //! - [`conv_transpose`]: the decoder's 2x2 stride-2 transposed convolution with its bias.
 //! - [`bn_relu`]: bias + BatchNorm + ReLU in one pass (training and inference modes).
+//! - [`conv_bn_relu`]: the convolution and the training-mode BatchNorm + ReLU after it as one
+//!   op (one node in candle's graph; `METRICUNET_FUSED_CONV_BN=0` keeps them apart).
 //! - [`max_pool`]: the encoder's 2x2 max-pool with its own backward.
 //! - [`profile`]: per-op wall time with device waits, for `bench train --profile`.
 //! - [`testing`]: the finite-difference gradient check the ops' and networks' tests share.
@@ -23,6 +25,7 @@
 
 pub mod bn_relu;
 pub mod conv;
+pub mod conv_bn_relu;
 pub mod conv_cpu;
 pub mod conv_transpose;
 mod cpu_values;

@@ -175,14 +175,22 @@ fn profile_names_every_op_once_per_call() {
             .map(|r| r.calls_per_step)
             .unwrap_or_else(|| panic!("no row {op} {pass}: {rows:?}"))
     };
-    let convs = calls("conv2d-same", "forward");
-    assert_eq!(calls("conv2d-same", "backward"), convs, "{rows:?}");
-    assert_eq!(calls("conv2d-same-cat", "forward"), 1.0, "{rows:?}");
+    // every convolution + BatchNorm + ReLU of the UNet as one op in training, forward and
+    // backward once each; the head's last 1x1 convolution alone
+    let layers = calls("conv-bn-relu", "forward");
+    assert!(layers >= 5.0, "{rows:?}");
+    assert_eq!(calls("conv-bn-relu", "backward"), layers, "{rows:?}");
+    assert_eq!(calls("conv2d-same", "forward"), 1.0, "{rows:?}");
+    assert_eq!(calls("conv2d-same", "backward"), 1.0, "{rows:?}");
+    assert!(
+        !rows.iter().any(|r| r.op == "batch-norm-relu"),
+        "no separate BatchNorm in training: {rows:?}"
+    );
     assert_eq!(calls("conv-transpose-2x2", "forward"), 1.0, "{rows:?}");
     assert_eq!(calls("conv-transpose-2x2", "backward"), 1.0, "{rows:?}");
     assert_eq!(
-        calls("batch-norm-relu", "forward"),
-        calls("batch-norm-relu", "backward"),
+        calls("max-pool-2x2", "forward"),
+        calls("max-pool-2x2", "backward"),
         "{rows:?}"
     );
     assert_eq!(calls("loss + metric module", "forward"), 1.0, "{rows:?}");

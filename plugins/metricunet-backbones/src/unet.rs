@@ -115,13 +115,13 @@ impl ConvBnRelu {
 
     /// On the channel concatenation `[a, b]` (not formed on the CPU).
     fn forward_cat(&self, a: &Tensor, b: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = metricunet_ops::conv::conv2d_same_cat(a, b, self.conv.weight())?;
-        metricunet_ops::bn_relu::bias_batch_norm_relu(&y, self.conv.bias(), &self.bn, train)
+        let (w, bias) = (self.conv.weight(), self.conv.bias());
+        metricunet_ops::conv_bn_relu::conv_cat_bn_relu(a, b, w, bias, &self.bn, train)
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = metricunet_ops::conv::conv2d_same(x, self.conv.weight())?;
-        metricunet_ops::bn_relu::bias_batch_norm_relu(&y, self.conv.bias(), &self.bn, train)
+        let (w, bias) = (self.conv.weight(), self.conv.bias());
+        metricunet_ops::conv_bn_relu::conv_bn_relu(x, w, bias, &self.bn, train)
     }
 }
 
