@@ -40,7 +40,27 @@ pub trait Elem:
     fn is_nan(self) -> bool;
     /// The per-image buffers kept between op calls ([`Scratch`]).
     fn kept() -> &'static Mutex<Vec<Vec<Self>>>;
+    /// The direct kernel of [`crate::direct`] for a product of `m` rows, `kdim` channels, `kk`
+    /// taps and `n` positions with the weights `weight(row, channel, tap)`, where it runs for
+    /// this type and shape (f32, AVX-512F, `m` a multiple of 4, the layers
+    /// [`crate::direct::chosen`] names); `None`: the gemm path.
+    fn direct(
+        _dims: (usize, usize, usize, usize),
+        _weight: &dyn Fn(usize, usize, usize) -> Self,
+    ) -> Option<Direct<Self>> {
+        None
+    }
 }
+
+/// The direct kernel with its packed weights (see [`Elem::direct`]).
+pub struct Direct<T> {
+    packed: Vec<T>,
+    /// `run(packed, padded, (m, kdim, n, s), tap offsets, out)`; unsafe: the contract of
+    /// [`crate::direct::conv_wide`].
+    run: DirectFn<T>,
+}
+
+type DirectFn<T> = unsafe fn(&[T], &[T], (usize, usize, usize, usize), &[usize], &mut [T]);
 
 impl Elem for f32 {
     const ONE: Self = 1.0;
@@ -52,6 +72,21 @@ impl Elem for f32 {
     }
     fn kept() -> &'static Mutex<Vec<Vec<Self>>> {
         &KEPT_F32
+    }
+    fn direct(
+        (m, kdim, kk, n): (usize, usize, usize, usize),
+        weight: &dyn Fn(usize, usize, usize) -> Self,
+    ) -> Option<Direct<Self>> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::direct::available() && m % crate::direct::ROWS == 0 && direct_wanted(kdim, kk, n)
+        {
+            return Some(Direct {
+                packed: crate::direct::pack(m, kdim, kk, weight),
+                run: crate::direct::conv_wide,
+            });
+        }
+        let _ = (m, kdim, kk, n, weight);
+        None
     }
 }
 impl Elem for f64 {
@@ -546,11 +581,38 @@ struct TapView {
     flip: bool,
 }
 
-/// `out (m x wide) = sum over taps  A_t (m x kdim) * padded (kdim x wide, shifted by tap)`.
+impl TapView {
+    /// The index of element (r, c) of tap t (of `kk`) in the weights.
+    fn index(&self, r: usize, c: usize, t: usize, kk: usize) -> usize {
+        let wt = if self.flip { kk - 1 - t } else { t };
+        wt + r * self.rs as usize + c * self.cs as usize
+    }
+}
+
+/// Whether the direct kernel is wanted for `kdim` channels in, `kk` taps and `n` positions
+/// ([`crate::direct::chosen`]; tests choose with [`DIRECT`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn direct_wanted(kdim: usize, kk: usize, n: usize) -> bool {
+    #[cfg(test)]
+    if let Some(wanted) = DIRECT.with(|d| d.get()) {
+        return wanted;
+    }
+    crate::direct::chosen(kdim, kk, n)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: `Some(false)` the gemm path, `Some(true)` the direct kernel wherever it runs.
+    pub(crate) static DIRECT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// `out (m x wide) = sum over taps  A_t (m x kdim) * padded (kdim x wide, shifted by tap)`:
+/// through the direct kernel where `direct` holds it, else k * k gemm calls.
 #[allow(clippy::too_many_arguments)]
 fn conv_wide<T: Elem>(
     weights: &[T],
     view: TapView,
+    direct: Option<&Direct<T>>,
     padded: &[T],
     m: usize,
     kdim: usize,
@@ -560,6 +622,15 @@ fn conv_wide<T: Elem>(
 ) {
     let (n, s, kk) = (g.wide(), g.stride(), g.taps());
     debug_assert!(padded.len() >= kdim * s && out.len() >= m * n && weights.len() >= m * kdim * kk);
+    if let Some(d) = direct {
+        let offsets: Vec<usize> = (0..kk).map(|t| g.tap_offset(t)).collect();
+        // SAFETY: `Elem::direct` gave this kernel only where the CPU has it and m is a
+        // multiple of its rows; `d.packed` holds m * kdim * kk values (`pack`), `out` m * n;
+        // the padded image's reads end before (kdim - 1) * s + n + max offset <= kdim * s (as
+        // for the gemm path below).
+        unsafe { (d.run)(&d.packed, padded, (m, kdim, n, s), &offsets, out) };
+        return;
+    }
     for t in 0..kk {
         let wt = if view.flip { kk - 1 - t } else { t };
         // SAFETY: every index the gemm reads or writes is inside the slices: the weights'
@@ -662,6 +733,10 @@ fn conv_batch<T: Elem>(
     let (hw, n) = (g.h * g.w, g.wide());
     let c_from: usize = input.iter().map(|p| p.1).sum();
     let (wides, pads) = (Scratch::new(g.batch), Scratch::new(g.batch));
+    let kk = g.taps();
+    let direct = T::direct((c_to, c_from, kk, n), &|r, c, t| {
+        weights[view.index(r, c, t, kk)]
+    });
     let fill = |out: &mut [MaybeUninit<T>]| {
         let ptr = OutPtr(out.as_mut_ptr());
         for_images(g.batch, |i, par| {
@@ -670,7 +745,8 @@ fn conv_batch<T: Elem>(
             pads.with(c_from * g.stride(), |padded: &mut [T]| {
                 padded_image(input, i, g, padded);
                 wides.with(c_to * n, |wide: &mut [T]| {
-                    conv_wide(weights, view, padded, c_to, c_from, g, wide, par);
+                    let d = direct.as_ref();
+                    conv_wide(weights, view, d, padded, c_to, c_from, g, wide, par);
                     // SAFETY: image i owns out[i * c_to * hw .. (i + 1) * c_to * hw]
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(ptr.get().add(i * c_to * hw), c_to * hw)
@@ -901,6 +977,98 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The direct AVX-512 kernel (f32 forward and input gradient) against the gemm path and
+    /// the f64 definition: 3x3, 5x5 and 1x1, tiles of 1-6 vectors, partial last tiles, batches below and above the thread count, the concatenation's two inputs,
+    /// and an input gradient with 6 channels (not a multiple of 4: the gemm path). Scratch
+    /// buffers start as NaN, so a value the kernel does not write shows.
+    #[test]
+    fn direct_kernel_matches_the_gemm_path_and_the_definition() {
+        if !crate::direct::available() {
+            eprintln!("no AVX-512F here: the direct kernel is not used, nothing to compare");
+            assert!(f32::direct((8, 3, 9, 4096), &|_, _, _| 0.0).is_none());
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        let geometries = [
+            (1, 3, 8, 5, 7, 3),
+            (3, 40, 32, 9, 13, 3),
+            (2, 8, 4, 4, 4, 1),
+            (1, 16, 12, 17, 3, 3),
+            (5, 6, 8, 6, 6, 5),
+            // tiles of 5 and of 2 vectors (80 and 24 positions)
+            (2, 8, 8, 8, 8, 3),
+            (1, 4, 4, 3, 6, 3),
+        ];
+        for (batch, cin, cout, h, w, k) in geometries {
+            let g = Geometry {
+                batch,
+                cin,
+                cout,
+                h,
+                w,
+                k,
+            };
+            let x = random(batch * cin * h * w, &mut rng);
+            let wt = random(cout * cin * k * k, &mut rng);
+            let gy = random(batch * cout * h * w, &mut rng);
+            let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let (x32, w32, gy32) = (f32s(&x), f32s(&wt), f32s(&gy));
+            let passes = |gemm: bool| {
+                DIRECT.with(|d| d.set(Some(!gemm)));
+                POISON.with(|p| p.set(true));
+                let c1 = cin / 2;
+                let parts = [
+                    (&x32[..batch * c1 * h * w], c1),
+                    (&x32[batch * c1 * h * w..], cin - c1),
+                ];
+                // the concatenation's parts hold whole images of their channels
+                let split: Vec<f32> = (0..batch)
+                    .flat_map(|i| {
+                        let a = &parts[0].0[i * c1 * h * w..][..c1 * h * w];
+                        let b = &parts[1].0[i * (cin - c1) * h * w..][..(cin - c1) * h * w];
+                        a.iter().chain(b).copied().collect::<Vec<f32>>()
+                    })
+                    .collect();
+                let out = [
+                    forward(&x32, &w32, &g),
+                    input_grad(&gy32, &w32, &g),
+                    forward_parts(&parts, &w32, &g),
+                    forward(&split, &w32, &g),
+                ];
+                POISON.with(|p| p.set(false));
+                DIRECT.with(|d| d.set(None));
+                out
+            };
+            let (ours, gemm) = (passes(false), passes(true));
+            DIRECT.with(|d| d.set(Some(true)));
+            assert!(f32::direct((cout, cin, k * k, 1), &|_, _, _| 0.0).is_some());
+            DIRECT.with(|d| d.set(None));
+            // the rule: the gemm path below the minimum of positions
+            assert!(f32::direct((cout, cin, 9, 255), &|_, _, _| 0.0).is_none());
+            assert!(f32::direct((cout, cin, 9, 256), &|_, _, _| 0.0).is_some());
+            assert!(f32::direct((cout, 65, 9, 4096), &|_, _, _| 0.0).is_none());
+            assert!(f32::direct((cout, cin, 1, 4096), &|_, _, _| 0.0).is_none());
+            let want = direct(&x, &wt, &g);
+            for (pass, (a, b)) in ours.iter().zip(&gemm).enumerate() {
+                let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                for (p, q) in a.iter().zip(b) {
+                    assert!(
+                        (p - q).abs() <= 1e-5 * scale,
+                        "{g:?} pass {pass}: {p} vs {q}"
+                    );
+                }
+            }
+            for (p, q) in ours[0].iter().zip(&want) {
+                assert!(
+                    (f64::from(*p) - q).abs() < 1e-5 * (1.0 + q.abs()),
+                    "{g:?}: {p} vs {q}"
+                );
+            }
+            // the concatenation's forward is the forward of the concatenated input
+            assert_eq!(ours[2], ours[3], "{g:?}");
         }
     }
 

@@ -32,6 +32,7 @@ mod cpu_values;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device_memory;
+mod direct;
 pub mod max_pool;
 pub mod precision;
 pub mod profile;
