@@ -78,7 +78,7 @@ impl Elem for f32 {
         weight: &dyn Fn(usize, usize, usize) -> Self,
     ) -> Option<Direct<Self>> {
         #[cfg(target_arch = "x86_64")]
-        if crate::direct::available() && m % crate::direct::ROWS == 0 && direct_wanted(kdim, kk, n)
+        if crate::direct::supported() && m % crate::direct::ROWS == 0 && direct_wanted(kdim, kk, n)
         {
             return Some(Direct {
                 packed: crate::direct::pack(m, kdim, kk, weight),
@@ -589,15 +589,15 @@ impl TapView {
     }
 }
 
-/// Whether the direct kernel is wanted for `kdim` channels in, `kk` taps and `n` positions
-/// ([`crate::direct::chosen`]; tests choose with [`DIRECT`]).
+/// Whether the direct kernel is wanted for `kdim` channels in, `kk` taps and `n` positions:
+/// switched on and [`crate::direct::chosen`] (tests choose with [`DIRECT`]).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn direct_wanted(kdim: usize, kk: usize, n: usize) -> bool {
     #[cfg(test)]
     if let Some(wanted) = DIRECT.with(|d| d.get()) {
         return wanted;
     }
-    crate::direct::chosen(kdim, kk, n)
+    crate::direct::switched_on() && crate::direct::chosen(kdim, kk, n)
 }
 
 #[cfg(test)]
@@ -986,9 +986,11 @@ mod tests {
     /// buffers start as NaN, so a value the kernel does not write shows.
     #[test]
     fn direct_kernel_matches_the_gemm_path_and_the_definition() {
-        if !crate::direct::available() {
+        if !crate::direct::supported() {
             eprintln!("no AVX-512F here: the direct kernel is not used, nothing to compare");
+            DIRECT.with(|d| d.set(Some(true)));
             assert!(f32::direct((8, 3, 9, 4096), &|_, _, _| 0.0).is_none());
+            DIRECT.with(|d| d.set(None));
             return;
         }
         let mut rng = ChaCha8Rng::seed_from_u64(17);
@@ -1046,11 +1048,11 @@ mod tests {
             DIRECT.with(|d| d.set(Some(true)));
             assert!(f32::direct((cout, cin, k * k, 1), &|_, _, _| 0.0).is_some());
             DIRECT.with(|d| d.set(None));
-            // the rule: the gemm path below the minimum of positions
-            assert!(f32::direct((cout, cin, 9, 255), &|_, _, _| 0.0).is_none());
-            assert!(f32::direct((cout, cin, 9, 256), &|_, _, _| 0.0).is_some());
-            assert!(f32::direct((cout, 65, 9, 4096), &|_, _, _| 0.0).is_none());
-            assert!(f32::direct((cout, cin, 1, 4096), &|_, _, _| 0.0).is_none());
+            // the rule where switched on: narrow 3x3 layers with at least 256 positions
+            assert!(!crate::direct::chosen(cin, 9, 255));
+            assert!(crate::direct::chosen(cin, 9, 256));
+            assert!(!crate::direct::chosen(65, 9, 4096));
+            assert!(!crate::direct::chosen(cin, 1, 4096));
             let want = direct(&x, &wt, &g);
             for (pass, (a, b)) in ours.iter().zip(&gemm).enumerate() {
                 let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));

@@ -12,16 +12,20 @@
 //! weights from a small packed copy; the tile is stored once. No packing of the input, no
 //! output traffic per tap.
 //!
-//! Used for f32 on CPUs with AVX-512F (and `METRICUNET_AVX512` not 0) where the output
-//! channels are a multiple of 4, on the layers [`chosen`] names; elsewhere, and with
-//! `METRICUNET_DIRECT_CONV=0`, the gemm path.
+//! Off by default, switched on by `METRICUNET_DIRECT_CONV=1`: then used for f32 on CPUs with
+//! AVX-512F (and `METRICUNET_AVX512` not 0) where the output channels are a multiple of 4, on
+//! the layers [`chosen`] names; elsewhere the gemm path. Why off: per layer it takes 0.4-0.9x
+//! the gemm path's time, but the quickstart's training step gained only 1.02x (median of five
+//! alternating pairs, range 0.70-1.09: within this VM's spread), and its sums run in another
+//! order, so switching it on changes the main job's rounding and with it the quickstart's table
+//! (which moves with rounding, see README). A larger A/B should decide.
 //! The sums run in another order than the gemm path's (taps and channels in one chain per
 //! value), so the two agree to f32 rounding (tests in [`crate::conv_cpu`]).
 
 /// Output channels per tile.
 pub(crate) const ROWS: usize = 4;
 
-/// Whether the kernel is taken for a product over `kdim` input channels, `kk` taps and `n`
+/// Where switched on, whether the kernel is taken for a product over `kdim` input channels, `kk` taps and `n`
 /// positions of the wide grid: narrow layers with a spatial kernel and at least 256 positions.
 /// Measured (`bench conv --model quickstart`, `bench train`, session 14): on the quickstart's
 /// 16 x 16 to 64 x 64 layers (8-40 channels in) 0.4-0.9x the gemm path's time; on its 8 x 8
@@ -32,9 +36,9 @@ pub(crate) fn chosen(kdim: usize, kk: usize, n: usize) -> bool {
     kk > 1 && kdim <= 64 && n >= 256
 }
 
-/// Whether the kernel runs here: x86-64 with AVX-512F, `METRICUNET_AVX512` not 0 and
-/// `METRICUNET_DIRECT_CONV` not 0 (both read once).
-pub(crate) fn available() -> bool {
+/// Whether this CPU runs the kernel: x86-64 with AVX-512F and `METRICUNET_AVX512` not 0
+/// (read once).
+pub(crate) fn supported() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -42,8 +46,14 @@ pub(crate) fn available() -> bool {
         #[cfg(not(target_arch = "x86_64"))]
         let cpu = false;
         cpu && crate::conv_cpu::avx512_allowed()
-            && crate::cpu_values::env_switch("METRICUNET_DIRECT_CONV", true)
     })
+}
+
+/// Whether `METRICUNET_DIRECT_CONV=1` switches the kernel on (off by default: see the module
+/// doc; read once).
+pub(crate) fn switched_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| crate::cpu_values::env_switch("METRICUNET_DIRECT_CONV", false))
 }
 
 /// The weights as the kernel reads them: for each block of [`ROWS`] output rows, each input
