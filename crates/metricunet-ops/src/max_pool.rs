@@ -169,27 +169,27 @@ impl CustomOp1 for MaxPool2x2 {
 
     fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         profile::timed(OP, Pass::Backward, x.device(), || {
-            let (planes, h, w) = geometry(x.dims())?;
             let dx = match x.dtype() {
-                DType::F32 => Tensor::from_vec(
-                    with_values::<f32, _, 3>(OP, [x, y, dy], |[xv, yv, gv]| {
-                        backward(xv, yv, gv, planes, h, w)
-                    })?,
-                    x.shape(),
-                    &Device::Cpu,
-                )?,
-                DType::F64 => Tensor::from_vec(
-                    with_values::<f64, _, 3>(OP, [x, y, dy], |[xv, yv, gv]| {
-                        backward(xv, yv, gv, planes, h, w)
-                    })?,
-                    x.shape(),
-                    &Device::Cpu,
-                )?,
+                DType::F32 => input_grad::<f32>(x, y, dy)?,
+                DType::F64 => input_grad::<f64>(x, y, dy)?,
                 other => candle_core::bail!("{OP}: f32 or f64 only, got {other:?}"),
             };
             Ok(Some(dx))
         })
     }
+}
+
+/// The input gradient as a CPU tensor of `x`'s shape.
+fn input_grad<T: Elem + candle_core::WithDType>(
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+) -> Result<Tensor> {
+    let (planes, h, w) = geometry(x.dims())?;
+    let dx = with_values::<T, _, 3>(OP, [x, y, dy], |[xv, yv, gv]| {
+        backward(xv, yv, gv, planes, h, w)
+    })?;
+    Tensor::from_vec(dx, x.shape(), &Device::Cpu)
 }
 
 /// Whether `METRICUNET_CANDLE_POOL=1` asks for the tensor form (side-by-side runs).
