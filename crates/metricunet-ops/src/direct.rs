@@ -18,7 +18,9 @@
 //! the gemm path's time, but the quickstart's training step gained only 1.02x (median of five
 //! alternating pairs, range 0.70-1.09: within this VM's spread), and its sums run in another
 //! order, so switching it on changes the main job's rounding and with it the quickstart's table
-//! (which moves with rounding, see README). A larger A/B should decide.
+//! (which moves with rounding, see README). Ten more pairs at the end of session 14 gave a
+//! median of 1.055x (0.99-1.60): switching it on is worth it together with a rewrite of the
+//! README's quickstart section for the new table.
 //! The sums run in another order than the gemm path's (taps and channels in one chain per
 //! value), so the two agree to f32 rounding (tests in [`crate::conv_cpu`]).
 
