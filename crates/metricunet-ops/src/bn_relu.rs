@@ -41,6 +41,18 @@ pub(crate) struct BnRelu {
     pub(crate) hw: usize,
 }
 
+impl BnRelu {
+    /// From a batch's per-channel `mean` and biased `var` (in f64), the BatchNorm's `eps` and
+    /// the values per (image, channel) block.
+    pub(crate) fn new(mean: Vec<f64>, var: &[f64], eps: f64, hw: usize) -> Self {
+        BnRelu {
+            invstd: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
+            mean,
+            hw,
+        }
+    }
+}
+
 /// Whether `METRICUNET_CANDLE_BN=1` asks for candle's BatchNorm (for side-by-side runs).
 pub(crate) fn candle_bn() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -509,20 +521,8 @@ fn forward_op(x: &Tensor, bias: Option<&Tensor>, bn: &BatchNorm, train: bool) ->
         DType::F32 => with_values::<f32, _, 1>(OP, [&x], |[v]| statistics(v, c, h * w))?,
         _ => with_values::<f64, _, 1>(OP, [&x], |[v]| statistics(v, c, h * w))?,
     };
-    let dev = x.device();
-    update_running(
-        bn,
-        &Tensor::from_vec(mean.clone(), c, dev)?,
-        &Tensor::from_vec(var.clone(), c, dev)?,
-        bias,
-        m,
-    )?;
-    let eps = bn.eps();
-    let op = BnRelu {
-        invstd: var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
-        mean,
-        hw: h * w,
-    };
+    update_running_cpu(bn, &mean, &var, bias, m)?;
+    let op = BnRelu::new(mean, &var, bn.eps(), h * w);
     x.apply_op3(&gb, &dense(beta)?, Fused(op))
 }
 
@@ -532,6 +532,22 @@ fn cuda_switch() -> bool {
     return crate::cuda::bn_relu::enabled();
     #[cfg(not(feature = "cuda"))]
     false
+}
+
+/// [`update_running`] from statistics computed on the CPU (f64 per channel).
+pub(crate) fn update_running_cpu(
+    bn: &BatchNorm,
+    mean: &[f64],
+    var: &[f64],
+    bias: Option<&Tensor>,
+    m: f64,
+) -> Result<()> {
+    let dev = &candle_core::Device::Cpu;
+    let (mean, var) = (
+        Tensor::from_slice(mean, mean.len(), dev)?,
+        Tensor::from_slice(var, var.len(), dev)?,
+    );
+    update_running(bn, &mean, &var, bias, m)
 }
 
 /// The running statistics updated as candle updates them, from the batch's per-channel `mean`
@@ -724,11 +740,7 @@ mod tests {
         ) -> Vec<Vec<f64>> {
             let wide = |v: &[T]| v.iter().map(|&a| a.into()).collect::<Vec<f64>>();
             let (mean, var) = statistics(x, c, hw);
-            let op = BnRelu {
-                invstd: var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect(),
-                mean: mean.clone(),
-                hw,
-            };
+            let op = BnRelu::new(mean.clone(), &var, 1e-5, hw);
             let y = op.forward(x, gb, beta);
             let [dx, dgb, dbeta] = op.backward(x, gb, &y, dy);
             let affine = AffineRelu { hw };

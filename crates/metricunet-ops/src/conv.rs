@@ -305,25 +305,56 @@ fn cat_forward<T: WithDType + Elem>(
     Ok(forward_parts(&[(a, c1), (b, g.cin - c1)], w, g))
 }
 
-/// Input gradients (split) and weight gradient on the CPU.
+/// The two parts of an `(N, c1 + c2, H, W)` gradient `full` (`hw` values per channel) as the
+/// gradients of the concatenation's inputs `(N, c1, H, W)` and `(N, c2, H, W)`, each only where
+/// `wanted`.
+pub(crate) fn split_channels<T: Copy>(
+    full: &[T],
+    [c1, c2]: [usize; 2],
+    hw: usize,
+    wanted: [bool; 2],
+) -> (Option<Vec<T>>, Option<Vec<T>>) {
+    let images = full.len() / ((c1 + c2) * hw).max(1);
+    let part = |from: usize, c: usize, wanted: bool| {
+        wanted.then(|| {
+            let mut v = Vec::with_capacity(images * c * hw);
+            for image in full.chunks_exact((c1 + c2) * hw) {
+                v.extend_from_slice(&image[from * hw..][..c * hw]);
+            }
+            v
+        })
+    };
+    (part(0, c1, wanted[0]), part(c1, c2, wanted[1]))
+}
+
+/// Input gradients (split) and weight gradient on the CPU, each only where candle's graph
+/// tracks that operand.
 fn cat_backward<T: WithDType + Elem>(
     a: &Tensor,
     b: &Tensor,
     w: &Tensor,
     grad: &Tensor,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<[Option<Tensor>; 3]> {
     let (g, c1) = cat_geometry(a.dims(), b.dims(), w.dims())?;
     let c2 = g.cin - c1;
-    let gx = with_values::<T, _, 2>(OP, [grad, w], |[gy, wv]| input_grad(gy, wv, &g))?;
-    let gx = Tensor::from_vec(gx, (g.batch, g.cin, g.h, g.w), &Device::Cpu)?;
-    let gw = with_values::<T, _, 3>(OP, [a, b, grad], |[av, bv, gy]| {
-        weight_grad_parts(&[(av, c1), (bv, c2)], gy, &g)
-    })?;
-    Ok((
-        gx.narrow(1, 0, c1)?.contiguous()?,
-        gx.narrow(1, c1, c2)?.contiguous()?,
-        Tensor::from_vec(gw, w.shape(), &Device::Cpu)?,
-    ))
+    let cpu = |v: Option<Vec<T>>, t: &Tensor| {
+        v.map(|v| Tensor::from_vec(v, t.shape(), &Device::Cpu))
+            .transpose()
+    };
+    let (ga, gb) = if a.track_op() || b.track_op() {
+        let gx = with_values::<T, _, 2>(OP, [grad, w], |[gy, wv]| input_grad(gy, wv, &g))?;
+        split_channels(&gx, [c1, c2], g.h * g.w, [a.track_op(), b.track_op()])
+    } else {
+        (None, None)
+    };
+    let gw = if w.track_op() {
+        Some(with_values::<T, _, 3>(OP, [a, b, grad], |[av, bv, gy]| {
+            weight_grad_parts(&[(av, c1), (bv, c2)], gy, &g)
+        })?)
+    } else {
+        None
+    };
+    Ok([cpu(ga, a)?, cpu(gb, b)?, cpu(gw, w)?])
 }
 
 impl candle_core::CustomOp3 for SameConvCat {
@@ -370,12 +401,12 @@ impl candle_core::CustomOp3 for SameConvCat {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         profile::timed("conv2d-same-cat", Pass::Backward, a.device(), || {
-            let (ga, gb, gw) = match a.dtype() {
+            let [ga, gb, gw] = match a.dtype() {
                 DType::F32 => cat_backward::<f32>(a, b, w, grad)?,
                 DType::F64 => cat_backward::<f64>(a, b, w, grad)?,
                 other => candle_core::bail!("conv2d-same-cat: f32 or f64 only, got {other:?}"),
             };
-            Ok((Some(ga), Some(gb), Some(gw)))
+            Ok((ga, gb, gw))
         })
     }
 }
@@ -488,5 +519,29 @@ mod tests {
         assert!(no_w.is_none(), "a constant kernel got a gradient");
         assert_eq!(gx_alone, gx);
         assert!(gx.is_some_and(|g| g.iter().any(|v| *v != 0.0)));
+        // the concatenation's convolution: a detached second input gets none, the first input's
+        // and the kernel's gradients are unchanged
+        let (a, w5) = (x.clone(), crate::testing::random(4 * 5 * 9, 15));
+        let b = crate::testing::random(2 * 2 * 5 * 6, 16);
+        let cat_grads = |b_var: bool| {
+            let at = candle_core::Var::from_vec(a.clone(), (2, 3, 5, 6), &Device::Cpu).expect("a");
+            let bt = candle_core::Var::from_vec(b.clone(), (2, 2, 5, 6), &Device::Cpu).expect("b");
+            let wt = candle_core::Var::from_vec(w5.clone(), (4, 5, 3, 3), &Device::Cpu).expect("w");
+            let bb = if b_var {
+                bt.as_tensor().clone()
+            } else {
+                bt.as_tensor().detach()
+            };
+            let g = conv2d_same_cat(at.as_tensor(), &bb, wt.as_tensor())
+                .and_then(|y| y * &up)
+                .and_then(|p| p.sum_all())
+                .and_then(|l| l.backward())
+                .expect("backward");
+            [at.as_tensor(), &bb, wt.as_tensor()].map(|t| g.get(t).map(flat))
+        };
+        let (both, first) = (cat_grads(true), cat_grads(false));
+        assert!(both[1].is_some() && first[1].is_none());
+        assert_eq!(first[0], both[0]);
+        assert_eq!(first[2], both[2]);
     }
 }

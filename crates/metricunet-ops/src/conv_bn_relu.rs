@@ -119,11 +119,7 @@ impl ConvBnRelu {
         };
         let hw = g.h * g.w;
         let (mean, var) = bn_relu::statistics(&z, c, hw);
-        let bn = BnRelu {
-            invstd: var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect(),
-            mean,
-            hw,
-        };
+        let bn = BnRelu::new(mean, &var, self.eps, hw);
         let y = bn.forward(&z, &params[kl..kl + 2 * c], &params[kl + 2 * c..]);
         let z = Tensor::from_vec(z, (g.batch, c, g.h, g.w), &Device::Cpu)?;
         Ok((y, Kept { z, bn, var }))
@@ -147,6 +143,11 @@ impl ConvBnRelu {
         // the convolution's input and kernel gradients from it
         let (hw, cin) = (g.h * g.w, g.cin);
         let input_grad = |w: &[T]| conv::input_grad(&dz, w, &g);
+        // a gradient's values as a CPU tensor of its operand's shape
+        let cpu = |v: Option<Vec<T>>, t: &Tensor| {
+            v.map(|v| Tensor::from_vec(v, t.shape(), &Device::Cpu))
+                .transpose()
+        };
         let mut dparams: Vec<T> = Vec::with_capacity(kl + 3 * c);
         let (d1, d2) = match self.input {
             Input::One => {
@@ -162,35 +163,24 @@ impl ConvBnRelu {
                 } else {
                     None
                 };
-                let x_shape = a1.shape();
-                (
-                    dx.map(|v| Tensor::from_vec(v, x_shape, &Device::Cpu))
-                        .transpose()?,
-                    dw.map(|v| Tensor::from_vec(v, a2.shape(), &Device::Cpu))
-                        .transpose()?,
-                )
+                (cpu(dx, a1)?, cpu(dw, a2)?)
             }
             Input::Cat { c1, .. } => {
                 let c2 = cin - c1;
                 let (da, db) = if a1.track_op() || a2.track_op() {
                     let full = with_values::<T, _, 1>(OP, [a3], |[p]| input_grad(&p[..kl]))?;
-                    // split (N, c1 + c2, H, W) into the two inputs' gradients
-                    let mut da = Vec::with_capacity(g.batch * c1 * hw);
-                    let mut db = Vec::with_capacity(g.batch * c2 * hw);
-                    for image in full.chunks_exact(cin * hw) {
-                        da.extend_from_slice(&image[..c1 * hw]);
-                        db.extend_from_slice(&image[c1 * hw..]);
-                    }
-                    let da = Tensor::from_vec(da, a1.shape(), &Device::Cpu)?;
-                    let db = Tensor::from_vec(db, a2.shape(), &Device::Cpu)?;
-                    (a1.track_op().then_some(da), a2.track_op().then_some(db))
+                    let (da, db) =
+                        conv::split_channels(&full, [c1, c2], hw, [a1, a2].map(Tensor::track_op));
+                    (cpu(da, a1)?, cpu(db, a2)?)
                 } else {
                     (None, None)
                 };
-                let dw = with_values::<T, _, 2>(OP, [a1, a2], |[a, b]| {
-                    conv::weight_grad_parts(&[(a, c1), (b, c2)], &dz, &g)
-                })?;
-                dparams.extend_from_slice(&dw);
+                if a3.track_op() {
+                    let dw = with_values::<T, _, 2>(OP, [a1, a2], |[a, b]| {
+                        conv::weight_grad_parts(&[(a, c1), (b, c2)], &dz, &g)
+                    })?;
+                    dparams.extend_from_slice(&dw);
+                }
                 (da, db)
             }
         };
@@ -307,15 +297,8 @@ fn apply(
         .unwrap_or_else(PoisonError::into_inner)
         .clone()
         .ok_or_else(|| candle_core::Error::Msg(format!("{OP}: no statistics after the forward")))?;
-    let (n, c, h, w) = y.dims4()?;
-    let dev = y.device();
-    bn_relu::update_running(
-        bn,
-        &Tensor::from_vec(k.bn.mean.clone(), c, dev)?,
-        &Tensor::from_vec(k.var.clone(), c, dev)?,
-        bias,
-        (n * h * w) as f64,
-    )?;
+    let (n, _, h, w) = y.dims4()?;
+    bn_relu::update_running_cpu(bn, &k.bn.mean, &k.var, bias, (n * h * w) as f64)?;
     Ok(y)
 }
 
