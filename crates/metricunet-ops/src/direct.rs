@@ -12,15 +12,14 @@
 //! weights from a small packed copy; the tile is stored once. No packing of the input, no
 //! output traffic per tap.
 //!
-//! Off by default, switched on by `METRICUNET_DIRECT_CONV=1`: then used for f32 on CPUs with
+//! On by default (`METRICUNET_DIRECT_CONV=0` switches it off): used for f32 on CPUs with
 //! AVX-512F (and `METRICUNET_AVX512` not 0) where the output channels are a multiple of 4, on
-//! the layers [`chosen`] names; elsewhere the gemm path. Why off: per layer it takes 0.4-0.9x
-//! the gemm path's time, but the quickstart's training step gained only 1.02x (median of five
-//! alternating pairs, range 0.70-1.09: within this VM's spread), and its sums run in another
-//! order, so switching it on changes the main job's rounding and with it the quickstart's table
-//! (which moves with rounding, see README). Ten more pairs at the end of session 14 gave a
-//! median of 1.055x (0.99-1.60): switching it on is worth it together with a rewrite of the
-//! README's quickstart section for the new table.
+//! the layers [`chosen`] names; elsewhere the gemm path. Per layer it takes 0.4-0.9x the gemm
+//! path's time; the quickstart's training step: ten alternating pairs in session 14 median
+//! 1.055x (0.99-1.60), five pairs in session 15 (with the channels-last weight gradient)
+//! median 1.10x (1.04-1.20). It was off until session 15 because its sums run in another
+//! order, which changes the main job's rounding and with it the quickstart's table; session
+//! 15 switched it on together with a rerun of the main job and a rewrite of that README section.
 //! The sums run in another order than the gemm path's (taps and channels in one chain per
 //! value), so the two agree to f32 rounding (tests in [`crate::conv_cpu`]).
 
@@ -51,11 +50,11 @@ pub(crate) fn supported() -> bool {
     })
 }
 
-/// Whether `METRICUNET_DIRECT_CONV=1` switches the kernel on (off by default: see the module
-/// doc; read once).
+/// Whether the kernel is switched on: unless `METRICUNET_DIRECT_CONV=0` (see the module doc;
+/// read once).
 pub(crate) fn switched_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| crate::cpu_values::env_switch("METRICUNET_DIRECT_CONV", false))
+    *ON.get_or_init(|| crate::cpu_values::env_switch("METRICUNET_DIRECT_CONV", true))
 }
 
 /// The weights as the kernel reads them: for each block of [`ROWS`] output rows, each input

@@ -4,15 +4,16 @@
 //! A/B comparisons (`METRICUNET_CANDLE_CONV` for the convolutions and the transposed
 //! convolution, `METRICUNET_CANDLE_BN`, `METRICUNET_CANDLE_POOL`; `METRICUNET_WINOGRAD=0` keeps the direct 3x3 path;
 //! `METRICUNET_AVX512=0` makes their matrix products take the gemm crate's AVX2 + FMA kernels,
-//! as on a CPU without AVX-512; `METRICUNET_DIRECT_CONV=1` switches on the direct AVX-512
-//! kernel of the narrow layers, off by default). On CUDA the same convolution is candle's CUDA convolution with
+//! as on a CPU without AVX-512; `METRICUNET_DIRECT_CONV=0` switches off the direct AVX-512
+//! kernel of the narrow layers; `METRICUNET_CHANNELS_LAST_WGRAD=0` the channels-last weight
+//! gradient). On CUDA the same convolution is candle's CUDA convolution with
 //! a tensor-level backward and the other ops are candle's, unless a CUDA twin is switched on
 //! (module `cuda`).
 //!
 //! - [`conv`]: the 3x3 / 1x1 "same" convolution and the decoder's convolution that reads the
 //!   skip concatenation from both inputs, without an im2col matrix ([`conv_cpu`] holds the
 //!   kernels; [`winograd`] the F(2x2, 3x3) kernels it takes for the 3x3 layers where they
-//!   were measured to win; `direct` the opt-in AVX-512 kernel of the narrow layers).
+//!   were measured to win; `direct` the AVX-512 kernel of the narrow layers' forward and input gradient).
 //! - [`conv_transpose`]: the decoder's 2x2 stride-2 transposed convolution with its bias.
 //! - [`bn_relu`]: bias + BatchNorm + ReLU in one pass (training and inference modes).
 //! - [`conv_bn_relu`]: the convolution and the training-mode BatchNorm + ReLU after it as one
