@@ -654,6 +654,42 @@ fn run(cli: Cli) -> Result<String> {
     }
 }
 
+/// candle's variable for its barrier pool's spins before a thread sleeps.
+const CANDLE_SPIN_LIMIT: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
+/// Stack of the rayon threads, one of which runs the command (the main thread's is 8 MiB;
+/// candle's backward walks the graph recursively). Only what is touched is memory.
+const WORKER_STACK_BYTES: usize = 64 << 20;
+
+/// Run the command on a thread of rayon's global pool (built here with [`WORKER_STACK_BYTES`])
+/// instead of the main thread, unless `METRICUNET_MAIN_ON_WORKER=0`. The ops spread each
+/// batch over rayon's threads: called from outside the pool, every op hands its work to the
+/// pool and puts the calling thread to sleep until it is done (a futex wake-up each way, and
+/// the main thread as a third thread on the cores); called from a pool thread, that thread
+/// works on the op itself. Measured (session 15, alternating pairs): the quickstart's training
+/// step 1.05x, the paper network's MetricUNet-HCP step 1.17-1.35x at batch 1 and 1.1x at batch 8.
+fn on_pool_worker(cli: Cli) -> Result<String> {
+    let wanted = match std::env::var("METRICUNET_MAIN_ON_WORKER").as_deref() {
+        Ok("0") => false,
+        Ok("1") | Err(_) => true,
+        Ok(other) => {
+            tracing::warn!("METRICUNET_MAIN_ON_WORKER={other:?}: expected 0 or 1; taking 1");
+            true
+        }
+    };
+    if !wanted {
+        return run(cli);
+    }
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .stack_size(WORKER_STACK_BYTES)
+        .build_global()
+    {
+        tracing::debug!("rayon's global pool was built before ({e}); its threads' stacks stay");
+    }
+    // `join` from outside the pool runs both closures on a pool thread and waits for them
+    rayon::join(move || run(cli), || ()).0
+}
+
 /// mimalloc's `purge_delay` option (number 15 in mimalloc 2.x and 3.x).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
@@ -673,6 +709,14 @@ fn error_text(e: &anyhow::Error) -> String {
 /// Parse the command line, run the command, print its result or error; the exit code is 2
 /// on error. Call it from a binary's `main` after defining plugins in that binary's crate.
 pub fn main() -> ExitCode {
+    // candle's elementwise ops run on its own pool (the calling thread plus n - 1 threads),
+    // whose threads spin 25,000 times after each op before they sleep: on a machine with as
+    // many cores as threads that spinning takes a core from the rayon threads of the next
+    // op. 200 spins: the quickstart's training step 1.04x (four alternating pairs, bench/NOTES.md
+    // session 15). Set here, before any thread exists; the environment's value wins.
+    if std::env::var_os(CANDLE_SPIN_LIMIT).is_none() {
+        std::env::set_var(CANDLE_SPIN_LIMIT, "200");
+    }
     // Keep freed memory for reuse instead of returning it to the kernel 10 ms later: a
     // training step frees and allocates the same tensor sizes every iteration, and each
     // returned page comes back as a fresh page the kernel must zero (a third of a CPU step in
@@ -687,7 +731,7 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    match on_pool_worker(Cli::parse()) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

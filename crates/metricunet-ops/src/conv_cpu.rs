@@ -286,8 +286,12 @@ fn pad<T: Elem>(src: &[T], c: usize, g: &Geometry, dst: &mut [T]) {
         for y in 0..g.h {
             let at = (y + p) * wp + p;
             plane[at..][..w].copy_from_slice(&src[(ch * g.h + y) * w..][..w]);
-            // this row's right border and the next row's left border
-            plane[at + w..][..2 * p].fill(zero);
+            // this row's right border and the next row's left border (two values for a 3x3
+            // kernel: plain stores, not a call to memset per row, which was 1.6 % of the
+            // quickstart's step)
+            for v in &mut plane[at + w..][..2 * p] {
+                *v = zero;
+            }
         }
         // the bottom rows (after the last row's right border) and the tail
         plane[(g.h + p) * wp + p..].fill(zero);
@@ -1361,7 +1365,10 @@ mod tests {
             CHANNELS_LAST.with(|c| c.set(None));
             let scale = taps.iter().fold(1.0f64, |m, v| m.max(v.abs()));
             for (a, b) in ours32.iter().zip(&taps) {
-                assert!((f64::from(*a) - b).abs() < 1e-5 * scale, "{g:?}: {a} vs {b}");
+                assert!(
+                    (f64::from(*a) - b).abs() < 1e-5 * scale,
+                    "{g:?}: {a} vs {b}"
+                );
             }
             for (a, b) in ours.iter().zip(&taps) {
                 assert!((a - b).abs() < 1e-12, "{g:?}: {a} vs {b}");

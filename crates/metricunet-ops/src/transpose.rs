@@ -86,10 +86,7 @@ mod avx512 {
                 let mut v = [_mm512_setzero_ps(); 16];
                 for (i, vi) in v.iter_mut().enumerate().take(nr) {
                     // SAFETY: row r0 + i < rows, columns x0..x0 + nc < cols (the mask)
-                    *vi = _mm512_maskz_loadu_ps(
-                        col_mask,
-                        src.add((r0 + i) * s.src_stride + x0),
-                    );
+                    *vi = _mm512_maskz_loadu_ps(col_mask, src.add((r0 + i) * s.src_stride + x0));
                 }
                 let t = transpose16(v);
                 for (j, tj) in t.iter().enumerate().take(nc) {
