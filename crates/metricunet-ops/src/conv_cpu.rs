@@ -1069,6 +1069,36 @@ mod tests {
         (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
     }
 
+    /// The geometry of a `(batch, cin, cout, h, w, k)` case.
+    fn case((batch, cin, cout, h, w, k): (usize, usize, usize, usize, usize, usize)) -> Geometry {
+        Geometry {
+            batch,
+            cin,
+            cout,
+            h,
+            w,
+            k,
+        }
+    }
+
+    /// A batch `x` (`g.batch` images) cut into two channel groups of its own, as a
+    /// concatenation's operands: the first `cin / 2` channels and the rest of `x`'s values, each
+    /// read as whole images of its channels; and the per-image concatenation of the two (what
+    /// the convolution of the concatenation sees).
+    fn halves<'a, T: Copy>(x: &'a [T], g: &Geometry) -> ([(&'a [T], usize); 2], Vec<T>) {
+        let (hw, c1) = (g.h * g.w, g.cin / 2);
+        let c2 = g.cin - c1;
+        let parts = [(&x[..g.batch * c1 * hw], c1), (&x[g.batch * c1 * hw..], c2)];
+        let cat = (0..g.batch)
+            .flat_map(|i| {
+                let a = &parts[0].0[i * c1 * hw..][..c1 * hw];
+                let b = &parts[1].0[i * c2 * hw..][..c2 * hw];
+                a.iter().chain(b).copied().collect::<Vec<T>>()
+            })
+            .collect();
+        (parts, cat)
+    }
+
     /// Forward against the direct loops; the gradients against the adjoint identities
     /// <conv(x), gy> = <x, input_grad(gy)> = <w, weight_grad(x, gy)>, which hold exactly for
     /// the true gradients (the loss L = <conv(x, w), gy> is linear in x and in w).
@@ -1167,15 +1197,9 @@ mod tests {
             (2, 8, 8, 8, 8, 3),
             (1, 4, 4, 3, 6, 3),
         ];
-        for (batch, cin, cout, h, w, k) in geometries {
-            let g = Geometry {
-                batch,
-                cin,
-                cout,
-                h,
-                w,
-                k,
-            };
+        for dims in geometries {
+            let g = case(dims);
+            let (batch, cin, cout, h, w, k) = dims;
             let x = random(batch * cin * h * w, &mut rng);
             let wt = random(cout * cin * k * k, &mut rng);
             let gy = random(batch * cout * h * w, &mut rng);
@@ -1184,19 +1208,7 @@ mod tests {
             let passes = |gemm: bool| {
                 DIRECT.with(|d| d.set(Some(!gemm)));
                 POISON.with(|p| p.set(true));
-                let c1 = cin / 2;
-                let parts = [
-                    (&x32[..batch * c1 * h * w], c1),
-                    (&x32[batch * c1 * h * w..], cin - c1),
-                ];
-                // the concatenation's parts hold whole images of their channels
-                let split: Vec<f32> = (0..batch)
-                    .flat_map(|i| {
-                        let a = &parts[0].0[i * c1 * h * w..][..c1 * h * w];
-                        let b = &parts[1].0[i * (cin - c1) * h * w..][..(cin - c1) * h * w];
-                        a.iter().chain(b).copied().collect::<Vec<f32>>()
-                    })
-                    .collect();
+                let (parts, split) = halves(&x32, &g);
                 let out = [
                     forward(&x32, &w32, &g),
                     input_grad(&gy32, &w32, &g),
@@ -1326,21 +1338,10 @@ mod tests {
             // 16-channel blocks with a remainder, rows longer than a block
             (2, 35, 4, 3, 21, 3),
         ] {
-            let g = Geometry {
-                batch,
-                cin,
-                cout,
-                h,
-                w,
-                k,
-            };
+            let g = case((batch, cin, cout, h, w, k));
             let x = random(batch * cin * h * w, &mut rng);
             let gy = random(batch * cout * h * w, &mut rng);
-            let c1 = cin / 2;
-            let parts = [
-                (&x[..batch * c1 * h * w], c1),
-                (&x[batch * c1 * h * w..], cin - c1),
-            ];
+            let (parts, cat) = halves(&x, &g);
             let run = |channels_last: bool| {
                 CHANNELS_LAST.with(|c| c.set(Some(channels_last)));
                 POISON.with(|p| p.set(true));
@@ -1354,10 +1355,7 @@ mod tests {
             // f32 (its transposition in 16 x 16 blocks where the CPU has AVX-512) to f32 rounding
             let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
             let (x32, gy32) = (f32s(&x), f32s(&gy));
-            let parts32 = [
-                (&x32[..batch * c1 * h * w], c1),
-                (&x32[batch * c1 * h * w..], cin - c1),
-            ];
+            let (parts32, _) = halves(&x32, &g);
             CHANNELS_LAST.with(|c| c.set(Some(true)));
             POISON.with(|p| p.set(true));
             let ours32 = weight_grad_parts(&parts32, &gy32, &g);
@@ -1374,13 +1372,6 @@ mod tests {
                 assert!((a - b).abs() < 1e-12, "{g:?}: {a} vs {b}");
             }
             // the definition: d/dw <conv(x, w), gy> at every weight, with x the concatenation
-            let cat: Vec<f64> = (0..batch)
-                .flat_map(|i| {
-                    let a = &parts[0].0[i * c1 * h * w..][..c1 * h * w];
-                    let b = &parts[1].0[i * (cin - c1) * h * w..][..(cin - c1) * h * w];
-                    a.iter().chain(b).copied().collect::<Vec<f64>>()
-                })
-                .collect();
             let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
             let zero = vec![0.0; cout * cin * k * k];
             for j in 0..zero.len() {
