@@ -661,24 +661,30 @@ const CANDLE_SPIN_LIMIT: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 /// candle's backward walks the graph recursively). Only what is touched is memory.
 const WORKER_STACK_BYTES: usize = 64 << 20;
 
-/// Run the command on a thread of rayon's global pool (built here with [`WORKER_STACK_BYTES`])
-/// instead of the main thread, unless `METRICUNET_MAIN_ON_WORKER=0`. The ops spread each
-/// batch over rayon's threads: called from outside the pool, every op hands its work to the
-/// pool and puts the calling thread to sleep until it is done (a futex wake-up each way, and
-/// the main thread as a third thread on the cores); called from a pool thread, that thread
-/// works on the op itself. Measured (session 15, alternating pairs): the quickstart's training
-/// step 1.05x, the paper network's MetricUNet-HCP step 1.17-1.35x at batch 1 and 1.1x at batch 8.
-fn on_pool_worker(cli: Cli) -> Result<String> {
-    let wanted = match std::env::var("METRICUNET_MAIN_ON_WORKER").as_deref() {
+/// Whether the command runs on a pool thread ([`on_pool_worker`]): unless
+/// `METRICUNET_MAIN_ON_WORKER=0`; any value but 0 and 1 is warned about and read as 1.
+fn main_on_worker() -> bool {
+    match std::env::var("METRICUNET_MAIN_ON_WORKER").as_deref() {
         Ok("0") => false,
         Ok("1") | Err(_) => true,
         Ok(other) => {
             tracing::warn!("METRICUNET_MAIN_ON_WORKER={other:?}: expected 0 or 1; taking 1");
             true
         }
-    };
+    }
+}
+
+/// Run `f` (the command) on a thread of rayon's global pool (built here with
+/// [`WORKER_STACK_BYTES`]) where `wanted`, else on the calling thread. The ops spread each
+/// batch over rayon's threads: called from outside the pool, every op hands its work to the
+/// pool and puts the calling thread to sleep until it is done (a futex wake-up each way, and
+/// the main thread as a third thread on the cores); called from a pool thread, that thread
+/// works on the op itself. Measured (session 15, alternating runs; with candle's spin limit,
+/// see `main`): the quickstart's training step 1.11x, the paper network's MetricUNet-HCP step
+/// at batch 1 1.17-1.35x.
+fn on_pool_worker<R: Send>(wanted: bool, f: impl FnOnce() -> R + Send) -> R {
     if !wanted {
-        return run(cli);
+        return f();
     }
     if let Err(e) = rayon::ThreadPoolBuilder::new()
         .stack_size(WORKER_STACK_BYTES)
@@ -687,7 +693,7 @@ fn on_pool_worker(cli: Cli) -> Result<String> {
         tracing::debug!("rayon's global pool was built before ({e}); its threads' stacks stay");
     }
     // `join` from outside the pool runs both closures on a pool thread and waits for them
-    rayon::join(move || run(cli), || ()).0
+    rayon::join(f, || ()).0
 }
 
 /// mimalloc's `purge_delay` option (number 15 in mimalloc 2.x and 3.x).
@@ -731,7 +737,8 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match on_pool_worker(Cli::parse()) {
+    let cli = Cli::parse();
+    match on_pool_worker(main_on_worker(), move || run(cli)) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -740,5 +747,27 @@ pub fn main() -> ExitCode {
             eprintln!("error: {}", error_text(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayon::prelude::*;
+
+    /// The command runs on a pool thread where wanted, on the calling thread where not; work
+    /// it spreads over the pool is done, and a panic inside comes back to the caller.
+    #[test]
+    fn the_command_runs_on_a_pool_thread_where_wanted() {
+        assert!(
+            rayon::current_thread_index().is_none(),
+            "the test starts outside the pool"
+        );
+        assert!(on_pool_worker(true, rayon::current_thread_index).is_some());
+        assert!(on_pool_worker(false, rayon::current_thread_index).is_none());
+        let sum: u64 = on_pool_worker(true, || (0..1000u64).into_par_iter().sum());
+        assert_eq!(sum, 499_500);
+        let caught = std::panic::catch_unwind(|| on_pool_worker(true, || panic!("inside")));
+        assert!(caught.is_err());
     }
 }
