@@ -20,7 +20,8 @@
 //!   op (one node in candle's graph; `METRICUNET_FUSED_CONV_BN=0` keeps them apart).
 //! - [`max_pool`]: the encoder's 2x2 max-pool with its own backward.
 //! - [`profile`]: per-op wall time with device waits, for `bench train --profile`.
-//! - [`transpose`]: strided transposition (16 x 16 AVX-512 blocks for f32).
+//! - `transpose`: the strided transposition of the weight gradient's channels-last copy (16 x 16
+//!   AVX-512 blocks for f32).
 //! - [`testing`]: the finite-difference gradient check the ops' and networks' tests share.
 //! - [`precision`]: strict f32, TF32 or bf16 for the CUDA convolutions (`training.precision`).
 //! - [`device_memory`]: the CUDA memory pool's high-water marks and the switch that keeps it.
@@ -41,7 +42,7 @@ pub mod precision;
 pub mod profile;
 pub mod simd;
 pub mod testing;
-pub mod transpose;
+mod transpose;
 pub mod winograd;
 
 /// The CUDA paths of this crate switched on in this process (empty without the `cuda`
