@@ -944,15 +944,7 @@ fn add_rows_channels_last<T: Elem>(
         }
         at += c;
     }
-    // the output gradient's rows y0..y1 on the wide grid, zero in the discarded columns
-    let gi = &grad[i * g.cout * hw..][..g.cout * hw];
-    for o in 0..g.cout {
-        for y in y0..y1 {
-            let row = &mut wide[o * n + (y - y0) * wp..][..wp];
-            row[..w].copy_from_slice(&gi[(o * g.h + y) * w..][..w]);
-            row[w..].fill(T::default());
-        }
-    }
+    wide_rows(&grad[i * g.cout * hw..][..g.cout * hw], g, (y0, y1), wide);
     for dy in 0..k {
         // SAFETY: acc's (o, col) at dy * k * cin + o * k * k * cin + col < cout * k * k * cin
         // for col < k * cin; wide's (o, j) at o * n + j < cout * n; padded's (j, col) at
@@ -975,6 +967,21 @@ fn add_rows_channels_last<T: Elem>(
     }
 }
 
+/// Rows `y0..y1` of one image's output gradient (`cout x h x w`) on the wide grid: `wide[o *
+/// (y1 - y0) * wp + (y - y0) * wp + x]`, zero in the discarded columns `x >= w` (every value
+/// written).
+fn wide_rows<T: Elem>(image: &[T], g: &Geometry, (y0, y1): (usize, usize), wide: &mut [T]) {
+    let (w, wp) = (g.w, g.wp());
+    let n = (y1 - y0) * wp;
+    for o in 0..g.cout {
+        for y in y0..y1 {
+            let row = &mut wide[o * n + (y - y0) * wp..][..wp];
+            row[..w].copy_from_slice(&image[(o * g.h + y) * w..][..w]);
+            row[w..].fill(T::default());
+        }
+    }
+}
+
 /// The operands of [`weight_grad_parts`]: the input's channel groups, the output gradient,
 /// the geometry.
 type WeightGradOperands<'a, T> = (&'a [(&'a [T], usize)], &'a [T], &'a Geometry);
@@ -991,15 +998,7 @@ fn add_padded<T: Elem>(
 ) {
     let (hw, s, n, kk) = (g.h * g.w, g.stride(), g.wide(), g.taps());
     padded_image(x, i, g, padded);
-    // the output gradient on the wide grid, zero in the discarded columns
-    let gi = &grad[i * g.cout * hw..][..g.cout * hw];
-    for o in 0..g.cout {
-        for y in 0..g.h {
-            let row = &mut wide[o * n + y * g.wp()..][..g.wp()];
-            row[..g.w].copy_from_slice(&gi[(o * g.h + y) * g.w..][..g.w]);
-            row[g.w..].fill(T::default());
-        }
-    }
+    wide_rows(&grad[i * g.cout * hw..][..g.cout * hw], g, (0, g.h), wide);
     let acc_ptr = OutPtr(acc.as_mut_ptr());
     let tap = |t: usize, par: Parallelism| {
         // SAFETY: acc's (o, c) at t + o * cin * kk + c * kk < len; wide's (o, j) < cout * n;
