@@ -679,9 +679,9 @@ fn main_on_worker() -> bool {
 /// batch over rayon's threads: called from outside the pool, every op hands its work to the
 /// pool and puts the calling thread to sleep until it is done (a futex wake-up each way, and
 /// the main thread as a third thread on the cores); called from a pool thread, that thread
-/// works on the op itself. Measured (session 15, alternating runs; with candle's spin limit,
-/// see `main`): the quickstart's training step 1.11x, the paper network's MetricUNet-HCP step
-/// at batch 1 1.17-1.35x.
+/// works on the op itself. Measured (session 15, alternating runs): the quickstart's training
+/// step 1.03-1.05x alone and 1.11x with candle's spin limit (see `main`); the paper network's
+/// MetricUNet-HCP step at batch 1 1.17-1.35x alone.
 fn on_pool_worker<R: Send>(wanted: bool, f: impl FnOnce() -> R + Send) -> R {
     if !wanted {
         return f();
