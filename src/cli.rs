@@ -661,19 +661,6 @@ const CANDLE_SPIN_LIMIT: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
 /// candle's backward walks the graph recursively). Only what is touched is memory.
 const WORKER_STACK_BYTES: usize = 64 << 20;
 
-/// Whether the command runs on a pool thread ([`on_pool_worker`]): unless
-/// `METRICUNET_MAIN_ON_WORKER=0`; any value but 0 and 1 is warned about and read as 1.
-fn main_on_worker() -> bool {
-    match std::env::var("METRICUNET_MAIN_ON_WORKER").as_deref() {
-        Ok("0") => false,
-        Ok("1") | Err(_) => true,
-        Ok(other) => {
-            tracing::warn!("METRICUNET_MAIN_ON_WORKER={other:?}: expected 0 or 1; taking 1");
-            true
-        }
-    }
-}
-
 /// Run `f` (the command) on a thread of rayon's global pool (built here with
 /// [`WORKER_STACK_BYTES`]) where `wanted`, else on the calling thread. The ops spread each
 /// batch over rayon's threads: called from outside the pool, every op hands its work to the
@@ -718,8 +705,10 @@ pub fn main() -> ExitCode {
     // candle's elementwise ops run on its own pool (the calling thread plus n - 1 threads),
     // whose threads spin 25,000 times after each op before they sleep: on a machine with as
     // many cores as threads that spinning takes a core from the rayon threads of the next
-    // op. 200 spins: the quickstart's training step 1.04x (four alternating pairs, bench/NOTES.md
-    // session 15). Set here, before any thread exists; the environment's value wins.
+    // op. 200 spins together with the command on a pool thread (`on_pool_worker`): the
+    // quickstart's training step 1.11x against neither; the spin limit alone was slower (four
+    // alternating rounds, bench/NOTES.md session 15). Set here, before any thread exists; the
+    // environment's value wins.
     if std::env::var_os(CANDLE_SPIN_LIMIT).is_none() {
         std::env::set_var(CANDLE_SPIN_LIMIT, "200");
     }
@@ -738,7 +727,9 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match on_pool_worker(main_on_worker(), move || run(cli)) {
+    // unless METRICUNET_MAIN_ON_WORKER=0 (any other value but 1 is warned about)
+    let on_worker = metricunet_ops::env_switch("METRICUNET_MAIN_ON_WORKER", true);
+    match on_pool_worker(on_worker, move || run(cli)) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

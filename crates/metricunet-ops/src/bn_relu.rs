@@ -56,7 +56,7 @@ impl BnRelu {
 /// Whether `METRICUNET_CANDLE_BN=1` asks for candle's BatchNorm (for side-by-side runs).
 pub(crate) fn candle_bn() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_flag(&FLAG, "METRICUNET_CANDLE_BN")
+    env_flag(&FLAG, "METRICUNET_CANDLE_BN", false)
 }
 
 const OP: &str = "bn-relu";

@@ -245,7 +245,7 @@ impl SameConv {
 /// side-by-side benchmarks).
 pub(crate) fn candle_backward() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_flag(&FLAG, "METRICUNET_CANDLE_CONV")
+    env_flag(&FLAG, "METRICUNET_CANDLE_CONV", false)
 }
 
 /// `x` (N, C, H, W) convolved with `w` (Cout, C, k, k), stride 1, padding k / 2, no bias.

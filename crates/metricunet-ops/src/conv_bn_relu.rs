@@ -28,7 +28,7 @@ use candle_nn::BatchNorm;
 use crate::bn_relu::{self, BnRelu, ChannelOp, Float};
 use crate::conv::{self, cat_geometry, geometry};
 use crate::conv_cpu::Geometry;
-use crate::cpu_values::{dense, env_switch, slice, with_values};
+use crate::cpu_values::{dense, env_flag, slice, with_values};
 use crate::profile::{self, Pass};
 
 const OP: &str = "conv-bn-relu";
@@ -255,7 +255,7 @@ fn fused(x: &Tensor, bn: &BatchNorm, train: bool) -> bool {
         && bn.weight_and_bias().is_some()
         && !conv::candle_backward()
         && !bn_relu::candle_bn()
-        && *FLAG.get_or_init(|| env_switch("METRICUNET_FUSED_CONV_BN", true))
+        && env_flag(&FLAG, "METRICUNET_FUSED_CONV_BN", true)
 }
 
 /// `(gamma, bias or 0, beta)` of a layer with `c` output channels, checked.

@@ -331,7 +331,7 @@ fn unwide<T: Elem>(wide: &[T], c: usize, g: &Geometry, dst: &mut [MaybeUninit<T>
 /// part of a step, keep gemm's own choice). Read once.
 pub fn avx512_allowed() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| crate::cpu_values::env_switch("METRICUNET_AVX512", true))
+    crate::cpu_values::env_flag(&FLAG, "METRICUNET_AVX512", true)
 }
 
 /// The arguments of a gemm call, in the gemm crate's order: `m, n, k, dst, dst_cs, dst_rs,
@@ -847,9 +847,8 @@ fn channels_last_wanted(cin: usize) -> bool {
         return wanted;
     }
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on =
-        *ON.get_or_init(|| crate::cpu_values::env_switch("METRICUNET_CHANNELS_LAST_WGRAD", true));
-    on && cin >= CHANNELS_LAST_MIN_CIN
+    crate::cpu_values::env_flag(&ON, "METRICUNET_CHANNELS_LAST_WGRAD", true)
+        && cin >= CHANNELS_LAST_MIN_CIN
 }
 
 #[cfg(test)]
@@ -873,7 +872,7 @@ fn weight_grad_channels_last<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geome
     };
     let rows_per = g.h.div_ceil(splits);
     let (pads, wides) = (Scratch::new(g.batch), Scratch::new(g.batch));
-    let add_block = |b: usize, acc: &mut [T], _par: Parallelism| {
+    let add_block = |b: usize, acc: &mut [T], par: Parallelism| {
         let (i, y0) = (b / splits, (b % splits) * rows_per);
         let y1 = (y0 + rows_per).min(g.h);
         if y0 >= y1 {
@@ -884,7 +883,7 @@ fn weight_grad_channels_last<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geome
         // both written in full below
         pads.with(positions * g.cin, |padded: &mut [T]| {
             wides.with(g.cout * rows * g.wp(), |wide: &mut [T]| {
-                add_rows_channels_last((x, grad, g), i, (y0, y1), padded, wide, acc)
+                add_rows_channels_last((x, grad, g), i, (y0, y1), padded, wide, acc, par)
             })
         })
     };
@@ -903,7 +902,8 @@ fn weight_grad_channels_last<T: Elem>(x: &[(&[T], usize)], grad: &[T], g: &Geome
 
 /// Output rows `y0..y1` of image `i`'s weight gradient, added into `acc` (`(cout, k, k, cin)`
 /// order), with `padded` (`((y1 - y0 + 2p) * wp + k - 1) * cin` values) and `wide` (`cout *
-/// (y1 - y0) * wp`) to write into. The padded input rows `y0..y1 + 2p` are copied channels
+/// (y1 - y0) * wp`) to write into, `par` the threads of its products (where there are fewer blocks
+/// of rows than threads). The padded input rows `y0..y1 + 2p` are copied channels
 /// last (`padded[q * cin + c]` for padded position q), so that for kernel row `dy` the `k * cin`
 /// products of one position `(dx, c)` are `k * cin` consecutive values: `acc[o][dy][..] +=
 /// sum over positions j  wide[o][j] * padded[(j + dy * wp) * cin ..][..k * cin]`, one matrix
@@ -916,6 +916,7 @@ fn add_rows_channels_last<T: Elem>(
     padded: &mut [T],
     wide: &mut [T],
     acc: &mut [T],
+    par: Parallelism,
 ) {
     let (hw, p, w, wp, k, cin) = (g.h * g.w, g.p(), g.w, g.wp(), g.k, g.cin);
     let rows = y1 - y0;
@@ -961,7 +962,7 @@ fn add_rows_channels_last<T: Elem>(
                 true,
                 (wide.as_ptr(), n as isize, 1),
                 (padded.as_ptr().add(dy * wp * cin), cin as isize, 1),
-                Parallelism::None,
+                par,
             );
         }
     }

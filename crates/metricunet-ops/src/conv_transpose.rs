@@ -276,7 +276,7 @@ impl CustomOp3 for ConvTranspose2x2 {
 /// Whether `METRICUNET_CANDLE_CONV=1` asks for candle's own convolutions (side-by-side runs).
 fn candle_conv() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_flag(&FLAG, "METRICUNET_CANDLE_CONV")
+    env_flag(&FLAG, "METRICUNET_CANDLE_CONV", false)
 }
 
 /// `x (N, Cin, H, W)` through the 2 x 2, stride-2 transposed convolution with `w (Cin, Cout,
@@ -326,7 +326,7 @@ fn forward_op(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 /// by default until measured on a GPU).
 pub(crate) fn gemm_on_device() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_flag(&FLAG, "METRICUNET_CUDA_CONVT_GEMM")
+    env_flag(&FLAG, "METRICUNET_CUDA_CONVT_GEMM", false)
 }
 
 /// The same transposed convolution as one matrix product for the whole batch, built from

@@ -29,14 +29,19 @@ pub(crate) unsafe fn written_in_full<T: Elem>(
     v
 }
 
-/// Whether the environment variable `name` is `1` (read once per `cell`; unset: off).
-pub(crate) fn env_flag(cell: &'static std::sync::OnceLock<bool>, name: &str) -> bool {
-    *cell.get_or_init(|| env_switch(name, false))
+/// [`env_switch`] read once per `cell`.
+pub(crate) fn env_flag(
+    cell: &'static std::sync::OnceLock<bool>,
+    name: &str,
+    default: bool,
+) -> bool {
+    *cell.get_or_init(|| env_switch(name, default))
 }
 
 /// The switch `name` of the environment: `1` on, `0` off, unset `default`; any other value is
-/// warned about (naming the variable and what it takes) and read as `default`.
-pub(crate) fn env_switch(name: &str, default: bool) -> bool {
+/// warned about (naming the variable and what it takes) and read as `default`. Public for the
+/// command line's own switches (`METRICUNET_MAIN_ON_WORKER`).
+pub fn env_switch(name: &str, default: bool) -> bool {
     switch_value(name, std::env::var(name), default)
 }
 

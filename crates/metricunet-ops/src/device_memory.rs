@@ -133,7 +133,7 @@ pub fn keep_pool(device: &Device) -> Result<bool> {
 /// Whether `METRICUNET_CUDA_POOL_KEEP=1` asks for [`keep_pool`] (read once).
 pub fn pool_keep_asked() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    crate::cpu_values::env_flag(&FLAG, "METRICUNET_CUDA_POOL_KEEP")
+    crate::cpu_values::env_flag(&FLAG, "METRICUNET_CUDA_POOL_KEEP", false)
 }
 
 /// [`keep_pool`] where `METRICUNET_CUDA_POOL_KEEP=1` asks for it.

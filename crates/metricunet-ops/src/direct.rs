@@ -54,7 +54,7 @@ pub(crate) fn supported() -> bool {
 /// read once).
 pub(crate) fn switched_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| crate::cpu_values::env_switch("METRICUNET_DIRECT_CONV", true))
+    crate::cpu_values::env_flag(&ON, "METRICUNET_DIRECT_CONV", true)
 }
 
 /// The weights as the kernel reads them: for each block of [`ROWS`] output rows, each input

@@ -45,6 +45,8 @@ pub mod testing;
 mod transpose;
 pub mod winograd;
 
+pub use cpu_values::env_switch;
+
 /// The CUDA paths of this crate switched on in this process (empty without the `cuda`
 /// feature), for run records and benchmark tables: `cudnn-conv` (`METRICUNET_CUDNN_CONV=1`),
 /// `cuda-bn` (`METRICUNET_CUDA_BN=1`), `convt-gemm` (`METRICUNET_CUDA_CONVT_GEMM=1`),

@@ -195,7 +195,7 @@ fn input_grad<T: Elem + candle_core::WithDType>(
 /// Whether `METRICUNET_CANDLE_POOL=1` asks for the tensor form (side-by-side runs).
 fn candle_pool() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_flag(&FLAG, "METRICUNET_CANDLE_POOL")
+    env_flag(&FLAG, "METRICUNET_CANDLE_POOL", false)
 }
 
 /// The 2 x 2 max-pool with stride 2 of `x (N, C, H, W)` (H and W even): `(N, C, H/2, W/2)`,

@@ -245,5 +245,5 @@ impl CustomOp3 for BnReluCuda {
 /// Whether `METRICUNET_CUDA_BN=1` asks for these kernels (off by default until measured).
 pub fn enabled() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    crate::cpu_values::env_flag(&FLAG, "METRICUNET_CUDA_BN")
+    crate::cpu_values::env_flag(&FLAG, "METRICUNET_CUDA_BN", false)
 }

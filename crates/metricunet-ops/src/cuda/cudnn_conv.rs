@@ -40,7 +40,7 @@ const OP: &str = "conv2d-same (cudnn)";
 /// Whether `METRICUNET_CUDNN_CONV=1` asks for this path.
 pub fn enabled() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    crate::cpu_values::env_flag(&FLAG, "METRICUNET_CUDNN_CONV")
+    crate::cpu_values::env_flag(&FLAG, "METRICUNET_CUDNN_CONV", false)
 }
 
 fn err(e: impl std::fmt::Display) -> candle_core::Error {
